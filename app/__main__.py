@@ -1,0 +1,166 @@
+"""Command line: `python -m app migrate | serve | dev | audit partitions`.
+
+Every failure a user can cause (bad configuration, no database) ends in one readable line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.db import DatabaseUnavailable, connect_raw, migrate
+from app.settings import ConfigError, Settings, describe_validation_error, load_settings
+
+
+class DatabaseSettings(BaseSettings):
+    """Only what `migrate` and `audit partitions` need: no Auth0 settings required."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    database_url: str
+    migrations_database_url: str | None = Field(default=None)
+
+    @property
+    def owner_url(self) -> str:
+        return self.migrations_database_url or self.database_url
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _owner_url() -> str:
+    try:
+        return DatabaseSettings().owner_url
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    applied = asyncio.run(migrate(_owner_url()))
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def cmd_audit_partitions(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        conn = await connect_raw(_owner_url())
+        try:
+            created: int = await conn.fetchval(
+                "SELECT audit_events_ensure_partitions($1)", args.months
+            )
+        finally:
+            await conn.close()
+        return created
+
+    created = asyncio.run(run())
+    print(f"created {created} audit partition(s) covering the next {args.months} month(s)")
+    return 0
+
+
+async def _check_database(settings: Settings) -> None:
+    conn = await connect_raw(settings.database_url, connect_timeout=5)
+    await conn.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from app.logs import configure_logging
+
+    class GracefulServer(uvicorn.Server):
+        """SIGTERM/SIGINT drain in-flight requests, then exit 0 (uvicorn would re-raise)."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    settings = load_settings()
+    asyncio.run(_check_database(settings))
+    configure_logging(settings.log_level)
+    config = uvicorn.Config(
+        "app.main:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        server_header=False,
+        proxy_headers=False,
+        log_config=None,
+        timeout_graceful_shutdown=20,
+    )
+    if config.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
+    server = GracefulServer(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from app.devserver import run_dev
+
+    return asyncio.run(run_dev(port=args.port, tenant_port=args.tenant_port or _free_port()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply pending migrations (as MIGRATIONS_DATABASE_URL)")
+
+    serve = sub.add_parser("serve", help="run the service under uvicorn (uvloop, httptools)")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
+
+    dev = sub.add_parser("dev", help="run everything locally: stand-in tenant, database, app")
+    dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    dev.add_argument("--tenant-port", type=int, default=0)
+
+    audit = sub.add_parser("audit", help="audit log maintenance")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    partitions = audit_sub.add_parser("partitions", help="create monthly partitions ahead")
+    partitions.add_argument("--months", type=int, default=3)
+    return parser
+
+
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "serve": cmd_serve,
+    "dev": cmd_dev,
+    "audit": cmd_audit_partitions,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    except DatabaseUnavailable as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

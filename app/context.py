@@ -1,0 +1,27 @@
+"""The typed state the lifespan creates once and every handler reads as `request.state.ctx`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from databases import Database
+from starlette.requests import Request
+
+from app.auth0 import Auth0Client
+from app.settings import Settings
+from app.tokens import TokenVerifier
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    database: Database
+    http: httpx.AsyncClient
+    verifier: TokenVerifier
+    auth0: Auth0Client
+
+
+def context(request: Request) -> AppContext:
+    ctx: AppContext = request.state.ctx
+    return ctx

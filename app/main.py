@@ -1,0 +1,90 @@
+"""`create_app(settings)`: explicit routes, middleware and a lifespan that owns the pool,
+the shared HTTP client and the caches. `app.main:app` builds itself from the environment on
+first use, so importing this module has no side effects."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+from starlette.types import Receive, Scope, Send
+
+from app import errors
+from app.auth0 import Auth0Client
+from app.context import AppContext
+from app.db import create_database
+from app.endpoints import ops
+from app.middleware import Metrics, RequestContextMiddleware
+from app.settings import Settings, load_settings
+from app.tokens import TokenVerifier
+
+
+def all_routes() -> list[BaseRoute]:
+    return [*ops.routes]
+
+
+def create_app(settings: Settings) -> Starlette:
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        database = create_database(
+            settings.database_url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+        )
+        timeout = httpx.Timeout(
+            settings.auth0_timeout_seconds, connect=min(settings.auth0_timeout_seconds, 2.0)
+        )
+        http = httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=50)
+        )
+        await database.connect()
+        ctx = AppContext(
+            settings=settings,
+            database=database,
+            http=http,
+            verifier=TokenVerifier(settings, http),
+            auth0=Auth0Client(settings, http),
+        )
+        try:
+            yield {"ctx": ctx}
+        finally:
+            await ctx.auth0.aclose()
+            await http.aclose()
+            await database.disconnect()
+
+    app = Starlette(
+        routes=all_routes(),
+        middleware=[
+            Middleware(
+                RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+            )
+        ],
+        exception_handlers=errors.EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    app.state.settings = settings
+    return app
+
+
+class _AppFromEnvironment:
+    """The ASGI app for `uvicorn app.main:app`: settings are read on the first event."""
+
+    def __init__(self) -> None:
+        self._app: Starlette | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            self._app = create_app(load_settings())
+        await self._app(scope, receive, send)
+
+
+app = _AppFromEnvironment()

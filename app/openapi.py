@@ -1,0 +1,288 @@
+"""OpenAPI 3.1 generated from the code: the route table, `@operation` metadata on each
+handler, the pydantic models it names, and the `requires(...)` permissions on it.
+
+Nothing here is kept by hand beside the handlers; a test checks every served route is listed.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from starlette.routing import BaseRoute, Route
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_STANDARD_ERRORS = {
+    400: "Malformed request (bad JSON, wrong types, bad cursor)",
+    401: "Missing or invalid access token (see WWW-Authenticate)",
+    403: "The token lacks a permission, a verified email or MFA",
+    404: "Not found (or not in the caller's scope)",
+    413: "Body over the size limit",
+    415: "Body is not JSON",
+    422: "Well-formed but invalid input; `errors` names every field",
+    429: "Too many requests (see Retry-After)",
+    500: "Unexpected error (details are in the server log under the request id)",
+    503: "A dependency is unavailable (see Retry-After)",
+}
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error is rendered."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str | None
+    errors: list[dict[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class Resp:
+    """One documented response."""
+
+    model: type[BaseModel] | None = None
+    description: str = ""
+    media_type: str = "application/json"
+    headers: tuple[str, ...] = ()
+    many: bool = False
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    tags: tuple[str, ...] = ()
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    responses: Mapping[int, Resp] = field(default_factory=dict)
+    request_headers: tuple[tuple[str, bool, str], ...] = ()
+    security: str | None = None
+    description: str | None = None
+
+
+def operation(
+    summary: str,
+    *,
+    tags: Sequence[str] = (),
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    responses: Mapping[int, Resp | type[BaseModel] | None] | None = None,
+    request_headers: Sequence[tuple[str, bool, str]] = (),
+    security: str | None = None,
+    description: str | None = None,
+) -> Callable[[F], F]:
+    """Declare what a handler accepts and returns; `/openapi.json` is built from this."""
+    normalised: dict[int, Resp] = {}
+    for status, spec in (responses or {200: None}).items():
+        normalised[status] = spec if isinstance(spec, Resp) else Resp(model=spec)
+    op = Operation(
+        summary, tuple(tags), body, query, normalised, tuple(request_headers), security, description
+    )
+
+    def decorate(func: F) -> F:
+        func.__operation__ = op  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+class _Schemas:
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {}
+
+    def ref(self, model: type[BaseModel], mode: str = "validation") -> dict[str, Any]:
+        schema = model.model_json_schema(
+            ref_template="#/components/schemas/{model}",
+            mode="serialization" if mode == "serialization" else "validation",
+        )
+        for name, definition in schema.pop("$defs", {}).items():
+            self.components.setdefault(name, definition)
+        self.components.setdefault(model.__name__, schema)
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _routes(routes: Sequence[BaseRoute]) -> list[Route]:
+    return [r for r in routes if isinstance(r, Route) and r.include_in_schema]
+
+
+def build_openapi(routes: Sequence[BaseRoute], *, title: str, version: str) -> dict[str, Any]:
+    schemas = _Schemas()
+    schemas.ref(Problem, "serialization")
+    paths: dict[str, dict[str, Any]] = {}
+    for route in _routes(routes):
+        op: Operation | None = getattr(route.endpoint, "__operation__", None)
+        auth = getattr(route.endpoint, "__auth__", None)
+        for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
+            paths.setdefault(route.path_format, {})[method.lower()] = _operation(
+                route, op, auth, schemas
+            )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas.components,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "An Auth0 access token for this API's audience.",
+                },
+                "logStreamToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "The Auth0 Log Stream webhook secret.",
+                },
+            },
+        },
+    }
+
+
+def _operation(route: Route, op: Operation | None, auth: Any, schemas: _Schemas) -> dict[str, Any]:
+    op = op or Operation(summary=route.name or route.path)
+    out: dict[str, Any] = {"summary": op.summary, "operationId": route.name}
+    if op.tags:
+        out["tags"] = list(op.tags)
+    if op.description:
+        out["description"] = op.description
+    parameters: list[dict[str, Any]] = []
+    for name, convertor in route.param_convertors.items():
+        schema: dict[str, Any] = {"type": "string"}
+        if type(convertor).__name__ == "UUIDConvertor":
+            schema["format"] = "uuid"
+        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+    if op.query is not None:
+        query_schema = op.query.model_json_schema()
+        required_names = set(query_schema.get("required", []))
+        for name, prop in query_schema.get("properties", {}).items():
+            param = {
+                "name": name,
+                "in": "query",
+                "required": name in required_names,
+                "schema": prop,
+            }
+            if "description" in prop:
+                param["description"] = prop["description"]
+            parameters.append(param)
+    for name, required, description in op.request_headers:
+        parameters.append(
+            {
+                "name": name,
+                "in": "header",
+                "required": required,
+                "description": description,
+                "schema": {"type": "string"},
+            }
+        )
+    if parameters:
+        out["parameters"] = parameters
+    if op.body is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schemas.ref(op.body)}},
+        }
+
+    responses: dict[str, Any] = {}
+    for status, resp in sorted(op.responses.items()):
+        entry: dict[str, Any] = {"description": resp.description or _default_description(status)}
+        if resp.model is not None:
+            schema = schemas.ref(resp.model, "serialization")
+            entry["content"] = {
+                resp.media_type: {
+                    "schema": {"type": "array", "items": schema} if resp.many else schema
+                }
+            }
+        elif resp.media_type != "application/json" and status != 204:
+            entry["content"] = {resp.media_type: {"schema": {"type": "string"}}}
+        if resp.headers:
+            entry["headers"] = {h: {"schema": {"type": "string"}} for h in resp.headers}
+        responses[str(status)] = entry
+
+    errors = {429, 500, 503}
+    if auth is not None or op.security:
+        errors |= {401, 403}
+        scheme = op.security or "bearerAuth"
+        out["security"] = [{scheme: []}]
+    permissions: tuple[str, ...] = tuple(getattr(auth, "permissions", ()) or ())
+    if permissions:
+        out["x-permissions"] = list(permissions)
+        out["description"] = (
+            out.get("description", "") + "\n\nRequires: " + ", ".join(permissions)
+        ).strip()
+    if op.body is not None:
+        errors |= {400, 413, 415, 422}
+    if op.query is not None:
+        errors |= {400, 422}
+    if route.param_convertors:
+        errors |= {404}
+    for status in sorted(errors):
+        responses.setdefault(
+            str(status),
+            {
+                "description": _STANDARD_ERRORS[status],
+                "content": {"application/problem+json": {"schema": PROBLEM_REF}},
+            },
+        )
+    out["responses"] = responses
+    return out
+
+
+def _default_description(status: int) -> str:
+    return {
+        200: "OK",
+        201: "Created",
+        202: "Accepted",
+        204: "No Content",
+        304: "Not Modified",
+        409: "Conflict",
+        410: "Gone",
+        412: "Precondition Failed",
+        428: "Precondition Required",
+        502: "Unexpected answer from Auth0",
+    }.get(status, _STANDARD_ERRORS.get(status, "Response"))
+
+
+def render_docs_page(spec: dict[str, Any]) -> str:
+    """A readable, self-contained API page (no scripts, no CDN): works offline."""
+    esc = html.escape
+    rows = []
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            params = ", ".join(
+                f"{esc(p['name'])} ({p['in']}{', required' if p.get('required') else ''})"
+                for p in op.get("parameters", [])
+            )
+            statuses = " ".join(
+                f'<span class="s{code[0]}">{esc(code)}</span>' for code in op["responses"]
+            )
+            perms = ", ".join(op.get("x-permissions", []))
+            auth = "token" if op.get("security") else "public"
+            rows.append(
+                f"<tr><td class=m>{esc(method.upper())}</td><td><code>{esc(path)}</code></td>"
+                f"<td>{esc(op['summary'])}</td><td>{esc(perms or auth)}</td>"
+                f"<td>{params}</td><td>{statuses}</td></tr>"
+            )
+    title = esc(spec["info"]["title"])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222}}
+table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4rem;
+text-align:left;vertical-align:top}}.m{{font-weight:bold}}code{{font-size:13px}}
+span{{display:inline-block;padding:0 .3rem;margin:1px;border-radius:3px;background:#eee}}
+.s2{{background:#d4f4d4}}.s4{{background:#fde2c8}}.s5{{background:#f8d0d0}}
+</style></head><body>
+<h1>{title} <small>{esc(spec["info"]["version"])}</small></h1>
+<p>The machine-readable description is <a href="/openapi.json">/openapi.json</a>.
+Errors are <code>application/problem+json</code>.</p>
+<table><tr><th>Method</th><th>Path</th><th>Summary</th><th>Permission</th>
+<th>Parameters</th><th>Responses</th></tr>
+{"".join(rows)}
+</table></body></html>"""
