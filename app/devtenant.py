@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 from cryptography.hazmat.primitives import serialization
@@ -239,7 +239,7 @@ def create_tenant_app(state: TenantState) -> Starlette:
         if ctype.startswith("application/json"):
             body = orjson.loads(await request.body())
         else:
-            body = dict(await request.form())
+            body = dict(parse_qsl((await request.body()).decode()))
             if "client_id" not in body and request.headers.get("authorization", "").startswith(
                 "Basic "
             ):

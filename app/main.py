@@ -18,14 +18,21 @@ from app import errors
 from app.auth0 import Auth0Client
 from app.context import AppContext
 from app.db import create_database
-from app.endpoints import ops
+from app.endpoints import account, admin, audit, flows, ops, patients
 from app.middleware import Metrics, RequestContextMiddleware
 from app.settings import Settings, load_settings
 from app.tokens import TokenVerifier
 
 
 def all_routes() -> list[BaseRoute]:
-    return [*ops.routes]
+    return [
+        *ops.routes,
+        *flows.routes,
+        *patients.routes,
+        *audit.routes,
+        *account.routes,
+        *admin.routes,
+    ]
 
 
 def create_app(settings: Settings) -> Starlette:

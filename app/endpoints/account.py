@@ -1,0 +1,7 @@
+"""HTTP handlers: account."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+routes: list[BaseRoute] = []
