@@ -153,15 +153,34 @@ def pool_of(database: Database) -> asyncpg.Pool:
     return pool
 
 
+ACQUIRE_TIMEOUT_SECONDS = 5.0
+# Failures after which a pooled connection cannot be trusted again.
+_BROKEN = (asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError)
+
+
 @contextlib.asynccontextmanager
 async def connection(database: Database) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of its own (never shared with another caller in this task)."""
-    async with pool_of(database).acquire() as conn:
+    """A connection of its own (never shared with another caller in this task).
+
+    Failing to get one at all (server down, refusing connections, pool exhausted past its
+    timeout) raises `DatabaseUnavailable`, which the app answers with 503.
+    """
+    pool = pool_of(database)
+    try:
+        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
+    except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable(f"no database connection: {type(exc).__name__}") from exc
+    try:
         yield conn
+    except _BROKEN:
+        conn.terminate()  # the pool replaces it instead of handing it out again
+        raise
+    finally:
+        await pool.release(conn)
 
 
 @contextlib.asynccontextmanager
 async def transaction(database: Database) -> AsyncIterator[asyncpg.Connection]:
     """A connection inside a transaction: committed on success, rolled back on any error."""
-    async with pool_of(database).acquire() as conn, conn.transaction():
+    async with connection(database) as conn, conn.transaction():
         yield conn

@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from app.db import DatabaseUnavailable
+
 logger = logging.getLogger("app.errors")
 
 PROBLEM_BASE = "https://errors.auth0-bff.dev/"
@@ -251,10 +253,14 @@ async def handle_database_outage(request: Request, exc: Exception) -> Response:
 
 # Connection-level failures only: a constraint or syntax error is a bug, and stays a 500.
 DATABASE_OUTAGES: tuple[type[Exception], ...] = (
+    DatabaseUnavailable,
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A connection the server dropped while idle (restart, failover) fails this way on its
+    # next use; db.connection() terminates it so the pool opens a fresh one.
+    asyncpg.InternalClientError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -185,3 +186,71 @@ async def client(settings: Settings, tenant: respx.MockRouter) -> AsyncIterator[
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+_WRITE = re.compile(r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+([a-z_]+)", re.IGNORECASE)
+_READ = re.compile(r"\bFROM\s+([a-z_]+)", re.IGNORECASE)
+
+
+def classify_sql(query: str) -> list[str]:
+    """`write:<table>` for each table a statement changes, else `read:<table>`."""
+    writes = [f"write:{t.lower()}" for t in _WRITE.findall(query)]
+    if writes:
+        return writes
+    return [
+        f"read:{t.lower()}"
+        for t in _READ.findall(query)
+        if t.lower() not in {"unnest", "generate_series"}
+    ][:1]
+
+
+@pytest.fixture
+def interactions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """One ordered log of what the app did: ("auth0", "GET /path") for each request to the
+    tenant (at the httpx transport) and ("db", "write:table"/"read:table") for each query
+    (asyncpg's query logger), so a test can hold a flow to its sequence diagram."""
+    log: list[tuple[str, str]] = []
+    original_send = httpx.AsyncClient.send
+
+    async def send(
+        self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any
+    ) -> httpx.Response:
+        if request.url.host == httpx.URL(TENANT_URL).host:
+            path = request.url.raw_path.split(b"?")[0].decode()
+            log.append(("auth0", f"{request.method} {path}"))
+        return await original_send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", send)
+
+    import app.db
+
+    original_pool_of = app.db.pool_of
+
+    def logging_query(record: Any) -> None:
+        for entry in classify_sql(record.query):
+            log.append(("db", entry))
+
+    class LoggingPool:
+        def __init__(self, pool: Any) -> None:
+            self._pool = pool
+
+        async def acquire(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+            conn = await self._pool.acquire(timeout=timeout)
+            conn.add_query_logger(logging_query)
+            return conn
+
+        async def release(self, conn: Any) -> None:
+            conn.remove_query_logger(logging_query)
+            await self._pool.release(conn)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._pool, name)
+
+    monkeypatch.setattr(app.db, "pool_of", lambda database: LoggingPool(original_pool_of(database)))
+    return log
+
+
+def follows(log: list[tuple[str, str]], expected: list[tuple[str, str]]) -> bool:
+    """True when `expected` occurs in `log` in order (other entries may come between)."""
+    remaining = iter(log)
+    return all(any(entry == step for entry in remaining) for step in expected)

@@ -1,0 +1,542 @@
+"""The five flows of seed 000 (four here; create-patient is with the patient endpoints):
+each against its diagram's arrows, plus every way Auth0 or the database can fail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import asyncpg
+import httpx
+import pytest
+import respx
+
+from app.devdb import ProvisionedDatabase
+from tests.conftest import bearer, follows
+
+USER = "auth0|user-1"
+USER_PATH = r"^/api/v2/users/auth0(%7C|\|)user-1$"
+PROBLEM = "application/problem+json"
+
+JWKS = ("auth0", "GET /.well-known/jwks.json")
+M2M = ("auth0", "POST /oauth/token")
+
+
+def auth0_user(**extra: object) -> dict[str, object]:
+    user: dict[str, object] = {
+        "user_id": USER,
+        "email": "user1@example.com",
+        "email_verified": True,
+        "name": "User One",
+        "nickname": "one",
+        "given_name": "User",
+        "family_name": "One",
+        "picture": "https://example.com/a.png",
+        "updated_at": "2026-11-01T00:00:00.000Z",
+        "user_metadata": {"phone_number": "+15551234567", "internal_note": "hidden"},
+        "app_metadata": {"roles": ["admin"]},
+        "last_ip": "10.0.0.1",
+        "identities": [{"provider": "google-oauth2", "access_token": "idp-secret-token"}],
+    }
+    user.update(extra)
+    return user
+
+
+async def audit_rows(owner: asyncpg.Connection, action: str) -> list[asyncpg.Record]:
+    return await owner.fetch("SELECT * FROM audit_events WHERE action = $1 ORDER BY seq", action)
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, object] = response.json()
+    assert body["status"] == status
+    return body
+
+
+class TestRegistration:
+    async def test_anonymous(self, client: httpx.AsyncClient, owner: asyncpg.Connection) -> None:
+        response = await client.post("/api/registrations")
+        assert_problem(response, 401)
+        assert response.headers["www-authenticate"] == 'Bearer realm="api"'
+        assert await owner.fetchval("SELECT count(*) FROM registrations") == 0
+
+    async def test_ok_follows_the_diagram(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        owner: asyncpg.Connection,
+        interactions: list[tuple[str, str]],
+    ) -> None:
+        response = await client.post("/api/registrations", headers=bearer(mint(USER)))
+        assert response.status_code == 201
+        body = response.json()
+        assert body["user_id"] == USER
+        # Verify the token (JWKS), log the registration, reply: in that order, and no other
+        # call to Auth0.
+        assert follows(
+            interactions, [JWKS, ("db", "write:registrations"), ("db", "write:audit_events")]
+        )
+        assert [i for i in interactions if i[0] == "auth0"] == [JWKS]
+        row = await owner.fetchrow("SELECT * FROM registrations")
+        assert row["auth0_user_id"] == USER
+        assert row["registered_at"].isoformat().startswith(body["registered_at"][:19])
+        events = await audit_rows(owner, "user.registered")
+        assert [(e["actor"], e["entity_id"], e["outcome"]) for e in events] == [
+            (USER, USER, "success")
+        ]
+
+    async def test_second_time_is_200_with_the_same_body(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], owner: asyncpg.Connection
+    ) -> None:
+        first = await client.post("/api/registrations", headers=bearer(mint(USER)))
+        second = await client.post("/api/registrations", headers=bearer(mint(USER)))
+        assert (first.status_code, second.status_code) == (201, 200)
+        assert first.json() == second.json()
+        assert len(await audit_rows(owner, "user.registered")) == 1
+
+    async def test_concurrent_sign_ups_make_one_row(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], owner: asyncpg.Connection
+    ) -> None:
+        token = mint(USER)
+        responses = await asyncio.gather(
+            *(client.post("/api/registrations", headers=bearer(token)) for _ in range(5))
+        )
+        assert sorted(r.status_code for r in responses) == [200, 200, 200, 200, 201]
+        assert await owner.fetchval("SELECT count(*) FROM registrations") == 1
+        assert len(await audit_rows(owner, "user.registered")) == 1
+
+    async def test_database_down_is_503_and_stores_nothing(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        database: ProvisionedDatabase,
+        owner: asyncpg.Connection,
+    ) -> None:
+        token = mint(USER)
+        async with DatabaseOutage(database):
+            response = await client.post("/api/registrations", headers=bearer(token))
+        body = assert_problem(response, 503)
+        assert response.headers["retry-after"]
+        assert "database" in str(body["detail"])
+        assert await owner.fetchval("SELECT count(*) FROM registrations") == 0
+        assert await owner.fetchval("SELECT count(*) FROM audit_events") == 0
+        # The pool recovers by itself once the database is back.
+        again = await client.post("/api/registrations", headers=bearer(token))
+        assert again.status_code == 201
+
+
+class DatabaseOutage:
+    """The database refuses new connections and drops the app's open ones."""
+
+    def __init__(self, database: ProvisionedDatabase) -> None:
+        self.database = database
+
+    async def __aenter__(self) -> None:
+        self.admin = await asyncpg.connect(self.database.admin_url)
+        await self.admin.execute(f'ALTER DATABASE "{self.database.name}" ALLOW_CONNECTIONS false')
+        await self.admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND usename = $2",
+            self.database.name,
+            self.database.app_role,
+        )
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.admin.execute(f'ALTER DATABASE "{self.database.name}" ALLOW_CONNECTIONS true')
+        await self.admin.close()
+
+
+class TestMe:
+    async def test_anonymous(self, client: httpx.AsyncClient) -> None:
+        assert_problem(await client.get("/api/me"), 401)
+
+    async def test_expired_token_is_told_apart(
+        self, client: httpx.AsyncClient, mint: Callable[..., str]
+    ) -> None:
+        token = mint(USER, exp=int(time.time()) - 600, iat=int(time.time()) - 4000)
+        response = await client.get("/api/me", headers=bearer(token))
+        assert_problem(response, 401)
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+        assert 'error_description="token expired"' in response.headers["www-authenticate"]
+        assert token not in response.text
+
+    async def test_ok_follows_the_diagram(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        interactions: list[tuple[str, str]],
+    ) -> None:
+        await client.post("/api/registrations", headers=bearer(mint(USER)))
+        interactions.clear()
+        response = await client.get("/api/me", headers=bearer(mint(USER, org_id=None)))
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
+        body = response.json()
+        assert body["user_id"] == USER
+        assert body["registered"] is True
+        assert body["patient_count"] == 0
+        assert "read:patients" in body["permissions"]
+        # Token verified from the cached key (no Auth0 call), then the DB is read.
+        assert [i for i in interactions if i[0] == "auth0"] == []
+        assert ("db", "read:registrations") in interactions
+
+    async def test_unregistered_caller_is_told_so(
+        self, client: httpx.AsyncClient, mint: Callable[..., str]
+    ) -> None:
+        body = (await client.get("/api/me", headers=bearer(mint("auth0|new")))).json()
+        assert body["registered"] is False
+        assert body["registered_at"] is None
+
+    async def test_signed_in_recorded_once_per_session(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], owner: asyncpg.Connection
+    ) -> None:
+        first_session = mint(USER, sid="session-a")
+        await asyncio.gather(
+            *(client.get("/api/me", headers=bearer(first_session)) for _ in range(4))
+        )
+        await client.get("/api/me", headers=bearer(mint(USER, sid="session-a")))  # refreshed
+        await client.get("/api/me", headers=bearer(mint(USER, sid="session-b")))
+        events = await audit_rows(owner, "user.signed_in")
+        assert [e["session_id"] for e in events] == ["session-a", "session-b"]
+        assert all(e["actor"] == USER and e["crud"] == "E" for e in events)
+
+
+class TestUpdateProfile:
+    async def test_anonymous(self, client: httpx.AsyncClient, tenant: respx.MockRouter) -> None:
+        assert_problem(await client.patch("/api/profile", json={"nickname": "x"}), 401)
+        assert not tenant.calls
+
+    async def test_ok_follows_the_diagram(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        tenant: respx.MockRouter,
+        owner: asyncpg.Connection,
+        interactions: list[tuple[str, str]],
+    ) -> None:
+        patch = tenant.route(method="PATCH", path__regex=USER_PATH).mock(
+            return_value=httpx.Response(200, json=auth0_user(nickname="newnick"))
+        )
+        update = {
+            "nickname": "newnick",
+            "user_metadata": {"address": {"city": "Lyon", "country": "FR"}},
+        }
+        response = await client.patch("/api/profile", json=update, headers=bearer(mint(USER)))
+        assert response.status_code == 200, response.text
+        assert json.loads(patch.calls.last.request.content) == update
+        profile = response.json()
+        assert profile["nickname"] == "newnick"
+        assert profile["user_metadata"] == {"phone_number": "+15551234567"}
+        for hidden in (
+            "app_metadata",
+            "identities",
+            "last_ip",
+            "idp-secret-token",
+            "internal_note",
+        ):
+            assert hidden not in response.text
+        assert follows(
+            interactions,
+            [
+                JWKS,
+                M2M,
+                ("auth0", "PATCH /api/v2/users/auth0%7Cuser-1"),
+                ("db", "write:audit_events"),
+            ],
+        )
+        events = await audit_rows(owner, "profile.updated")
+        assert len(events) == 1
+        assert json.loads(events[0]["detail"]) == {"fields": ["nickname", "user_metadata.address"]}
+        assert "Lyon" not in events[0]["detail"]
+
+    @pytest.mark.parametrize(
+        ("body", "status", "fields"),
+        [
+            ({"email": "x@example.com"}, 422, ["email"]),
+            ({"app_metadata": {"roles": ["admin"]}}, 422, ["app_metadata"]),
+            ({"user_metadata": {"plan": "gold"}}, 422, ["user_metadata.plan"]),
+            ({"picture": "http://insecure.example/a.png"}, 422, ["picture"]),
+            ({"nickname": ""}, 422, ["nickname"]),
+            ({"nickname": "bad\u0000char"}, 422, ["nickname"]),
+            (
+                {"user_metadata": {"date_of_birth": "2999-01-01"}},
+                422,
+                ["user_metadata.date_of_birth"],
+            ),
+            ({"user_metadata": {"phone_number": "call me"}}, 422, ["user_metadata.phone_number"]),
+            ({}, 422, ["body"]),
+            ({"nickname": 5}, 400, ["nickname"]),
+            ({"nickname": "ok", "given_name": ["list"]}, 400, ["given_name"]),
+        ],
+    )
+    async def test_bad_input_changes_nothing(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        tenant: respx.MockRouter,
+        owner: asyncpg.Connection,
+        body: dict[str, object],
+        status: int,
+        fields: list[str],
+    ) -> None:
+        patch = tenant.route(method="PATCH", path__regex=USER_PATH)
+        response = await client.patch("/api/profile", json=body, headers=bearer(mint(USER)))
+        problem = assert_problem(response, status)
+        named = [e["field"] for e in problem["errors"]]  # type: ignore[union-attr]
+        assert named == fields
+        assert not patch.called
+        assert await owner.fetchval("SELECT count(*) FROM audit_events") == 0
+
+    async def test_malformed_json_and_wrong_media_type(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], tenant: respx.MockRouter
+    ) -> None:
+        patch = tenant.route(method="PATCH", path__regex=USER_PATH)
+        headers = bearer(mint(USER))
+        bad_json = await client.patch(
+            "/api/profile",
+            content=b'{"nickname": ',
+            headers={**headers, "content-type": "application/json"},
+        )
+        assert assert_problem(bad_json, 400)["detail"] == "the body is not valid JSON"
+        not_json = await client.patch(
+            "/api/profile", content=b"nickname=x", headers={**headers, "content-type": "text/plain"}
+        )
+        assert_problem(not_json, 415)
+        array = await client.patch("/api/profile", json=["nickname"], headers=headers)
+        assert_problem(array, 400)
+        assert not patch.called
+
+    async def test_streamed_body_over_the_limit_is_413(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], tenant: respx.MockRouter
+    ) -> None:
+        patch = tenant.route(method="PATCH", path__regex=USER_PATH)
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            for _ in range(17):
+                yield b" " * 65536
+
+        response = await client.patch(
+            "/api/profile",
+            content=chunks(),
+            headers={**bearer(mint(USER)), "content-type": "application/json"},
+        )
+        assert_problem(response, 413)
+        assert not patch.called
+
+    async def test_auth0_refusal_is_recorded_as_failed(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        tenant: respx.MockRouter,
+        owner: asyncpg.Connection,
+    ) -> None:
+        tenant.route(method="PATCH", path__regex=USER_PATH).mock(
+            return_value=httpx.Response(
+                400, json={"statusCode": 400, "message": "Payload validation error"}
+            )
+        )
+        response = await client.patch(
+            "/api/profile", json={"nickname": "n"}, headers=bearer(mint(USER))
+        )
+        assert_problem(response, 422)
+        events = await audit_rows(owner, "profile.updated")
+        assert [(e["outcome"], e["outcome_reason"]) for e in events] == [("failed", "auth0: 422")]
+
+    async def test_rate_limited_then_succeeds_within_budget(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], tenant: respx.MockRouter
+    ) -> None:
+        reset = int(time.time()) + 1
+        patch = tenant.route(method="PATCH", path__regex=USER_PATH).mock(
+            side_effect=[
+                httpx.Response(429, headers={"x-ratelimit-reset": str(reset)}),
+                httpx.Response(200, json=auth0_user()),
+            ]
+        )
+        started = time.monotonic()
+        response = await client.patch(
+            "/api/profile", json={"nickname": "n"}, headers=bearer(mint(USER))
+        )
+        assert response.status_code == 200
+        assert patch.call_count == 2
+        assert time.monotonic() - started < 3.0
+
+    async def test_rate_limited_past_budget_is_503_and_recorded(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        tenant: respx.MockRouter,
+        owner: asyncpg.Connection,
+    ) -> None:
+        patch = tenant.route(method="PATCH", path__regex=USER_PATH).mock(
+            return_value=httpx.Response(429, headers={"retry-after": "30"})
+        )
+        response = await client.patch(
+            "/api/profile", json={"nickname": "n"}, headers=bearer(mint(USER))
+        )
+        assert_problem(response, 503)
+        assert int(response.headers["retry-after"]) >= 30
+        assert patch.call_count == 1
+        assert [e["outcome"] for e in await audit_rows(owner, "profile.updated")] == ["failed"]
+
+    async def test_server_error_then_success(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], tenant: respx.MockRouter
+    ) -> None:
+        patch = tenant.route(method="PATCH", path__regex=USER_PATH).mock(
+            side_effect=[httpx.Response(500), httpx.Response(200, json=auth0_user())]
+        )
+        response = await client.patch(
+            "/api/profile", json={"nickname": "n"}, headers=bearer(mint(USER))
+        )
+        assert response.status_code == 200
+        assert patch.call_count == 2
+
+    async def test_timeouts_end_in_503(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        tenant: respx.MockRouter,
+        owner: asyncpg.Connection,
+    ) -> None:
+        tenant.route(method="PATCH", path__regex=USER_PATH).mock(
+            side_effect=httpx.ReadTimeout("slow")
+        )
+        response = await client.patch(
+            "/api/profile", json={"nickname": "n"}, headers=bearer(mint(USER))
+        )
+        assert_problem(response, 503)
+        assert response.headers["retry-after"]
+        assert [e["outcome"] for e in await audit_rows(owner, "profile.updated")] == ["failed"]
+
+    async def test_stale_m2m_token_is_renewed_once(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], tenant: respx.MockRouter
+    ) -> None:
+        patch = tenant.route(method="PATCH", path__regex=USER_PATH).mock(
+            side_effect=[
+                httpx.Response(401, json={"message": "Expired token"}),
+                httpx.Response(200, json=auth0_user()),
+            ]
+        )
+        response = await client.patch(
+            "/api/profile", json={"nickname": "n"}, headers=bearer(mint(USER))
+        )
+        assert response.status_code == 200
+        assert patch.call_count == 2
+        assert tenant.routes["oauth_token"].call_count == 2
+
+    async def test_non_json_answer_is_502(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], tenant: respx.MockRouter
+    ) -> None:
+        tenant.route(method="PATCH", path__regex=USER_PATH).mock(
+            return_value=httpx.Response(200, text="<html>oops</html>")
+        )
+        response = await client.patch(
+            "/api/profile", json={"nickname": "n"}, headers=bearer(mint(USER))
+        )
+        assert_problem(response, 502)
+        assert "<html>" not in response.text
+
+    async def test_audit_failure_after_auth0_success_still_tells_the_truth(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        tenant: respx.MockRouter,
+        database: ProvisionedDatabase,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        token = mint(USER)
+        await client.get("/healthz")
+
+        async def patched(request: httpx.Request) -> httpx.Response:
+            await outage.__aenter__()
+            return httpx.Response(200, json=auth0_user(nickname="n"))
+
+        outage = DatabaseOutage(database)
+        tenant.route(method="PATCH", path__regex=USER_PATH).mock(side_effect=patched)
+        try:
+            response = await client.patch(
+                "/api/profile", json={"nickname": "n"}, headers=bearer(token)
+            )
+        finally:
+            await outage.__aexit__()
+        assert response.status_code == 200
+        assert response.json()["nickname"] == "n"
+        critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+        assert len(critical) == 1
+        assert getattr(critical[0], "user_id", None) == USER
+        assert getattr(critical[0], "fields", None) == ["nickname"]
+
+
+class TestGetProfile:
+    async def test_anonymous(self, client: httpx.AsyncClient) -> None:
+        assert_problem(await client.get("/api/profile"), 401)
+
+    async def test_ok_follows_the_diagram(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        tenant: respx.MockRouter,
+        owner: asyncpg.Connection,
+        interactions: list[tuple[str, str]],
+    ) -> None:
+        await insert_patients(owner, f"user:{USER}", 3)
+        await insert_patients(owner, "user:auth0|someone-else", 2)
+        tenant.route(method="GET", path__regex=USER_PATH).mock(
+            return_value=httpx.Response(200, json=auth0_user())
+        )
+        response = await client.get("/api/profile", headers=bearer(mint(USER)))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["profile"]["user_id"] == USER
+        assert "app_metadata" not in body["profile"]
+        assert len(body["patients"]["items"]) == 3
+        assert body["patients"]["next_cursor"] is None
+        assert follows(
+            interactions,
+            [
+                JWKS,
+                M2M,
+                ("auth0", "GET /api/v2/users/auth0%7Cuser-1"),
+                ("db", "read:patients"),
+                ("db", "write:audit_events"),
+            ],
+        )
+        reads = await audit_rows(owner, "patient.read")
+        returned = sorted(p["id"] for p in body["patients"]["items"])
+        assert sorted(str(e["patient_id"]) for e in reads) == returned
+
+    async def test_profile_reads_are_cached(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], tenant: respx.MockRouter
+    ) -> None:
+        get = tenant.route(method="GET", path__regex=USER_PATH).mock(
+            return_value=httpx.Response(200, json=auth0_user())
+        )
+        for _ in range(3):
+            assert (await client.get("/api/profile", headers=bearer(mint(USER)))).status_code == 200
+        assert get.call_count == 1
+
+    async def test_auth0_down_is_503_and_no_patient_is_read(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        tenant: respx.MockRouter,
+        owner: asyncpg.Connection,
+    ) -> None:
+        await insert_patients(owner, f"user:{USER}", 2)
+        tenant.route(method="GET", path__regex=USER_PATH).mock(
+            side_effect=httpx.ConnectError("down")
+        )
+        response = await client.get("/api/profile", headers=bearer(mint(USER)))
+        assert_problem(response, 503)
+        assert await audit_rows(owner, "patient.read") == []
+
+
+async def insert_patients(owner: asyncpg.Connection, scope: str, count: int) -> None:
+    await owner.executemany(
+        "INSERT INTO patients (scope, created_by, given_name, family_name, birth_date) "
+        "VALUES ($1, 'seed', $2, 'Tester', '1980-01-01')",
+        [(scope, f"Given{i}") for i in range(count)],
+    )
