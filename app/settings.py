@@ -117,7 +117,8 @@ class Settings(BaseSettings):
     @field_validator("auth0_algorithms")
     @classmethod
     def _asymmetric_only(cls, value: list[str]) -> list[str]:
-        allowed = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
+        # What python-jose can verify with a public key; no HS* (algorithm confusion), no none.
+        allowed = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
         bad = [alg for alg in value if alg not in allowed]
         if bad or not value:
             raise ValueError(f"AUTH0_ALGORITHMS may list only {sorted(allowed)}")

@@ -63,10 +63,10 @@ def test_settings_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("AUTH0_AUDIENCE", "aud")
     monkeypatch.setenv("AUTH0_CLIENT_ID", "id")
     monkeypatch.setenv("AUTH0_CLIENT_SECRET", "s")
-    monkeypatch.setenv("AUTH0_ALGORITHMS", "RS256, PS256")
+    monkeypatch.setenv("AUTH0_ALGORITHMS", "RS256, ES256")
     settings = load_settings(_env_file=None)
     assert settings.auth0_domain == "env-tenant.auth0.com"
-    assert settings.auth0_algorithms == ["RS256", "PS256"]
+    assert settings.auth0_algorithms == ["RS256", "ES256"]
 
 
 @pytest.mark.parametrize(
@@ -78,6 +78,7 @@ def test_settings_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
         ("auth0_base_url", "ftp://x", "AUTH0_BASE_URL must be an http(s) URL"),
         ("auth0_algorithms", "HS256", "AUTH0_ALGORITHMS may list only"),
         ("auth0_algorithms", "none", "AUTH0_ALGORITHMS may list only"),
+        ("auth0_algorithms", "PS256", "AUTH0_ALGORITHMS may list only"),
         ("token_leeway_seconds", "-1", "TOKEN_LEEWAY_SECONDS"),
     ],
 )
