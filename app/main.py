@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
@@ -33,6 +34,46 @@ def all_routes() -> list[BaseRoute]:
         *account.routes,
         *admin.routes,
     ]
+
+
+def middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
+    """Outermost first: the request envelope sees everything, CORS answers preflights."""
+    stack = [
+        Middleware(
+            RequestContextMiddleware,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+            trusted_proxies=settings.trusted_proxies,
+            hsts_seconds=settings.hsts_seconds,
+        )
+    ]
+    if settings.cors_allowed_origins:
+        # Bearer tokens travel in a header, never a cookie: no credentials mode needed.
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_allowed_origins,
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "If-Match",
+                    "Idempotency-Key",
+                    "X-Request-ID",
+                ],
+                expose_headers=[
+                    "ETag",
+                    "Location",
+                    "Retry-After",
+                    "WWW-Authenticate",
+                    "X-Request-ID",
+                    "Link",
+                ],
+                allow_credentials=False,
+                max_age=600,
+            )
+        )
+    return stack
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -69,11 +110,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=all_routes(),
-        middleware=[
-            Middleware(
-                RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
-            )
-        ],
+        middleware=middleware(settings, metrics),
         exception_handlers=errors.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

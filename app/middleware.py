@@ -6,6 +6,7 @@ the path without its query string: search parameters can hold patient names.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
@@ -49,11 +50,41 @@ class BodyTooLarge(Exception):
     pass
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Sent on every response. The API serves personal data, so nothing is cached unless a
+# handler says otherwise, and nothing is framed, sniffed or leaked through the Referer.
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        trusted_proxies: list[str] | None = None,
+        hsts_seconds: int = 0,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.trusted: list[Network] = [
+            ipaddress.ip_network(n, strict=False) for n in trusted_proxies or []
+        ]
+        self.extra_headers = dict(_SECURITY_HEADERS)
+        if hsts_seconds:
+            self.extra_headers["Strict-Transport-Security"] = (
+                f"max-age={hsts_seconds}; includeSubDomains"
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,6 +94,8 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
+        if self.trusted:
+            _apply_forwarded_for(scope, self.trusted)
         status = 500
         response_started = False
         limit = self.max_body_bytes
@@ -91,6 +124,9 @@ class RequestContextMiddleware:
                 response_started = True
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = request_id
+                for name, value in self.extra_headers.items():
+                    headers.setdefault(name, value)
+                headers.setdefault("Cache-Control", "no-store")
             await send(message)
 
         try:
@@ -113,6 +149,8 @@ class RequestContextMiddleware:
     async def _send_error(self, send: Send, error: AppError, request_id: str) -> None:
         response = problem_response(error, request_id)
         response.headers["X-Request-ID"] = request_id
+        response.headers["Cache-Control"] = "no-store"
+        response.headers.update(self.extra_headers)
 
         async def no_body() -> Message:
             return {"type": "http.disconnect"}
@@ -146,6 +184,34 @@ def _request_id(scope: Scope) -> str:
                 return candidate
             break
     return uuid.uuid4().hex
+
+
+def _trusted(address: str, networks: list[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def _apply_forwarded_for(scope: Scope, networks: list[Network]) -> None:
+    """Replace the peer address by the client's when the peer is a trusted proxy: the
+    right-most X-Forwarded-For entry that is not itself a trusted proxy."""
+    client = scope.get("client")
+    if not client or not _trusted(client[0], networks):
+        return
+    forwarded = [
+        value.decode("latin-1") for name, value in scope["headers"] if name == b"x-forwarded-for"
+    ]
+    chain = [hop.strip() for value in forwarded for hop in value.split(",") if hop.strip()]
+    for hop in reversed(chain):
+        try:
+            address = str(ipaddress.ip_address(hop))
+        except ValueError:
+            return  # a garbled chain: keep the proxy's own address rather than guess
+        if not _trusted(address, networks):
+            scope["client"] = (address, 0)
+            return
 
 
 def _content_length(scope: Scope) -> int | None:

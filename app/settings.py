@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -80,6 +81,40 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    # --- Browser-facing hardening ---------------------------------------------------------
+    cors_allowed_origins: Annotated[list[str], NoDecode] = []
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    hsts_seconds: int = Field(default=0, ge=0)
+
+    @field_validator("cors_allowed_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _csv(value)
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path:
+                raise ValueError(
+                    "CORS_ALLOWED_ORIGINS lists origins like https://app.example.com "
+                    "(no wildcard, no path)"
+                )
+        return [origin.rstrip("/") for origin in value]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TRUSTED_PROXIES: {network!r} is not an IP address or network"
+                ) from None
+        return value
 
     @field_validator("database_url")
     @classmethod
