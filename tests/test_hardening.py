@@ -70,7 +70,8 @@ class TestCors:
                 headers={
                     "Origin": FRONTEND,
                     "Access-Control-Request-Method": "POST",
-                    "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+                    "Access-Control-Request-Headers": "authorization, content-type, "
+                    "idempotency-key",
                 },
             )
         assert response.status_code == 200
