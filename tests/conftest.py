@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,6 +34,7 @@ from app.devdb import (
     with_credentials,
 )
 from app.devtenant import ALL_PERMISSIONS, SigningKey, TokenMinter
+from app.logs import JsonFormatter
 from app.main import create_app
 from app.settings import Settings
 
@@ -76,6 +78,80 @@ def template_db(postgres_server: str) -> Iterator[ProvisionedDatabase]:
 
 _clone_ids = itertools.count()
 
+# --- Leak check: nothing secret or personal in any log line of the whole run -------------
+# Every log record of the session is formatted as production would (JSON lines) and kept;
+# every token minted, the test secrets, and every patient value a test stored are
+# registered; at the end of the run any registered value found in the log fails it.
+_SENSITIVE: set[str] = {CLIENT_SECRET, LOG_STREAM_TOKEN}
+_LOG_LINES: list[str] = []
+
+
+class _KeepEverything(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _LOG_LINES.append(self.format(record))
+        except Exception:  # a record that cannot be formatted is still checked as text
+            _LOG_LINES.append(repr(vars(record)))
+
+
+_original_sign = SigningKey.sign
+
+
+def _recording_sign(self: SigningKey, *args: Any, **kwargs: Any) -> str:
+    token = _original_sign(self, *args, **kwargs)
+    _SENSITIVE.add(token)
+    _SENSITIVE.add(token.rsplit(".", 1)[-1])  # the signature alone is a secret too
+    return token
+
+
+SigningKey.sign = _recording_sign  # type: ignore[method-assign]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger().addHandler(_KeepEverything())
+    logging.getLogger().setLevel(logging.INFO)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Short values (e.g. a two-letter name) would match by chance; tokens are long.
+    needles = sorted(v for v in _SENSITIVE if len(v) >= 6)
+    leaks = [(needle, line) for line in _LOG_LINES for needle in needles if needle in line]
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"LEAK CHECK FAILED: {len(leaks)} log line(s) hold a token, "
+                "secret or patient value; the first:",
+                red=True,
+            )
+            needle, line = leaks[0]
+            reporter.write_line(line.replace(needle, "<<LEAKED VALUE>>")[:2000])
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif _LOG_LINES:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"leak check: {len(_LOG_LINES)} log lines, {len(needles)} sensitive values, no leak"
+            )
+
+
+async def _register_patient_values(owner_url: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(owner_url))
+    try:
+        if await conn.fetchval("SELECT to_regclass('patients')") is None:
+            return
+        rows = await conn.fetch(
+            "SELECT given_name, family_name, identifier_value, email, phone FROM patients"
+        )
+    finally:
+        await conn.close()
+    for row in rows:
+        _SENSITIVE.update(str(v) for v in row.values() if v)
+
 
 @pytest.fixture
 async def database(template_db: ProvisionedDatabase) -> AsyncIterator[ProvisionedDatabase]:
@@ -86,13 +162,16 @@ async def database(template_db: ProvisionedDatabase) -> AsyncIterator[Provisione
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db.name}"')
     finally:
         await admin.close()
-    yield ProvisionedDatabase(
+    provisioned = ProvisionedDatabase(
         admin_url=template_db.admin_url,
         name=name,
         owner_url=with_credentials(template_db.owner_url, database=name),
         app_url=with_credentials(template_db.app_url, database=name),
         app_role=template_db.app_role,
     )
+    yield provisioned
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        await _register_patient_values(provisioned.owner_url)
     admin = await asyncpg.connect(asyncpg_dsn(template_db.admin_url))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
