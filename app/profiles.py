@@ -24,8 +24,21 @@ Name = Annotated[
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()./-]{5,30}$")
 
 
-class Address(BaseModel):
+class _NoNulls(BaseModel):
+    """Fields are optional, but a field that is sent must have a value: `null` is refused by
+    name (Auth0 would read it as "delete this", which is not an allowed change here)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null")
+        return value
+
+
+class Address(_NoNulls):
 
     line: list[Annotated[str, StringConstraints(max_length=200)]] | None = Field(None, max_length=4)
     city: Annotated[str, StringConstraints(max_length=100)] | None = None
@@ -33,10 +46,8 @@ class Address(BaseModel):
     country: Annotated[str, StringConstraints(max_length=100)] | None = None
 
 
-class UserMetadata(BaseModel):
+class UserMetadata(_NoNulls):
     """The only `user_metadata` keys a frontend may set; each is sent to Auth0 whole."""
-
-    model_config = ConfigDict(extra="forbid")
 
     phone_number: str | None = None
     address: Address | None = None
@@ -57,10 +68,8 @@ class UserMetadata(BaseModel):
         return value
 
 
-class ProfileUpdate(BaseModel):
+class ProfileUpdate(_NoNulls):
     """`PATCH /api/profile`: any subset of these; anything else is refused by name."""
-
-    model_config = ConfigDict(extra="forbid")
 
     given_name: Name | None = None
     family_name: Name | None = None
