@@ -12,7 +12,6 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from types import FrameType
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,13 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from uvicorn.supervisors import Multiprocess
 
     from app.logs import configure_logging
-
-    class GracefulServer(uvicorn.Server):
-        """SIGTERM/SIGINT drain in-flight requests, then exit 0 (uvicorn would re-raise)."""
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            super().handle_exit(sig, frame)
-            self._captured_signals.clear()
+    from app.server import GracefulServer
 
     settings = load_settings()
     asyncio.run(_check_database(settings))

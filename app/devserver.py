@@ -21,6 +21,7 @@ from app.devdb import ProvisionedDatabase, embedded_server, provision
 from app.devtenant import ALL_PERMISSIONS, TenantState, TokenMinter, create_tenant_app
 from app.logs import configure_logging
 from app.main import create_app
+from app.server import GracefulServer
 from app.settings import Settings
 
 DEV_DOMAIN = "dev-tenant.local"
@@ -83,7 +84,7 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
                 lifespan="off",
             )
         )
-        app_server = uvicorn.Server(
+        app_server = GracefulServer(
             uvicorn.Config(
                 create_app(settings),
                 host="127.0.0.1",
