@@ -40,6 +40,11 @@ def configure_logging(level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    quiet_chatty_loggers()
+
+
+def quiet_chatty_loggers() -> None:
+    """Loggers whose INFO lines would say more than we allow."""
     # Our middleware writes the access log; uvicorn's would duplicate it (with query strings).
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every outbound URL at INFO; Management API paths carry user ids.

@@ -34,7 +34,7 @@ from app.devdb import (
     with_credentials,
 )
 from app.devtenant import ALL_PERMISSIONS, SigningKey, TokenMinter
-from app.logs import JsonFormatter
+from app.logs import JsonFormatter, quiet_chatty_loggers
 from app.main import create_app
 from app.settings import Settings
 
@@ -113,7 +113,8 @@ SigningKey.sign = _recording_sign  # type: ignore[method-assign]
 
 def pytest_configure(config: pytest.Config) -> None:
     logging.getLogger().addHandler(_KeepEverything())
-    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger().setLevel(logging.INFO)  # as production runs
+    quiet_chatty_loggers()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
