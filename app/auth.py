@@ -41,6 +41,7 @@ from app.errors import (
     problem_response,
     request_id_of,
 )
+from app.settings import Settings
 from app.tokens import Principal, TokenVerifier
 
 logger = logging.getLogger("app.auth")
@@ -74,16 +75,27 @@ def bearer_token(conn: HTTPConnection) -> str:
     return token
 
 
-def check_requirement(principal: Principal, requirement: AuthRequirement) -> None:
-    """Raise the 403 a frontend can act on, checked in the order that makes sense to fix."""
+def check_requirement(
+    principal: Principal, requirement: AuthRequirement, settings: Settings | None = None
+) -> None:
+    """Raise the 403 a frontend can act on, checked in the order that makes sense to fix.
+
+    Besides what the route declares, settings may demand a verified email
+    (REQUIRE_VERIFIED_EMAIL_FOR) or MFA (REQUIRE_MFA_FOR) for routes needing a permission.
+    """
     missing = [p for p in requirement.permissions if p not in principal.permissions]
     if missing:
         raise InsufficientScope(" ".join(requirement.permissions))
-    if requirement.verified_email and principal.email_verified is not True:
+    routed = set(requirement.permissions)
+    needs_email = requirement.verified_email or bool(
+        settings and routed & set(settings.require_verified_email_for)
+    )
+    needs_mfa = requirement.mfa or bool(settings and routed & set(settings.require_mfa_for))
+    if needs_email and principal.email_verified is not True:
         if principal.email_verified is None:
             raise EmailNotVerified("the access token does not say the email address is verified")
         raise EmailNotVerified()
-    if requirement.mfa and "mfa" not in principal.amr:
+    if needs_mfa and "mfa" not in principal.amr:
         raise StepUpRequired()
 
 
@@ -93,7 +105,7 @@ async def authenticate(request: Request, requirement: AuthRequirement) -> Princi
     try:
         token = bearer_token(request)
         found = await context(request).verifier.verify_access_token(token)
-        check_requirement(found, requirement)
+        check_requirement(found, requirement, context(request).settings)
     except (Unauthorized, Forbidden) as error:  # a 503 is not a denial
         await _report_denial(request, found, error)
         raise

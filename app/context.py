@@ -8,6 +8,7 @@ import httpx
 from databases import Database
 from starlette.requests import Request
 
+from app.account import AccountServices
 from app.auth0 import Auth0Client
 from app.settings import Settings
 from app.tokens import TokenVerifier
@@ -20,6 +21,7 @@ class AppContext:
     http: httpx.AsyncClient
     verifier: TokenVerifier
     auth0: Auth0Client
+    account: AccountServices
 
 
 def context(request: Request) -> AppContext:

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from app import errors
+from app.account import account_services, running_account_services
 from app.auth0 import Auth0Client
 from app.context import AppContext
 from app.db import create_database
@@ -94,15 +95,19 @@ def create_app(settings: Settings) -> Starlette:
             timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=50)
         )
         await database.connect()
+        verifier = TokenVerifier(settings, http)
+        account = account_services(settings)
         ctx = AppContext(
             settings=settings,
             database=database,
             http=http,
-            verifier=TokenVerifier(settings, http),
+            verifier=verifier,
             auth0=Auth0Client(settings, http),
+            account=account,
         )
         try:
-            yield {"ctx": ctx}
+            async with running_account_services(account, settings.database_url, verifier):
+                yield {"ctx": ctx}
         finally:
             await ctx.auth0.aclose()
             await http.aclose()

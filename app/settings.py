@@ -82,12 +82,34 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
+    # --- Account (password reset, verification email, sessions, log streams) --------------
+    require_verified_email_for: Annotated[list[str], NoDecode] = [
+        "create:patients",
+        "update:patients",
+        "delete:patients",
+    ]
+    require_mfa_for: Annotated[list[str], NoDecode] = []
+    rate_limit_password_reset_ip_count: int = Field(default=20, ge=1)
+    rate_limit_password_reset_ip_seconds: float = Field(default=900, gt=0)
+    rate_limit_password_reset_email_count: int = Field(default=5, ge=1)
+    rate_limit_password_reset_email_seconds: float = Field(default=900, gt=0)
+    rate_limit_verification_email_count: int = Field(default=3, ge=1)
+    rate_limit_verification_email_seconds: float = Field(default=900, gt=0)
+    revoked_session_seconds: float = Field(default=86_400, ge=0)
+    auth0_log_id_retention_days: int = Field(default=90, ge=1)
+
     # --- Browser-facing hardening ---------------------------------------------------------
     cors_allowed_origins: Annotated[list[str], NoDecode] = []
     trusted_proxies: Annotated[list[str], NoDecode] = []
     hsts_seconds: int = Field(default=0, ge=0)
 
-    @field_validator("cors_allowed_origins", "trusted_proxies", mode="before")
+    @field_validator(
+        "cors_allowed_origins",
+        "trusted_proxies",
+        "require_verified_email_for",
+        "require_mfa_for",
+        mode="before",
+    )
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _csv(value)

@@ -28,11 +28,12 @@ from app.auth import (
     BearerTokenBackend,
     auth_error_response,
     auth_requirement,
+    check_requirement,
     principal,
     requires,
 )
 from app.devtenant import SigningKey, TokenMinter
-from app.errors import EXCEPTION_HANDLERS, AppError
+from app.errors import EXCEPTION_HANDLERS, AppError, EmailNotVerified, StepUpRequired
 from app.settings import Settings
 from app.tokens import Principal, TokenVerifier
 
@@ -55,6 +56,7 @@ class Ctx:
     """The slice of `AppContext` that `requires` reads."""
 
     verifier: Any
+    settings: Any = None
     denials: list[Denial] = field(default_factory=list)
 
     async def on_denied(self, request: Request, who: Principal | None, error: AppError) -> None:
@@ -133,7 +135,8 @@ def jwks(minter: TokenMinter) -> Iterator[respx.Route]:
 @pytest.fixture
 async def ctx(jwks: respx.Route) -> AsyncIterator[Ctx]:
     async with httpx.AsyncClient() as http:
-        yield Ctx(TokenVerifier(settings(), http))
+        config = settings()
+        yield Ctx(TokenVerifier(config, http), config)
 
 
 @pytest.fixture
@@ -430,3 +433,38 @@ class TestBearerTokenBackend:
         assert assert_problem(response, 401)["detail"] == "token expired"
         assert 'error_description="token expired"' in response.headers["www-authenticate"]
         assert token not in response.text
+
+
+class TestPolicyFromSettings:
+    """REQUIRE_VERIFIED_EMAIL_FOR / REQUIRE_MFA_FOR add requirements by permission."""
+
+    def principal(self, **fields: Any) -> Principal:
+        return Principal(
+            sub="auth0|p", permissions=frozenset({"create:patients", "read:patients"}), **fields
+        )
+
+    def test_patient_writes_need_a_verified_email_by_default(self) -> None:
+        requirement = AuthRequirement(("create:patients",))
+        with pytest.raises(EmailNotVerified):
+            check_requirement(self.principal(email_verified=False), requirement, settings())
+        check_requirement(self.principal(email_verified=True), requirement, settings())
+
+    def test_reads_do_not(self) -> None:
+        check_requirement(
+            self.principal(email_verified=False), AuthRequirement(("read:patients",)), settings()
+        )
+
+    def test_lists_are_configurable(self) -> None:
+        config = settings().model_copy(
+            update={"require_verified_email_for": [], "require_mfa_for": ["read:patients"]}
+        )
+        check_requirement(
+            self.principal(email_verified=False), AuthRequirement(("create:patients",)), config
+        )
+        with pytest.raises(StepUpRequired):
+            check_requirement(
+                self.principal(amr=("pwd",)), AuthRequirement(("read:patients",)), config
+            )
+        check_requirement(
+            self.principal(amr=("pwd", "mfa")), AuthRequirement(("read:patients",)), config
+        )
