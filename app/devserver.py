@@ -103,7 +103,9 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
             print("error: the service did not start; see the log above")
             app_server.should_exit = tenant_server.should_exit = True
             return 1
-        token = tenant.minter.mint("auth0|dev-user", permissions=ALL_PERMISSIONS)
+        token = tenant.minter.mint(
+            "auth0|dev-user", permissions=ALL_PERMISSIONS, email_verified=True
+        )
         print(_banner(port, tenant_url, token), flush=True)
         await app_task
         tenant_server.should_exit = True
