@@ -272,15 +272,21 @@ _WRITE = re.compile(r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+([a-z_]+)", re.
 _READ = re.compile(r"\bFROM\s+([a-z_]+)", re.IGNORECASE)
 
 
+# Server-side functions that write a table on the caller's behalf.
+_WRITING_FUNCTIONS = {"audit_events_append(": "audit_events"}
+
+
 def classify_sql(query: str) -> list[str]:
-    """`write:<table>` for each table a statement changes, else `read:<table>`."""
+    """`write:<table>` for each table a statement changes, else `read:<table>`; asyncpg's
+    own catalog look-ups are left out."""
     writes = [f"write:{t.lower()}" for t in _WRITE.findall(query)]
+    writes += [f"write:{table}" for fn, table in _WRITING_FUNCTIONS.items() if fn in query]
     if writes:
         return writes
     return [
         f"read:{t.lower()}"
         for t in _READ.findall(query)
-        if t.lower() not in {"unnest", "generate_series"}
+        if t.lower() not in {"unnest", "generate_series"} and not t.lower().startswith("pg_")
     ][:1]
 
 

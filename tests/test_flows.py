@@ -271,8 +271,7 @@ class TestUpdateProfile:
             ({}, 422, ["body"]),
             ({"user_metadata": None}, 422, ["user_metadata"]),
             ({"nickname": None}, 422, ["nickname"]),
-            ({"user_metadata": {"address": {"city": None}}}, 422,
-             ["user_metadata.address.city"]),
+            ({"user_metadata": {"address": {"city": None}}}, 422, ["user_metadata.address.city"]),
             ({"nickname": 5}, 400, ["nickname"]),
             ({"nickname": "ok", "given_name": ["list"]}, 400, ["given_name"]),
         ],
@@ -544,3 +543,44 @@ async def insert_patients(owner: asyncpg.Connection, scope: str, count: int) -> 
         "VALUES ($1, 'seed', $2, 'Tester', '1980-01-01')",
         [(scope, f"Given{i}") for i in range(count)],
     )
+
+
+class TestCreatePatient:
+    """Diagram 4; the patient rules themselves are in tests/test_patients_endpoints.py."""
+
+    async def test_ok_follows_the_diagram(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        owner: asyncpg.Connection,
+        interactions: list[tuple[str, str]],
+    ) -> None:
+        response = await client.post(
+            "/api/patients",
+            json={"given_name": "Ada", "family_name": "Lovelace", "birth_date": "1990-12-10"},
+            headers=bearer(mint(USER, email_verified=True)),
+        )
+        assert response.status_code == 201, response.text
+        patient_id = response.json()["id"]
+        assert response.headers["location"].endswith(f"/api/patients/{patient_id}")
+        # Verify the token (JWKS), store the patient with its audit event; no other Auth0 call.
+        assert follows(interactions, [JWKS, ("db", "write:patients"), ("db", "write:audit_events")])
+        assert [i for i in interactions if i[0] == "auth0"] == [JWKS]
+        stored = await owner.fetchval(
+            "SELECT count(*) FROM patients WHERE id = $1::uuid", patient_id
+        )
+        events = await audit_rows(owner, "patient.created")
+        assert stored == 1
+        assert [str(e["patient_id"]) for e in events] == [patient_id]
+
+    async def test_without_permission_stores_nothing(
+        self, client: httpx.AsyncClient, mint: Callable[..., str], owner: asyncpg.Connection
+    ) -> None:
+        response = await client.post(
+            "/api/patients",
+            json={"given_name": "Ada", "family_name": "Lovelace", "birth_date": "1990-12-10"},
+            headers=bearer(mint(USER, permissions=["read:patients"], email_verified=True)),
+        )
+        assert_problem(response, 403)
+        assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+        assert await owner.fetchval("SELECT count(*) FROM patients") == 0

@@ -16,6 +16,7 @@ from app.context import context
 from app.db import connection, transaction
 from app.errors import AppError, ValidationFailed
 from app.openapi import Resp, operation
+from app.patient_search import read_page_audited
 from app.profiles import (
     COUNT_PATIENTS,
     SELECT_REGISTRATION,
@@ -166,12 +167,14 @@ async def update_profile(request: Request) -> Response:
 async def get_profile(request: Request) -> Response:
     caller = principal(request)
     ctx = context(request)
-    from app import patients  # TODO(integration): module-level once app.patients lands
-
     user = await ctx.auth0.get_user(caller.sub)
     async with connection(ctx.database) as conn:
-        page = await patients.read_page_audited(
-            conn, actor_from(request, caller), scope_of(caller), limit=20
+        page = await read_page_audited(
+            conn,
+            actor_from(request, caller),
+            scope_of(caller),
+            cursor_key=ctx.settings.derived_key("patient-cursor"),
+            limit=20,
         )
     return JSONResponse({"profile": safe_profile(user), "patients": page}, headers=NO_STORE)
 
