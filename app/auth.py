@@ -41,6 +41,7 @@ from app.errors import (
     problem_response,
     request_id_of,
 )
+from app.ratelimit import Limit
 from app.settings import Settings
 from app.tokens import Principal, TokenVerifier
 
@@ -105,12 +106,20 @@ async def authenticate(request: Request, requirement: AuthRequirement) -> Princi
     try:
         token = bearer_token(request)
         found = await context(request).verifier.verify_access_token(token)
+        _limit_user(request, found)  # before the permission check: 403 floods count too
         check_requirement(found, requirement, context(request).settings)
     except (Unauthorized, Forbidden) as error:  # a 503 is not a denial
         await _report_denial(request, found, error)
         raise
     request.state.principal = found
     return found
+
+
+def _limit_user(request: Request, found: Principal) -> None:
+    """Count the request against its user's limit (429 when over); no I/O."""
+    limit: Limit | None = getattr(getattr(request.state, "ctx", None), "per_user_limit", None)
+    if limit is not None:
+        limit.enforce(found.sub)
 
 
 def requires(

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from app.account import AccountServices
 from app.auth0 import Auth0Client
+from app.ratelimit import Limit
 from app.settings import Settings
 from app.tokens import TokenVerifier
 
@@ -22,6 +23,7 @@ class AppContext:
     verifier: TokenVerifier
     auth0: Auth0Client
     account: AccountServices
+    per_user_limit: Limit | None = None
 
 
 def context(request: Request) -> AppContext:

@@ -22,6 +22,7 @@ from app.context import AppContext
 from app.db import create_database
 from app.endpoints import account, admin, audit, flows, ops, patients
 from app.middleware import Metrics, RequestContextMiddleware
+from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit, Quota
 from app.settings import Settings, load_settings
 from app.tokens import TokenVerifier
 
@@ -37,7 +38,9 @@ def all_routes() -> list[BaseRoute]:
     ]
 
 
-def middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
+def middleware(
+    settings: Settings, metrics: Metrics, per_ip: Limit | None = None
+) -> list[Middleware]:
     """Outermost first: the request envelope sees everything, CORS answers preflights."""
     stack = [
         Middleware(
@@ -74,11 +77,19 @@ def middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
                 max_age=600,
             )
         )
+    if per_ip is not None:
+        # Innermost of the three, inside CORS, so a browser can read the 429.
+        stack.append(Middleware(ClientRateLimitMiddleware, limit=per_ip))
     return stack
 
 
 def create_app(settings: Settings) -> Starlette:
     metrics = Metrics()
+    rate_limiter = GlobalRateLimiter(sync_interval=settings.rate_limit_sync_seconds)
+    ip_quota = Quota.parse(settings.rate_limit_per_ip)
+    user_quota = Quota.parse(settings.rate_limit_per_user)
+    per_ip = rate_limiter.limit("ip", ip_quota) if ip_quota else None
+    per_user = rate_limiter.limit("user", user_quota) if user_quota else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -95,6 +106,8 @@ def create_app(settings: Settings) -> Starlette:
             timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=50)
         )
         await database.connect()
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        await rate_limiter.start(database, redis_url=redis_url)
         verifier = TokenVerifier(settings, http)
         account = account_services(settings)
         ctx = AppContext(
@@ -104,22 +117,25 @@ def create_app(settings: Settings) -> Starlette:
             verifier=verifier,
             auth0=Auth0Client(settings, http),
             account=account,
+            per_user_limit=per_user,
         )
         try:
             async with running_account_services(account, settings.database_url, verifier):
                 yield {"ctx": ctx}
         finally:
+            await rate_limiter.stop()  # flushes this copy's last counts
             await ctx.auth0.aclose()
             await http.aclose()
             await database.disconnect()
 
     app = Starlette(
         routes=all_routes(),
-        middleware=middleware(settings, metrics),
+        middleware=middleware(settings, metrics, per_ip),
         exception_handlers=errors.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    app.state.rate_limiter = rate_limiter
     app.state.settings = settings
     return app
 

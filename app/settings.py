@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.ratelimit import Quota
+
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 
 
@@ -102,6 +104,33 @@ class Settings(BaseSettings):
     cors_allowed_origins: Annotated[list[str], NoDecode] = []
     trusted_proxies: Annotated[list[str], NoDecode] = []
     hsts_seconds: int = Field(default=0, ge=0)
+
+    # --- Rate limits (app/ratelimit.py) ---------------------------------------------------
+    rate_limit_per_ip: str = Field(
+        default="600/60", description="Requests per client address: COUNT/SECONDS, or off."
+    )
+    rate_limit_per_user: str = Field(
+        default="300/60", description="Requests per user (token sub): COUNT/SECONDS, or off."
+    )
+    rate_limit_sync_seconds: float = Field(default=0.5, ge=0.05, le=10)
+    redis_url: SecretStr | None = Field(
+        default=None, description="Share rate-limit counters through Redis instead of Postgres."
+    )
+
+    @field_validator("rate_limit_per_ip", "rate_limit_per_user")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        Quota.parse(value)  # a readable ValueError for a malformed limit
+        return value.strip()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if urlsplit(value.get_secret_value()).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator(
         "cors_allowed_origins",

@@ -174,3 +174,49 @@ class TestTrustedProxies:
                 trusted_proxies="10.0.0.0/33",
                 _env_file=None,
             )
+
+
+class TestRateLimits:
+    async def test_per_address_on_every_route(
+        self, database: ProvisionedDatabase, owner: asyncpg.Connection, tenant: respx.MockRouter
+    ) -> None:
+        settings = make_settings(database, rate_limit_per_ip="3/60")
+        async with running_app(settings) as http:
+            statuses = [(await http.get("/healthz")).status_code for _ in range(3)]
+            refused = await http.get("/healthz")
+            other_route = await http.get("/api/me")
+        assert statuses == [200, 200, 200]
+        for response in (refused, other_route):
+            assert response.status_code == 429
+            assert response.headers["content-type"] == "application/problem+json"
+            assert int(response.headers["retry-after"]) >= 1
+            assert response.headers["x-request-id"]
+            assert response.headers["cache-control"] == "no-store"
+        # The final flush on shutdown shares this copy's count with the others.
+        assert await owner.fetchval("SELECT sum(count) FROM rate_counters") >= 3
+
+    async def test_per_user_after_verification(
+        self, database: ProvisionedDatabase, mint: Callable[..., str], tenant: respx.MockRouter
+    ) -> None:
+        settings = make_settings(database, rate_limit_per_user="2/60")
+        async with running_app(settings) as http:
+            alice = [
+                (await http.get("/api/me", headers=bearer(mint("auth0|alice")))).status_code
+                for _ in range(3)
+            ]
+            bob = await http.get("/api/me", headers=bearer(mint("auth0|bob")))
+        assert alice == [200, 200, 429]
+        assert bob.status_code == 200
+
+    @pytest.mark.parametrize("value", ["600", "0/60", "ten/60", "600/0"])
+    def test_malformed_limit_is_named(self, value: str) -> None:
+        with pytest.raises(ConfigError, match="RATE_LIMIT_PER_IP"):
+            load_settings(
+                database_url="postgresql://u@h/d",
+                auth0_domain="t.example.com",
+                auth0_audience="a",
+                auth0_client_id="c",
+                auth0_client_secret="s",
+                rate_limit_per_ip=value,
+                _env_file=None,
+            )
