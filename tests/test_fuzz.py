@@ -1,0 +1,143 @@
+"""Schema fuzzing: schemathesis generates requests from our own /openapi.json and sends them
+to the live service (uvicorn, real database, stand-in tenant). No request may produce a 5xx,
+an undocumented status code, or a body that breaks the documented schema, with a token that
+holds every permission and with none.
+
+CI runs a short pass (FUZZ_EXAMPLES, default 15 per operation); a longer run:
+`FUZZ_EXAMPLES=500 scripts/test tests/test_fuzz.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from app.devdb import ProvisionedDatabase, drop, provision
+from app.devtenant import ALL_PERMISSIONS, TenantState, TokenMinter, create_tenant_app
+from app.endpoints.ops import API_TITLE, API_VERSION
+from app.main import all_routes, create_app
+from app.openapi import build_openapi
+from app.settings import Settings
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
+DOMAIN = "fuzz-tenant.local"
+AUDIENCE = "https://fuzz.api"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _ThreadServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # not the main thread
+        return None
+
+
+def _serve(app: Any, port: int) -> _ThreadServer:
+    server = _ThreadServer(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+        )
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    return server
+
+
+class Live:
+    def __init__(self, base_url: str, minter: TokenMinter) -> None:
+        self.base_url = base_url
+        self.minter = minter
+
+    def token(self) -> str:
+        return self.minter.mint(
+            "auth0|fuzzer", permissions=ALL_PERMISSIONS, **{"email_verified": True}
+        )
+
+
+@pytest.fixture(scope="module")
+def live(postgres_server: str) -> Iterator[Live]:
+    db: ProvisionedDatabase = asyncio.run(provision(postgres_server))
+    minter = TokenMinter(DOMAIN, AUDIENCE)
+    tenant = TenantState(minter, "fuzz-client", "fuzz-secret")
+    tenant.org_members["org_fuzz"] = {"auth0|fuzzer"}
+    tenant_port, app_port = _free_port(), _free_port()
+    tenant_server = _serve(create_tenant_app(tenant), tenant_port)
+    settings_ = Settings(
+        database_url=db.app_url,
+        migrations_database_url=db.owner_url,
+        auth0_domain=DOMAIN,
+        auth0_audience=AUDIENCE,
+        auth0_client_id="fuzz-client",
+        auth0_client_secret="fuzz-secret",
+        auth0_base_url=f"http://127.0.0.1:{tenant_port}",
+        auth0_log_stream_token="fuzz-hook-secret",
+        rate_limit_per_ip="off",
+        rate_limit_per_user="100000/60",
+        _env_file=None,
+    )
+    app_server = _serve(create_app(settings_), app_port)
+    try:
+        yield Live(f"http://127.0.0.1:{app_port}", minter)
+    finally:
+        app_server.should_exit = tenant_server.should_exit = True
+        time.sleep(0.3)
+        asyncio.run(drop(db))
+
+
+# The document the service serves at /openapi.json is built from its route table, so the
+# same function builds it here at import time, where schemathesis needs it.
+schema = schemathesis.openapi.from_dict(
+    build_openapi(all_routes(), title=API_TITLE, version=API_VERSION)
+)
+CHECKS = (
+    not_a_server_error,
+    status_code_conformance,
+    response_schema_conformance,
+    content_type_conformance,
+)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
+def test_with_every_permission(case: Any, live: Live) -> None:
+    response = case.call(
+        base_url=live.base_url, headers={"Authorization": f"Bearer {live.token()}"}
+    )
+    case.validate_response(response, checks=CHECKS)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=max(3, EXAMPLES // 3),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+def test_without_a_token(case: Any, live: Live) -> None:
+    response = case.call(base_url=live.base_url)
+    case.validate_response(response, checks=CHECKS)
