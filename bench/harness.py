@@ -1,0 +1,308 @@
+"""`python -m bench`: ours, the Auth0 FastAPI peer and the floor, side by side in one run.
+
+One run: a throwaway database (100,000 patients in 1,000 scopes), 1,000 access tokens (one
+per user) plus a pool of never-seen tokens, the stand-in tenant, then each server under
+uvicorn (uvloop, httptools) with 1 and 2 workers, each scenario driven by wrk at 32 and 64
+connections after a warm-up. Everything stops and the database is dropped on the way out,
+Ctrl+C and failures included. Only 127.0.0.1 is ever contacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import data
+from bench.load import WrkResult, run_wrk
+from bench.servers import (
+    LOOPBACK,
+    Server,
+    cpu_delta,
+    cpu_times,
+    free_port,
+    http_call,
+    postgres_backends,
+)
+from bench.waits import WaitSampler
+
+REPO = Path(__file__).resolve().parent.parent
+DOMAIN = "bench-tenant.local"
+AUDIENCE = "https://bff.bench/api"
+CLIENT_ID = "bench-m2m-client"
+READ_PATH = "/api/patients?limit=20"
+UNREACHABLE_LIMIT = "1000000000/60"
+TOKEN_TTL = 86_400  # Auth0's default access-token lifetime for an API
+POST_BODY = (
+    b'{"given_name":"Ana","family_name":"Preflight","birth_date":"1980-02-03",'
+    b'"identifier":{"system":"https://hospital.example.org/fhir/mrn","value":"%s"}}'
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    target: str
+    name: str
+    method: str
+    path: str
+    mode: str
+    expect: int = 200
+    cold: bool = False
+
+
+SCENARIOS = (
+    Scenario("floor", "read", "GET", READ_PATH, "floor_get"),
+    Scenario("floor", "insert", "POST", "/api/patients", "floor_post", 201),
+    Scenario("peer", "read", "GET", READ_PATH, "get"),
+    Scenario("ours", "read", "GET", READ_PATH, "get"),
+    Scenario("ours", "read_cold", "GET", READ_PATH, "get", cold=True),
+    Scenario("ours", "me", "GET", "/api/me", "get"),
+    Scenario("ours", "post", "POST", "/api/patients", "post", 201),
+    Scenario("ours", "profile", "GET", "/api/profile", "get"),
+)
+TARGETS = ("floor", "ours", "peer")
+# The order cells are measured in within a round: the reads of all three side by side.
+ORDER = ("read", "read_cold", "me", "profile", "insert", "post")
+
+
+@dataclass
+class Sample:
+    """One measured wrk run of a cell (a scenario at some workers and connections)."""
+
+    result: WrkResult
+    app_cpu_s: float
+    db_cpu_s: float
+    waits: dict[str, float]
+
+
+@dataclass
+class Measurement:
+    """A cell over the rounds; the report shows medians."""
+
+    target: str
+    scenario: str
+    workers: int
+    connections: int
+    samples: list[Sample] = field(default_factory=list)
+    skipped: str | None = None
+
+    def median(self, name: str) -> float:
+        if name in ("app_us", "db_us"):
+            cpu = "app_cpu_s" if name == "app_us" else "db_cpu_s"
+            values = [
+                getattr(s, cpu) / s.result.requests * 1e6 for s in self.samples if s.result.requests
+            ]
+        else:
+            values = [getattr(s.result, name) for s in self.samples]
+        return statistics.median(values) if values else 0.0
+
+    def total(self, name: str) -> int:
+        return sum(getattr(s.result, name) for s in self.samples)
+
+
+@dataclass
+class TenantCounts:
+    target: str
+    workers: int
+    seconds: float
+    counts: dict[str, int]
+
+
+@dataclass
+class Run:
+    args: Any
+    run_dir: Path
+    run_id: str = field(default_factory=lambda: secrets.token_hex(3))
+    db: Any = None
+    tenants: dict[str, Server] = field(default_factory=dict)
+    warm_tokens: Path | None = None
+    cold_tokens: list[Path] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    tenant_counts: list[TenantCounts] = field(default_factory=list)
+    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    first_token: str = ""
+    first_scope: str = ""
+    profile: Any = None
+    server_version: str = "?"
+    git: str = "?"
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def base_env() -> dict[str, str]:
+    """This environment without any of the service's settings (and no `.env`: cwd is the
+    run directory), so nothing from the shell changes what is measured."""
+    import os
+
+    from app.settings import Settings
+
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def server_for(run: Run, target: str, workers: int) -> Server:
+    tenant = run.tenants[target]
+    assert run.db is not None
+    port = free_port()
+    env = base_env()
+    common = ["--host", LOOPBACK, "--port", str(port), "--workers", str(workers)]
+    uvicorn = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools"]
+    if target == "ours":
+        argv = [sys.executable, "-m", "app", "serve", *common]
+        env |= {
+            "DATABASE_URL": run.db.app_url,
+            "MIGRATIONS_DATABASE_URL": run.db.owner_url,
+            "AUTH0_DOMAIN": DOMAIN,
+            "AUTH0_AUDIENCE": AUDIENCE,
+            "AUTH0_CLIENT_ID": CLIENT_ID,
+            "AUTH0_CLIENT_SECRET": run.client_secret,
+            "AUTH0_BASE_URL": tenant.url,
+            "AUTH0_EMAIL_VERIFIED_CLAIM": data.EMAIL_VERIFIED_CLAIM,
+            "LOG_LEVEL": "INFO",
+            "DB_POOL_MAX_SIZE": str(run.args.pool_max),
+            # All the load comes from one address and 1,000 users: limits high enough never
+            # to refuse, so the limiter's per-request check is measured but not its 429s.
+            "RATE_LIMIT_PER_IP": UNREACHABLE_LIMIT,
+            "RATE_LIMIT_PER_USER": UNREACHABLE_LIMIT,
+        }
+        env |= dict(item.split("=", 1) for item in run.args.service_env)
+    elif target == "peer":
+        argv = [*uvicorn, "bench.peers.fastapi_auth0:app", *common]
+        env |= {"AUTH0_DOMAIN": DOMAIN, "AUTH0_AUDIENCE": AUDIENCE}
+    else:
+        argv = [*uvicorn, "bench.floor:app", "--no-access-log", *common]
+    env |= {
+        "BENCH_DATABASE_URL": run.db.app_url,
+        "BENCH_TENANT_URL": tenant.url,
+        "BENCH_POOL_MAX_SIZE": str(run.args.pool_max),
+    }
+    log_path = run.run_dir / f"{target}-w{workers}.log"
+    return Server(target, argv, env, port, workers, log_path, run.run_dir)
+
+
+def tenant_stats(run: Run, target: str) -> dict[str, int]:
+    status, body = http_call(run.tenants[target].url + "/dev/stats")
+    return dict(json.loads(body)) if status == 200 else {}
+
+
+def preflight(run: Run, server: Server, scenario: Scenario) -> str | None:
+    """None when one request gets the expected status, else why the scenario is skipped."""
+    headers = {"Authorization": f"Bearer {run.first_token}"}
+    if scenario.target == "floor":
+        headers["X-Bench-Scope"] = run.first_scope
+    body = None
+    if scenario.method == "POST":
+        headers["Content-Type"] = "application/json"
+        body = POST_BODY % f"preflight-{run.run_id}-{secrets.token_hex(4)}".encode()
+    status, answer = http_call(
+        server.url + scenario.path, method=scenario.method, headers=headers, body=body
+    )
+    if status == scenario.expect:
+        return None
+    try:
+        problem = json.loads(answer)
+        said = f"{problem.get('title')}: {problem.get('detail')}"
+    except (ValueError, AttributeError):
+        said = answer[:80].decode(errors="replace")
+    return f"HTTP {status} (expected {scenario.expect}), {said}; see the server log"
+
+
+def measure(run: Run, server: Server, cell: Measurement, scenario: Scenario, round_: int) -> None:
+    args = run.args
+    assert run.warm_tokens is not None and run.db is not None
+    conns = cell.connections
+    tag = f"{run.run_id}-r{round_}-{scenario.target}-w{cell.workers}-c{conns}-{scenario.name}"
+    tokens = run.warm_tokens
+    if scenario.cold:
+        tokens = run.cold_tokens[round_ * len(args.connections) + args.connections.index(conns)]
+    url = server.url + scenario.path
+    if round_ == 0 and args.warmup >= 1:
+        warm_mode = "get" if scenario.cold else scenario.mode
+        run_wrk(url, run.warm_tokens, warm_mode, tag + "-warm", connections=conns,
+                seconds=args.warmup)  # fmt: skip
+    app_before = cpu_times(server.pids())
+    db_before = cpu_times(postgres_backends(run.db.name))
+    with WaitSampler(args.admin_url, run.db.name) as waits:
+        result = run_wrk(url, tokens, scenario.mode, tag, connections=conns, seconds=args.duration)
+    sample = Sample(
+        result,
+        cpu_delta(app_before, cpu_times(server.pids())),
+        cpu_delta(db_before, cpu_times(postgres_backends(run.db.name))),
+        waits.averages(),
+    )
+    cell.samples.append(sample)
+    log(
+        f"  r{round_ + 1} {scenario.target:5} {scenario.name:9} w{cell.workers} c{conns:<3} "
+        f"{result.rps:7.0f} req/s  p50 {result.p50_ms:6.1f}  p99 {result.p99_ms:6.1f} ms  "
+        f"errors {result.errors}  cpu {sample.app_cpu_s / max(result.requests, 1) * 1e6:5.0f} "
+        "us/req"
+    )
+
+
+def bench_workers(run: Run, workers: int) -> None:
+    """All targets up at once, every cell measured once per round, cells interleaved so
+    that ours, the peer and the floor are measured next to each other in time."""
+    targets = [t for t in TARGETS if t in run.args.targets]
+    scenarios = [s for s in SCENARIOS if s.target in targets and s.name in run.args.scenarios]
+    servers = {t: server_for(run, t, workers) for t in targets}
+    before = {t: tenant_stats(run, t) for t in targets}
+    try:
+        for target, server in servers.items():
+            log(f"starting {target} with {workers} worker(s) on {server.url}")
+            server.start()
+        cells: list[tuple[Scenario, Measurement]] = []
+        for conns in run.args.connections:
+            for scenario in sorted(scenarios, key=lambda s: ORDER.index(s.name)):
+                cell = Measurement(scenario.target, scenario.name, workers, conns)
+                cell.skipped = preflight(run, servers[scenario.target], scenario)
+                if cell.skipped:
+                    log(f"  skip {scenario.target} {scenario.name}: {cell.skipped}")
+                run.measurements.append(cell)
+                cells.append((scenario, cell))
+        for round_ in range(run.args.rounds):
+            for scenario, cell in cells:
+                if not cell.skipped:
+                    measure(run, servers[scenario.target], cell, scenario, round_)
+    finally:
+        for target, server in servers.items():
+            lifetime = time.monotonic() - server.started_at if server.started_at else 0.0
+            server.stop()
+            after = tenant_stats(run, target)
+            delta = {k: v - before[target].get(k, 0) for k, v in after.items()}
+            run.tenant_counts.append(
+                TenantCounts(target, workers, lifetime, {k: v for k, v in delta.items() if v})
+            )
+
+
+def execute(run: Run) -> None:
+    from bench.prepare import prepare
+
+    with contextlib.ExitStack() as stack:
+        prepare(run, stack)
+        for workers in run.args.workers:
+            bench_workers(run, workers)
+        if run.args.profile:
+            from bench.profile import profile_read
+
+            server = server_for(run, "ours", 1)
+            stack.callback(server.stop)
+            run.profile = profile_read(run, server, run.args.profile)
+
+
+def results_json(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "options": {k: v for k, v in vars(run.args).items() if k != "admin_url"},
+        "measurements": [asdict(m) for m in run.measurements],
+        "tenant_counts": [asdict(t) for t in run.tenant_counts],
+    }

@@ -1,0 +1,59 @@
+"""The stand-in Auth0 tenant in a process of its own, signing with a key the harness made.
+
+    python -m bench.tenant CONFIG.json PORT
+
+CONFIG holds the domain, audience, M2M client id and secret, and the signing key (kid,
+private PEM, public JWK), so the harness can mint tokens the tenant's JWKS vouches for.
+`GET /dev/stats` counts the requests of each kind (jwks, discovery, oauth_token, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from app.devtenant import SigningKey, TenantState, TokenMinter, create_tenant_app
+
+
+def write_config(
+    path: Path, *, key: SigningKey, domain: str, audience: str, client_id: str, secret: str
+) -> None:
+    document = {
+        "domain": domain,
+        "audience": audience,
+        "client_id": client_id,
+        "client_secret": secret,
+        "kid": key.kid,
+        "private_pem": key.private_pem.decode(),
+        "public_jwk": key.public_jwk,
+    }
+    path.write_text(json.dumps(document), encoding="utf-8")
+    path.chmod(0o600)
+
+
+def tenant_state(config: dict[str, Any]) -> TenantState:
+    key = SigningKey(config["kid"], config["private_pem"].encode(), config["public_jwk"])
+    minter = TokenMinter(config["domain"], config["audience"], keys=[key])
+    return TenantState(minter, config["client_id"], config["client_secret"])
+
+
+def main(argv: list[str]) -> None:
+    config = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    uvicorn.run(
+        create_tenant_app(tenant_state(config)),
+        host="127.0.0.1",
+        port=int(argv[1]),
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
