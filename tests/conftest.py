@@ -276,7 +276,10 @@ _READ = re.compile(r"\bFROM\s+([a-z_]+)", re.IGNORECASE)
 
 
 # Server-side functions that write a table on the caller's behalf.
-_WRITING_FUNCTIONS = {"audit_events_append(": "audit_events"}
+_WRITING_FUNCTIONS = {
+    "audit_events_append(": "audit_events",
+    "audit_events_append_one(": "audit_events",
+}
 
 
 def classify_sql(query: str) -> list[str]:
