@@ -1,29 +1,56 @@
-"""The audit log (interim implementation; issue 5 replaces the internals, keeping the API).
+"""The audit log: who did what to which record, when, from where, with what outcome.
 
 `record_event` writes inside the caller's transaction, so a change and its record commit
-together. `record_independently` uses a connection of its own, so a denied or failed request
-is recorded even when the request's transaction rolls back.
+together. `record_independently` (and `record_denial`, `record_failure` built on it) uses a
+connection of its own, so a denied or failed request is recorded even when the request's
+transaction rolls back. `app.audit_chain` defines the hash chain and verifies it;
+`app.audit_query` reads, pages and exports.
+
+Each write takes its scope's chain lock before it takes seq numbers and holds it until its
+transaction ends (migrations/0002_audit.sql), so writers in one scope queue while writers
+in other scopes proceed. Record events last in a transaction: the lock is held from the
+record to the commit. For the same reason, record a failure (`record_failure`) only after
+the request's own transaction has ended, or it waits for a lock its own request holds.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import ipaddress
+import logging
+import re
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
-import orjson
 from databases import Database
 from starlette.requests import Request
 
+from app.audit_chain import canonical_detail, content_digest
 from app.db import transaction
+from app.errors import AppError
 from app.tokens import Principal
+
+logger = logging.getLogger("app.audit")
 
 Crud = Literal["C", "R", "U", "D", "E"]
 Outcome = Literal["success", "denied", "failed"]
+
+ACTION_PATTERN = re.compile(r"[a-z_]+(\.[a-z_]+)+")
+MAX_DETAIL_BYTES = 4096
+_CRUD = frozenset("CRUDE")
+_OUTCOMES = frozenset({"success", "denied", "failed"})
+_CRUD_OF_METHOD: dict[str, Crud] = {
+    "GET": "R",
+    "HEAD": "R",
+    "POST": "C",
+    "PUT": "U",
+    "PATCH": "U",
+    "DELETE": "D",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +69,11 @@ class Actor:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """What happened. `detail` holds names and codes, never patient values."""
+    """What happened. `detail` holds names and codes, never patient values.
+
+    `occurred_at` (timezone-aware) defaults to the application's clock when it is recorded;
+    `recorded_at` is always the database's clock at the write.
+    """
 
     action: str
     crud: Crud
@@ -52,6 +83,7 @@ class Event:
     entity_id: str | None = None
     patient_id: uuid.UUID | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
+    occurred_at: datetime | None = None
 
 
 def scope_of(principal: Principal) -> str:
@@ -60,6 +92,7 @@ def scope_of(principal: Principal) -> str:
 
 
 def actor_from(request: Request, principal: Principal | None, *, scope: str | None = None) -> Actor:
+    """The actor of a request: the verified caller (if any), its address and user agent."""
     client = request.client
     return Actor(
         scope=scope or (scope_of(principal) if principal else "anonymous"),
@@ -68,66 +101,187 @@ def actor_from(request: Request, principal: Principal | None, *, scope: str | No
         session_id=principal.sid if principal else None,
         token_id=principal.jti if principal else None,
         source_ip=client.host if client else None,
-        user_agent=(request.headers.get("user-agent") or "")[:512] or None,
-        request_id=request.state.request_id if hasattr(request.state, "request_id") else None,
+        user_agent=request.headers.get("user-agent") or None,
+        request_id=getattr(request.state, "request_id", None),
     )
 
 
-_INSERT = """
-INSERT INTO audit_events (scope, actor, client_id, session_id, token_id, source_ip, user_agent,
-    action, crud, outcome, outcome_reason, entity_type, entity_id, patient_id, request_id,
-    detail, prev_hash, hash)
-SELECT $1, $2, $3, $4, $5, $6::inet, $7, e.action, e.crud, e.outcome, e.reason, e.entity_type,
-    e.entity_id, e.patient_id, $8, e.detail, NULL, e.hash
-FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-            $15::uuid[], $16::jsonb[], $17::bytea[])
-    AS e(action, crud, outcome, reason, entity_type, entity_id, patient_id, detail, hash)
+# --- Writing ----------------------------------------------------------------------------
+
+# One round trip: the function (migrations/0002_audit.sql) locks the scope's chain, takes
+# the seq numbers and the recording time, links the content digests and inserts the batch.
+_APPEND = """
+SELECT audit_events_append($1, $2, $3, $4, $5, $6, $7, $8, $9::uuid[], $10::timestamptz[],
+    $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+    $17::uuid[], $18::jsonb[], $19::bytea[])
+"""
+_APPEND_ONE = """
+SELECT audit_events_append_one($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+    $15, $16, $17, $18::jsonb, $19)
 """
 
 
-def _ip(value: str | None) -> str | None:
+def _text(value: str | None, limit: int | None = None) -> str | None:
+    """Text Postgres accepts (no NUL) within the column's length limit."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return value[:limit] if limit is not None else value
+
+
+@functools.lru_cache(maxsize=4096)  # parsing costs more than the rest of a record
+def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return str(ipaddress.ip_address(value)) if value else None
+        return ipaddress.ip_address(value) if value else None
     except ValueError:
         return None
 
 
+def _check(event: Event) -> None:
+    if not ACTION_PATTERN.fullmatch(event.action):
+        raise ValueError(f"invalid audit action code {event.action!r}")
+    if event.crud not in _CRUD or event.outcome not in _OUTCOMES:
+        raise ValueError("invalid audit crud letter or outcome")
+    if event.occurred_at is not None and event.occurred_at.tzinfo is None:
+        raise ValueError("audit occurred_at must be timezone-aware")
+
+
+_PER_EVENT = (
+    "id",
+    "occurred_at",
+    "action",
+    "crud",
+    "outcome",
+    "outcome_reason",
+    "entity_type",
+    "entity_id",
+    "patient_id",
+)
+
+
 async def record_events(conn: asyncpg.Connection, actor: Actor, events: Sequence[Event]) -> None:
-    """Append events in one statement, inside the caller's transaction."""
+    """Append events to the actor's scope chain, in order, inside the caller's transaction.
+
+    One statement. From it to the end of the caller's transaction, other writers in the
+    same scope wait: record events last, just before the commit, and for one scope per
+    transaction (two transactions recording in scopes A and B in opposite orders deadlock,
+    and Postgres aborts one of them).
+    """
     if not events:
         return
-    details = [orjson.dumps(dict(e.detail)).decode() for e in events]
-    hashes = [
-        hashlib.sha256(f"{actor.scope}|{e.action}|{d}".encode()).digest()
-        for e, d in zip(events, details, strict=True)
-    ]
+    now = datetime.now(UTC)
+    common: dict[str, Any] = {
+        "scope": _text(actor.scope) or "anonymous",
+        "actor": _text(actor.sub),
+        "client_id": _text(actor.client_id),
+        "session_id": _text(actor.session_id),
+        "token_id": _text(actor.token_id),
+        "source_ip": _ip(actor.source_ip),
+        "user_agent": _text(actor.user_agent, 512),
+        "request_id": _text(actor.request_id),
+    }
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        _check(event)
+        detail = canonical_detail(event.detail)
+        if len(detail) > MAX_DETAIL_BYTES:
+            raise ValueError(f"audit detail over {MAX_DETAIL_BYTES} bytes")
+        row = {
+            **common,
+            "id": uuid.uuid4(),
+            "occurred_at": event.occurred_at or now,
+            "action": event.action,
+            "crud": event.crud,
+            "outcome": event.outcome,
+            "outcome_reason": _text(event.reason, 500),
+            "entity_type": _text(event.entity_type),
+            "entity_id": _text(event.entity_id),
+            "patient_id": event.patient_id,
+            "detail": detail,
+        }
+        row["content"] = content_digest(row)
+        rows.append(row)
+    if len(rows) == 1:
+        row = rows[0]
+        per_event: Iterable[Any] = (row[name] for name in _PER_EVENT)
+        await conn.execute(
+            _APPEND_ONE, *common.values(), *per_event, row["detail"].decode(), row["content"]
+        )
+        return
     await conn.execute(
-        _INSERT,
-        actor.scope,
-        actor.sub,
-        actor.client_id,
-        actor.session_id,
-        actor.token_id,
-        _ip(actor.source_ip),
-        actor.user_agent,
-        actor.request_id,
-        [e.action for e in events],
-        [e.crud for e in events],
-        [e.outcome for e in events],
-        [e.reason for e in events],
-        [e.entity_type for e in events],
-        [e.entity_id for e in events],
-        [e.patient_id for e in events],
-        details,
-        hashes,
+        _APPEND,
+        *common.values(),
+        *([row[name] for row in rows] for name in _PER_EVENT),
+        [row["detail"].decode() for row in rows],
+        [row["content"] for row in rows],
     )
 
 
 async def record_event(conn: asyncpg.Connection, actor: Actor, event: Event) -> None:
+    """Append one event inside the caller's transaction."""
     await record_events(conn, actor, [event])
 
 
 async def record_independently(database: Database, actor: Actor, event: Event) -> None:
-    """Record on a connection of its own (denied and failed requests)."""
+    """Record on a connection and transaction of its own (denied and failed requests)."""
     async with transaction(database) as conn:
         await record_event(conn, actor, event)
+
+
+def _route_facts(request: Request) -> tuple[str, uuid.UUID | None]:
+    """The matched route's path template (no ids in it) and the patient it is about."""
+    route = request.scope.get("route")
+    template = getattr(route, "path", None) or "<unmatched>"
+    patient = request.path_params.get("patient_id")
+    if patient is None and template.startswith("/api/patients/"):
+        patient = request.path_params.get("id")
+    return template, patient if isinstance(patient, uuid.UUID) else None
+
+
+async def record_denial(request: Request, principal: Principal | None, error: AppError) -> None:
+    """Record a refused request (403) independently of the request's own transaction.
+
+    Fits `app.auth.DenialHook`. A 401 (no principal) is not recorded: anonymous traffic must
+    not be able to write to the audit log; the access log and metrics count it.
+    """
+    if principal is None:
+        return
+    template, patient_id = _route_facts(request)
+    event = Event(
+        action="access.denied",
+        crud=_CRUD_OF_METHOD.get(request.method, "E"),
+        outcome="denied",
+        reason=error.detail,
+        entity_type="route",
+        entity_id=template,
+        patient_id=patient_id,
+        detail={"method": request.method, "status": error.status, "problem": error.type_name},
+    )
+    await record_independently(request.state.ctx.database, actor_from(request, principal), event)
+
+
+async def record_failure(
+    request: Request, principal: Principal | None, event: Event, error: AppError
+) -> None:
+    """Record that `event` failed (an Auth0 503, say) on a connection of its own.
+
+    Call it where the error is caught, before re-raising, and outside the request's own
+    transaction (which may roll back, and which holds the scope's chain lock if it recorded
+    anything). A failure to record is logged and swallowed: the original error matters more.
+    """
+    failed = replace(
+        event,
+        outcome="failed",
+        reason=error.detail,
+        detail={**event.detail, "status": error.status, "problem": error.type_name},
+    )
+    try:
+        await record_independently(
+            request.state.ctx.database, actor_from(request, principal), failed
+        )
+    except Exception:
+        logger.exception(
+            "recording a failed request failed",
+            extra={"request_id": getattr(request.state, "request_id", None)},
+        )

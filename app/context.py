@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from databases import Database
@@ -14,6 +15,9 @@ from app.ratelimit import Limit
 from app.settings import Settings
 from app.tokens import TokenVerifier
 
+if TYPE_CHECKING:  # app.auth imports this module
+    from app.auth import DenialHook
+
 
 @dataclass
 class AppContext:
@@ -24,6 +28,8 @@ class AppContext:
     auth0: Auth0Client
     account: AccountServices
     per_user_limit: Limit | None = None
+    # Called by `requires` for every 401/403 it raises (the audit log records the 403s).
+    on_denied: DenialHook | None = None
 
 
 def context(request: Request) -> AppContext:

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import errors
 from app.account import account_services, running_account_services
+from app.audit import record_denial
 from app.auth0 import Auth0Client
 from app.context import AppContext
 from app.db import create_database
@@ -118,6 +119,7 @@ def create_app(settings: Settings) -> Starlette:
             auth0=Auth0Client(settings, http),
             account=account,
             per_user_limit=per_user,
+            on_denied=record_denial,
         )
         try:
             async with running_account_services(account, settings.database_url, verifier):

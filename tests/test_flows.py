@@ -584,3 +584,7 @@ class TestCreatePatient:
         assert_problem(response, 403)
         assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
         assert await owner.fetchval("SELECT count(*) FROM patients") == 0
+        # The refusal itself is recorded, on its own connection.
+        denied = await audit_rows(owner, "access.denied")
+        assert [(e["actor"], e["outcome"], e["entity_id"]) for e in denied] == [
+            (USER, "denied", "/api/patients")]

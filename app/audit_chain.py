@@ -1,0 +1,234 @@
+"""The audit log's hash chain: the canonical encoding of an event, and the verifier.
+
+Within one scope, events are linked in `seq` order. Each event's `hash` is
+
+    link_hash = SHA-256(LINK_DOMAIN || seq || recorded_at || content || prev_hash)
+
+where `seq` and `recorded_at` (microseconds since the Unix epoch) are signed 64-bit
+big-endian integers, `content` is `content_digest` of the event's other stored fields, and
+`prev_hash` is the previous event's hash in the scope (nothing for a scope's first event,
+whose `prev_hash` is NULL). The application computes the content digest when it writes;
+the database assigns `seq` and `recorded_at` and links (`audit_events_append` in
+migrations/0002_audit.sql, the same formula). `verify_chain` recomputes both from what is
+stored, so an edited, removed or inserted row shows as the first broken link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+
+CONTENT_DOMAIN = b"bff-audit-event/v1\x00"
+LINK_DOMAIN = b"bff-audit-link/v1:"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_INT64 = 2**63
+
+# (column, kind) in content order: the table's column order, without the columns the
+# database assigns (seq, recorded_at) and the chain's own (prev_hash, hash).
+CONTENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "uuid"),
+    ("occurred_at", "time"),
+    ("scope", "text"),
+    ("actor", "text"),
+    ("client_id", "text"),
+    ("session_id", "text"),
+    ("token_id", "text"),
+    ("source_ip", "inet"),
+    ("user_agent", "text"),
+    ("action", "text"),
+    ("crud", "text"),
+    ("outcome", "text"),
+    ("outcome_reason", "text"),
+    ("entity_type", "text"),
+    ("entity_id", "text"),
+    ("patient_id", "uuid"),
+    ("request_id", "text"),
+    ("detail", "bytes"),
+)
+
+
+def _micros(value: datetime) -> int:
+    micros: int = (value - _EPOCH) // _MICROSECOND
+    return micros
+
+
+def _time(value: datetime) -> bytes:
+    return _micros(value).to_bytes(8, "big", signed=True)
+
+
+def _uuid(value: Any) -> bytes:
+    return value.bytes if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).bytes
+
+
+def _inet(value: Any) -> bytes:
+    if isinstance(value, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+        return value.packed + bytes([value.network.prefixlen])  # only ever by tampering
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value.packed
+    return ipaddress.ip_address(value).packed
+
+
+def _text(value: Any) -> bytes:
+    return str(value).encode()
+
+
+_ENCODERS: dict[str, Callable[[Any], bytes]] = {
+    "text": _text,
+    "bytes": bytes,
+    "time": _time,
+    "uuid": _uuid,
+    "inet": _inet,
+}
+_CONTENT_ENCODERS = tuple((name, _ENCODERS[kind]) for name, kind in CONTENT_COLUMNS)
+
+
+def content_digest(row: Mapping[str, Any]) -> bytes:
+    """SHA-256 of an event's own fields; `row["detail"]` is its canonical JSON.
+
+    The digest is taken over `CONTENT_DOMAIN` followed by each of `CONTENT_COLUMNS`, in that
+    order, each encoded as one byte 0x00 when NULL, else one byte 0x01, the length of the
+    value's bytes as a 4-byte big-endian integer, and the bytes:
+
+    - `id`, `patient_id`: the UUID's 16 bytes;
+    - `occurred_at`: microseconds since 1970-01-01T00:00:00Z, signed 64-bit big-endian
+      (exactly what a `timestamptz` stores);
+    - `source_ip`: the packed address, 4 bytes (IPv4) or 16 bytes (IPv6);
+    - `detail`: `canonical_detail` of the stored JSON value;
+    - every other column (text, and `crud` as one letter): its UTF-8 bytes.
+    """
+    parts = [CONTENT_DOMAIN]
+    for name, encode in _CONTENT_ENCODERS:
+        value = row[name]
+        if value is None:
+            parts.append(b"\x00")
+        else:
+            data = encode(value)
+            parts.append(b"\x01%b%b" % (len(data).to_bytes(4, "big"), data))
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def link_hash(seq: int, recorded_at: datetime, content: bytes, prev_hash: bytes | None) -> bytes:
+    """An event's `hash`: its seq, recording time and content digest, after `prev_hash`."""
+    return hashlib.sha256(
+        LINK_DOMAIN
+        + seq.to_bytes(8, "big", signed=True)
+        + _micros(recorded_at).to_bytes(8, "big", signed=True)
+        + content
+        + (prev_hash or b"")
+    ).digest()
+
+
+def event_hash(row: Mapping[str, Any]) -> bytes:
+    """The `hash` an event's stored fields call for (`row["detail"]` as canonical JSON)."""
+    return link_hash(row["seq"], row["recorded_at"], content_digest(row), row["prev_hash"])
+
+
+def _normalise(value: Any) -> Any:
+    """Numbers as Postgres `jsonb` gives them back: integral floats become integers."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            raise ValueError("audit detail integers must fit in 64 bits")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or abs(value) >= _INT64:
+            raise ValueError("audit detail numbers must be finite and fit in 64 bits")
+        return int(value) if value.is_integer() else value
+    if isinstance(value, list | tuple):
+        return [_normalise(v) for v in value]
+    if isinstance(value, dict | Mapping):
+        return {str(k): _normalise(v) for k, v in value.items()}
+    return value  # UUIDs, dates: orjson writes them as strings, read back as strings
+
+
+def canonical_detail(detail: Mapping[str, Any]) -> bytes:
+    """The canonical JSON of a detail object: normalised numbers, sorted keys, no spaces.
+
+    `jsonb` keeps neither key order nor number spelling (`1e16` comes back as
+    `10000000000000000`); normalised, the value read back gives the bytes the writer hashed.
+    """
+    return orjson.dumps(_normalise(detail), option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """The outcome of walking a scope's chain over a time window.
+
+    `count` is the number of events found intact (before the break, when broken).
+    """
+
+    status: Literal["intact", "broken"]
+    count: int
+    first_seq: int | None = None
+    last_seq: int | None = None
+    broken_seq: int | None = None
+    broken_id: uuid.UUID | None = None
+    reason: str | None = None
+
+
+_WINDOW = """
+SELECT min(seq) AS first, max(seq) AS last FROM audit_events
+WHERE scope = $1 AND recorded_at >= $2 AND recorded_at < $3
+"""
+_BEFORE = "SELECT hash FROM audit_events WHERE scope = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1"
+_CHAIN = f"""
+SELECT seq, recorded_at, prev_hash, hash,
+    {", ".join(name for name, _ in CONTENT_COLUMNS if name != "detail")}, detail::text AS detail
+FROM audit_events WHERE scope = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq
+"""
+_AFTER = "SELECT EXISTS (SELECT 1 FROM audit_events WHERE scope = $1 AND seq > $2)"
+_HEAD = "SELECT last_seq, last_hash FROM audit_chain_heads WHERE scope = $1"
+
+
+async def verify_chain(
+    conn: asyncpg.Connection, scope: str, since: datetime, until: datetime, *, batch: int = 2000
+) -> ChainReport:
+    """Recompute the chain of `scope` over the events recorded in [since, until).
+
+    Checks every event's hash against its contents, its `prev_hash` against the event
+    before it (including the one just before the window), and, when the window reaches the
+    end of the chain, that its last event is the scope's recorded head (so a removed tail
+    shows). Runs in a read-only repeatable-read transaction of its own, so `conn` must not
+    be inside a transaction; memory stays flat whatever the count (a cursor, in batches).
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        window = await conn.fetchrow(_WINDOW, scope, since, until)
+        first, final = window["first"], window["last"]
+        if first is None:
+            return ChainReport("intact", 0)
+        expected: bytes | None = await conn.fetchval(_BEFORE, scope, first)
+        count, last_seq = 0, first
+        async for row in conn.cursor(_CHAIN, scope, first, final, prefetch=batch):
+            values = dict(row.items())
+            try:
+                values["detail"] = canonical_detail(orjson.loads(row["detail"]))
+            except ValueError:  # a number jsonb accepts but we never write
+                values["detail"] = row["detail"].encode()
+            problem = None
+            if event_hash(values) != row["hash"]:
+                problem = "the event's hash does not match its contents"
+            elif row["prev_hash"] != expected:
+                problem = "the event's prev_hash does not match the event before it"
+            if problem:
+                return ChainReport(
+                    "broken", count, first, row["seq"], row["seq"], row["id"], problem
+                )
+            expected, last_seq, count = row["hash"], row["seq"], count + 1
+        if not await conn.fetchval(_AFTER, scope, last_seq):
+            head = await conn.fetchrow(_HEAD, scope)
+            if head is None or (head["last_seq"], head["last_hash"]) != (last_seq, expected):
+                reason = "the chain does not end at the scope's recorded head: events removed"
+                missing = head["last_seq"] if head is not None else last_seq
+                return ChainReport("broken", count, first, last_seq, missing, None, reason)
+        return ChainReport("intact", count, first, last_seq)
