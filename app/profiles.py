@@ -39,7 +39,6 @@ class _NoNulls(BaseModel):
 
 
 class Address(_NoNulls):
-
     line: list[Annotated[str, StringConstraints(max_length=200)]] | None = Field(None, max_length=4)
     city: Annotated[str, StringConstraints(max_length=100)] | None = None
     postal_code: Annotated[str, StringConstraints(max_length=20)] | None = None

@@ -587,4 +587,5 @@ class TestCreatePatient:
         # The refusal itself is recorded, on its own connection.
         denied = await audit_rows(owner, "access.denied")
         assert [(e["actor"], e["outcome"], e["entity_id"]) for e in denied] == [
-            (USER, "denied", "/api/patients")]
+            (USER, "denied", "/api/patients")
+        ]
