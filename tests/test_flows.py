@@ -589,3 +589,42 @@ class TestCreatePatient:
         assert [(e["actor"], e["outcome"], e["entity_id"]) for e in denied] == [
             (USER, "denied", "/api/patients")
         ]
+
+
+class TestWriteFlowsWithTheDatabaseDown:
+    """Each write flow answers 503 during an outage and leaves no half-done change."""
+
+    async def test_create_patient(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        database: ProvisionedDatabase,
+        owner: asyncpg.Connection,
+    ) -> None:
+        token = mint(USER, email_verified=True)
+        body = {"given_name": "Ada", "family_name": "Lovelace", "birth_date": "1990-12-10"}
+        async with DatabaseOutage(database):
+            response = await client.post("/api/patients", json=body, headers=bearer(token))
+        assert_problem(response, 503)
+        assert response.headers["retry-after"]
+        assert await owner.fetchval("SELECT count(*) FROM patients") == 0
+        assert await owner.fetchval("SELECT count(*) FROM audit_events") == 0
+        again = await client.post("/api/patients", json=body, headers=bearer(token))
+        assert again.status_code == 201
+
+    async def test_sign_in(
+        self,
+        client: httpx.AsyncClient,
+        mint: Callable[..., str],
+        database: ProvisionedDatabase,
+        owner: asyncpg.Connection,
+    ) -> None:
+        token = mint(USER, sid="outage-session")
+        async with DatabaseOutage(database):
+            response = await client.get("/api/me", headers=bearer(token))
+        assert_problem(response, 503)
+        assert await owner.fetchval("SELECT count(*) FROM sign_in_sessions") == 0
+        assert await owner.fetchval("SELECT count(*) FROM audit_events") == 0
+        # The session was not marked seen, so its sign-in is recorded once it works.
+        assert (await client.get("/api/me", headers=bearer(token))).status_code == 200
+        assert len(await audit_rows(owner, "user.signed_in")) == 1
