@@ -4,7 +4,7 @@
 together. `record_independently` (and `record_denial`, `record_failure` built on it) uses a
 connection of its own, so a denied or failed request is recorded even when the request's
 transaction rolls back. `app.audit_chain` defines the hash chain and verifies it;
-`app.audit_query` reads, pages and exports.
+`app.audit_query` reads, pages and exports (`app.audit_models`: the shapes clients see).
 
 Each write takes its scope's chain lock before it takes seq numbers and holds it until its
 transaction ends (migrations/0002_audit.sql), so writers in one scope queue while writers

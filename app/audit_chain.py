@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import struct
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ _ENCODERS: dict[str, Callable[[Any], bytes]] = {
     "inet": _inet,
 }
 _CONTENT_ENCODERS = tuple((name, _ENCODERS[kind]) for name, kind in CONTENT_COLUMNS)
+_PRESENT = struct.Struct(">BI").pack  # 0x01, then the length as 4 bytes big-endian
 
 
 def content_digest(row: Mapping[str, Any]) -> bytes:
@@ -113,7 +115,7 @@ def content_digest(row: Mapping[str, Any]) -> bytes:
             parts.append(b"\x00")
         else:
             data = encode(value)
-            parts.append(b"\x01%b%b" % (len(data).to_bytes(4, "big"), data))
+            parts += (_PRESENT(1, len(data)), data)
     return hashlib.sha256(b"".join(parts)).digest()
 
 

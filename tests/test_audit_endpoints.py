@@ -20,9 +20,9 @@ import orjson
 import pytest
 import respx
 from asgi_lifespan import LifespanManager
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from app.audit import Actor, Event, record_denial, record_events
+from app.audit import Actor, Event, record_events
 from app.db import asyncpg_dsn
 from app.devdb import ProvisionedDatabase
 from app.main import create_app
@@ -38,26 +38,6 @@ EVENT_FIELDS = {
     *("seq", "id", "recorded_at", "action", "outcome", "actor", "client_id", "source_ip"),
     *("entity_type", "entity_id", "patient_id", "request_id", "detail"),
 }
-
-
-def with_denial_hook(app: ASGIApp) -> ASGIApp:
-    """Wire `record_denial` as the auth denial hook, as `create_app` is to do."""
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = scope.get("state", {}).get("ctx")
-        if ctx is not None and getattr(ctx, "on_denied", None) is None:
-            ctx.on_denied = record_denial
-        await app(scope, receive, send)
-
-    return wrapped
-
-
-@pytest.fixture
-async def client(settings: Settings, tenant: respx.MockRouter) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(with_denial_hook(create_app(settings))) as manager:
-        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 @pytest.fixture

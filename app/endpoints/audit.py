@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlencode
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from app.audit import Actor, Event, actor_from, record_event, record_independently
 from app.audit_chain import verify_chain
+from app.audit_models import (
+    FILTERS,
+    AccessReportQuery,
+    AuditEventOut,
+    AuditEventPage,
+    AuditEventsQuery,
+    AuditEventsResponse,
+    ChainVerification,
+    ExportQuery,
+    Filtered,
+    VerifyQuery,
+)
 from app.audit_query import (
     MAX_WINDOW,
     AuditFilters,
@@ -35,107 +46,8 @@ from app.openapi import Resp, operation
 from app.web import JSONResponse, open_cursor, parse_query, sign_cursor
 
 TAGS = ["audit"]
-_ACTION = r"^[a-z_]+(\.[a-z_]+)*(\.\*|(\.[a-z_]+))$"
-_FILTERS = ("actor", "action", "patient_id", "outcome", "request_id")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
-
-# --- Query and response models (also the OpenAPI description) ------------------------------
-
-
-class _Window(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    since: AwareDatetime | None = Field(
-        None, description="Start of the window (inclusive), with a time zone. Required."
-    )
-    until: AwareDatetime | None = Field(
-        None, description="End of the window (exclusive); at most 31 days after `since`."
-    )
-
-
-class _Filtered(_Window):
-    actor: str | None = Field(None, min_length=1, max_length=255, description="The actor's sub")
-    action: str | None = Field(
-        None, max_length=100, pattern=_ACTION, description="An action code, or a prefix: patient.*"
-    )
-    patient_id: uuid.UUID | None = None
-    outcome: Literal["success", "denied", "failed"] | None = None
-    request_id: str | None = Field(None, min_length=1, max_length=128)
-
-
-class AuditEventsQuery(_Filtered):
-    limit: int = Field(50, ge=1, le=200, description="Page size")
-    cursor: str | None = Field(None, max_length=1024, description="`next_cursor` of a page")
-    from_seq: int | None = Field(
-        None, ge=0, description="Checkpoint mode: events with seq above this, ascending"
-    )
-    take: int | None = Field(None, ge=1, le=1000, description="Checkpoint mode page size")
-
-
-class ExportQuery(_Filtered):
-    format: Literal["ndjson", "csv"] = "ndjson"
-
-
-class VerifyQuery(_Window):
-    pass
-
-
-class AccessReportQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(50, ge=1, le=200)
-    cursor: str | None = Field(None, max_length=1024)
-
-
-class AuditEventOut(BaseModel):
-    seq: int
-    id: uuid.UUID
-    recorded_at: datetime
-    occurred_at: datetime
-    action: str
-    crud: Literal["C", "R", "U", "D", "E"]
-    outcome: Literal["success", "denied", "failed"]
-    outcome_reason: str | None
-    actor: str | None = Field(description="The actor's sub")
-    client_id: str | None
-    session_id: str | None
-    token_id: str | None
-    source_ip: str | None
-    user_agent: str | None
-    entity_type: str | None
-    entity_id: str | None
-    patient_id: uuid.UUID | None
-    request_id: str | None
-    detail: dict[str, Any]
-    prev_hash: str | None = Field(description="Hex SHA-256 of the previous event in the scope")
-    hash: str = Field(description="Hex SHA-256 chaining this event (see app/audit_chain.py)")
-
-
-class AuditEventPage(BaseModel):
-    items: list[AuditEventOut]
-    next_cursor: str | None
-
-
-class AuditFeedPage(BaseModel):
-    items: list[AuditEventOut]
-    next_from_seq: int = Field(description="Pass as from_seq to continue (also in Link)")
-    watermark: int = Field(description="Every event at or below this seq is final")
-
-
-class AuditEventsResponse(RootModel[AuditEventPage | AuditFeedPage]):
-    """A page (window mode) or a checkpoint page (`from_seq` mode)."""
-
-
-class ChainVerification(BaseModel):
-    status: Literal["intact", "broken"]
-    count: int = Field(description="Events found intact (before the break, when broken)")
-    first_seq: int | None
-    last_seq: int | None
-    broken_seq: int | None = None
-    broken_id: uuid.UUID | None = None
-    reason: str | None = None
-
 
 # --- Helpers --------------------------------------------------------------------------------
 
@@ -146,7 +58,7 @@ def _invalid(*errors: tuple[str, str]) -> ValidationFailed:
     )
 
 
-def _filters(query: _Filtered | VerifyQuery, scope: str) -> AuditFilters:
+def _filters(query: Filtered | VerifyQuery, scope: str) -> AuditFilters:
     """The window is required and at most 31 days long."""
     if query.since is None or query.until is None:
         missing = [name for name in ("since", "until") if getattr(query, name) is None]
@@ -155,9 +67,7 @@ def _filters(query: _Filtered | VerifyQuery, scope: str) -> AuditFilters:
         raise _invalid(("until", "must be after since"))
     if query.until - query.since > MAX_WINDOW:
         raise _invalid(("until", "the window may be at most 31 days"))
-    extra = (
-        {name: getattr(query, name) for name in _FILTERS} if isinstance(query, _Filtered) else {}
-    )
+    extra = {name: getattr(query, name) for name in FILTERS} if isinstance(query, Filtered) else {}
     return AuditFilters(scope, query.since.astimezone(UTC), query.until.astimezone(UTC), **extra)
 
 
@@ -241,7 +151,7 @@ async def list_audit_events(request: Request) -> Response:
 
 async def _checkpoint(request: Request, query: AuditEventsQuery) -> Response:
     mixed = [
-        name for name in ("since", "until", *_FILTERS, "cursor") if getattr(query, name) is not None
+        name for name in ("since", "until", *FILTERS, "cursor") if getattr(query, name) is not None
     ]
     if "limit" in request.query_params:
         mixed.append("limit")
