@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import os
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ import asyncpg
 from databases import Database
 from starlette.requests import Request
 
-from app.audit_chain import canonical_detail, content_digest
+from app.audit_chain import actor_blocks, canonical_detail, content_digest
 from app.db import transaction
 from app.errors import AppError
 from app.tokens import Principal
@@ -160,18 +161,9 @@ _PER_EVENT = (
 )
 
 
-async def record_events(conn: asyncpg.Connection, actor: Actor, events: Sequence[Event]) -> None:
-    """Append events to the actor's scope chain, in order, inside the caller's transaction.
-
-    One statement. From it to the end of the caller's transaction, other writers in the
-    same scope wait: record events last, just before the commit, and for one scope per
-    transaction (two transactions recording in scopes A and B in opposite orders deadlock,
-    and Postgres aborts one of them).
-    """
-    if not events:
-        return
-    now = datetime.now(UTC)
-    common: dict[str, Any] = {
+def _actor_columns(actor: Actor) -> dict[str, Any]:
+    """The actor's columns as stored: shared by every event of one request."""
+    return {
         "scope": _text(actor.scope) or "anonymous",
         "actor": _text(actor.sub),
         "client_id": _text(actor.client_id),
@@ -181,15 +173,39 @@ async def record_events(conn: asyncpg.Connection, actor: Actor, events: Sequence
         "user_agent": _text(actor.user_agent, 512),
         "request_id": _text(actor.request_id),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Events checked, encoded and digested, ready for one append: `common` holds the
+    actor's columns, `rows` each event's own (with `detail` as canonical JSON text and
+    `content`, its digest)."""
+
+    common: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
+def prepare(actor: Actor, events: Sequence[Event]) -> Prepared:
+    """Check and encode events for an append; `ValueError` names the first bad one.
+
+    Done in the caller's task, before anything is sent: a bad event fails its own request
+    and no one else's. Events sharing one `detail` object share its encoding.
+    """
+    now = datetime.now(UTC)
+    common = _actor_columns(actor)
+    blocks = actor_blocks(common)
+    details: dict[int, bytes] = {}
+    ids = os.urandom(16 * len(events))
     rows: list[dict[str, Any]] = []
-    for event in events:
+    for index, event in enumerate(events):
         _check(event)
-        detail = canonical_detail(event.detail)
-        if len(detail) > MAX_DETAIL_BYTES:
-            raise ValueError(f"audit detail over {MAX_DETAIL_BYTES} bytes")
+        detail = details.get(id(event.detail))
+        if detail is None:
+            detail = details[id(event.detail)] = canonical_detail(event.detail)
+            if len(detail) > MAX_DETAIL_BYTES:
+                raise ValueError(f"audit detail over {MAX_DETAIL_BYTES} bytes")
         row = {
-            **common,
-            "id": uuid.uuid4(),
+            "id": uuid.UUID(bytes=ids[16 * index : 16 * index + 16], version=4),
             "occurred_at": event.occurred_at or now,
             "action": event.action,
             "crud": event.crud,
@@ -200,20 +216,35 @@ async def record_events(conn: asyncpg.Connection, actor: Actor, events: Sequence
             "patient_id": event.patient_id,
             "detail": detail,
         }
-        row["content"] = content_digest(row)
+        row["content"] = content_digest(row, blocks)
+        row["detail"] = detail.decode()
         rows.append(row)
+    return Prepared(common, rows)
+
+
+async def record_events(conn: asyncpg.Connection, actor: Actor, events: Sequence[Event]) -> None:
+    """Append events to the actor's scope chain, in order, inside the caller's transaction.
+
+    One statement. From it to the end of the caller's transaction, other writers in the
+    same scope wait: record events last, just before the commit, and for one scope per
+    transaction (two transactions recording in scopes A and B in opposite orders deadlock,
+    and Postgres aborts one of them). Reads, which change nothing, record through the
+    process's `AuditWriter` instead (app/audit_writer.py): batched with other requests'.
+    """
+    if not events:
+        return
+    prepared = prepare(actor, events)
+    common, rows = prepared.common, prepared.rows
     if len(rows) == 1:
         row = rows[0]
         per_event: Iterable[Any] = (row[name] for name in _PER_EVENT)
-        await conn.execute(
-            _APPEND_ONE, *common.values(), *per_event, row["detail"].decode(), row["content"]
-        )
+        await conn.execute(_APPEND_ONE, *common.values(), *per_event, row["detail"], row["content"])
         return
     await conn.execute(
         _APPEND,
         *common.values(),
         *([row[name] for row in rows] for name in _PER_EVENT),
-        [row["detail"].decode() for row in rows],
+        [row["detail"] for row in rows],
         [row["content"] for row in rows],
     )
 

@@ -10,6 +10,7 @@ from databases import Database
 from starlette.requests import Request
 
 from app.account import AccountServices
+from app.audit_writer import AuditWriter
 from app.auth0 import Auth0Client
 from app.ratelimit import Limit
 from app.settings import Settings
@@ -27,6 +28,8 @@ class AppContext:
     verifier: TokenVerifier
     auth0: Auth0Client
     account: AccountServices
+    # Records reads: their events, batched with other requests' (app/audit_writer.py).
+    audit: AuditWriter
     per_user_limit: Limit | None = None
     # Called by `requires` for every 401/403 it raises (the audit log records the 403s).
     on_denied: DenialHook | None = None

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from app import errors
 from app.account import account_services, running_account_services
 from app.audit import record_denial
+from app.audit_writer import AuditWriter
 from app.auth0 import Auth0Client
 from app.context import AppContext
 from app.db import create_database
@@ -118,6 +119,7 @@ def create_app(settings: Settings) -> Starlette:
             verifier=verifier,
             auth0=Auth0Client(settings, http),
             account=account,
+            audit=AuditWriter(database),
             per_user_limit=per_user,
             on_denied=record_denial,
         )
@@ -125,6 +127,7 @@ def create_app(settings: Settings) -> Starlette:
             async with running_account_services(account, settings.database_url, verifier):
                 yield {"ctx": ctx}
         finally:
+            await ctx.audit.aclose()
             await rate_limiter.stop()  # flushes this copy's last counts
             await ctx.auth0.aclose()
             await http.aclose()

@@ -10,8 +10,10 @@ connection of their own so the request's rollback cannot erase them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterable
+from types import MappingProxyType
 from typing import Any
 from uuid import UUID
 
@@ -45,7 +47,13 @@ def patient_event(action: str, crud: Crud, patient_id: UUID | None, **more: Any)
 
 def read_event(patient_id: UUID, via: str) -> Event:
     """`via` says where the patient was shown: get, search, profile, idempotent_replay."""
-    return patient_event("patient.read", "R", patient_id, detail={"via": via})
+    return patient_event("patient.read", "R", patient_id, detail=_via(via))
+
+
+@functools.cache
+def _via(via: str) -> MappingProxyType[str, str]:
+    # One read-only detail per `via`: a page's events share it, and so its encoding.
+    return MappingProxyType({"via": via})
 
 
 def created_event(patient_id: UUID, fields: dict[str, Any]) -> Event:

@@ -8,8 +8,9 @@ A name matches as a prefix of the given or the family name, ignoring case and ac
 sides are compared in their `fold`ed form, stored in indexed columns (`text_pattern_ops`), and
 the prefix is a byte range so the index serves it even under a generic prepared plan.
 
-Every patient on a page is recorded as a `patient.read` audit event, in one statement per
-page, before the page is returned: when the record cannot be written, the read fails.
+Every patient on a page is recorded as a `patient.read` audit event before the page is
+returned (through the process's `AuditWriter`): when the record cannot be written, the read
+fails.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from uuid import UUID
 
 import asyncpg
 import orjson
+from databases import Database
 
-from app.audit import Actor, record_events
+from app.audit import Actor
+from app.audit_writer import AuditWriter
+from app.db import connection
 from app.errors import BadRequest
 from app.patient_audit import read_event, searched_event
 from app.patients import COLUMNS, Patient, fold, patient_json
@@ -135,7 +139,8 @@ def decode_cursor(key: bytes, scope: str, filters: PatientFilters, cursor: str) 
 
 
 async def read_page_audited(
-    conn: asyncpg.Connection,
+    database: Database,
+    audit: AuditWriter,
     actor: Actor,
     scope: str,
     *,
@@ -145,32 +150,24 @@ async def read_page_audited(
     cursor: str | None = None,
     via: Literal["profile", "search"] = "profile",
 ) -> dict[str, Any]:
-    """One page of the scope's patients as `{"items": [...], "next_cursor": ...}`, with a
-    `patient.read` event per patient returned written first (one statement). A search also
-    records `patient.searched` with the filter names and the count.
+    """One page of the scope's patients as `{"items": [...], "next_cursor": ...}`, returned
+    only once a `patient.read` event per patient on it is committed. A search also records
+    `patient.searched` with the filter names and the count.
+
+    The page is one autocommitted SELECT; its connection goes back to the pool before the
+    record is written, through `audit` (batched with other requests' records). When the
+    record cannot be written, this raises and the page is never shown.
 
     `cursor_key` is `settings.derived_key("patient-cursor")`, so `next_cursor` continues with
     `GET /api/patients?cursor=...` (with the same filters). A bad cursor is `BadRequest`.
-    Runs in the caller's transaction, or in one of its own: the audit chain needs one.
     """
-    if not conn.is_in_transaction():
-        async with conn.transaction():
-            return await read_page_audited(
-                conn,
-                actor,
-                scope,
-                cursor_key=cursor_key,
-                limit=limit,
-                filters=filters,
-                cursor=cursor,
-                via=via,
-            )
     after = decode_cursor(cursor_key, scope, filters, cursor) if cursor else None
-    rows, position = await list_patients(conn, scope, limit=limit, filters=filters, after=after)
+    async with connection(database) as conn:
+        rows, position = await list_patients(conn, scope, limit=limit, filters=filters, after=after)
     events = [read_event(row["id"], via) for row in rows]
     if via == "search":
         events.append(searched_event(filters.used(), len(rows), next_page=bool(cursor)))
-    await record_events(conn, actor, events)
+    await audit.record(actor, events)
     items: list[Patient] = [patient_json(row) for row in rows]
     next_cursor = encode_cursor(cursor_key, scope, filters, position) if position else None
     return {"items": items, "next_cursor": next_cursor}

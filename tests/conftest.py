@@ -22,8 +22,9 @@ import httpx
 import pytest
 import respx
 from asgi_lifespan import LifespanManager
+from databases import Database
 
-from app.db import asyncpg_dsn
+from app.db import asyncpg_dsn, create_database
 from app.devdb import (
     LOCAL_SERVER_URL,
     ProvisionedDatabase,
@@ -188,6 +189,15 @@ async def owner(database: ProvisionedDatabase) -> AsyncIterator[asyncpg.Connecti
     await conn.close()
 
 
+@pytest.fixture
+async def pool(database: ProvisionedDatabase) -> AsyncIterator[Database]:
+    """The application's pool, as the application role, connected (the service's own)."""
+    connected = create_database(database.app_url, min_size=1, max_size=4)
+    await connected.connect()
+    yield connected
+    await connected.disconnect()
+
+
 def make_settings(database: ProvisionedDatabase, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database.app_url,
@@ -279,6 +289,7 @@ _READ = re.compile(r"\bFROM\s+([a-z_]+)", re.IGNORECASE)
 _WRITING_FUNCTIONS = {
     "audit_events_append(": "audit_events",
     "audit_events_append_one(": "audit_events",
+    "audit_events_append_batch(": "audit_events",
 }
 
 

@@ -10,10 +10,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from databases import Database
 from pydantic import ValidationError
 
 from app import idempotency
 from app.audit import Actor
+from app.audit_writer import AuditWriter
 from app.db import asyncpg_dsn
 from app.devdb import ProvisionedDatabase
 from app.errors import BadRequest, ValidationFailed
@@ -286,14 +288,15 @@ class TestSearch:
                 decode_cursor(key, scope, filters, cursor)
 
     async def test_read_page_audited_records_one_read_per_patient(
-        self, conn: asyncpg.Connection, owner: asyncpg.Connection
+        self, conn: asyncpg.Connection, owner: asyncpg.Connection, pool: Database
     ) -> None:
         ids = {str((await make(conn, identifier=None))["id"]) for _ in range(3)}
         await make(conn, OTHER, identifier=None)
-        page = await read_page_audited(conn, ACTOR, SCOPE, cursor_key=KEY, limit=2)
+        writer = AuditWriter(pool)
+        page = await read_page_audited(pool, writer, ACTOR, SCOPE, cursor_key=KEY, limit=2)
         assert len(page["items"]) == 2 and page["next_cursor"]
         rest = await read_page_audited(
-            conn, ACTOR, SCOPE, cursor_key=KEY, limit=2, cursor=page["next_cursor"]
+            pool, writer, ACTOR, SCOPE, cursor_key=KEY, limit=2, cursor=page["next_cursor"]
         )
         assert rest["next_cursor"] is None
         assert {p["id"] for p in page["items"] + rest["items"]} == ids
@@ -305,13 +308,13 @@ class TestSearch:
         assert all(r["detail"] in ('{"via": "profile"}', '{"via":"profile"}') for r in reads)
 
     async def test_a_failed_audit_write_fails_the_read(
-        self, conn: asyncpg.Connection, owner: asyncpg.Connection
+        self, conn: asyncpg.Connection, owner: asyncpg.Connection, pool: Database
     ) -> None:
         await make(conn)
         await owner.execute("REVOKE INSERT ON audit_events FROM bff_app")
         with pytest.raises(asyncpg.PostgresError):
-            async with conn.transaction():
-                await read_page_audited(conn, ACTOR, SCOPE, cursor_key=KEY)
+            await read_page_audited(pool, AuditWriter(pool), ACTOR, SCOPE, cursor_key=KEY)
+        assert await owner.fetchval("SELECT count(*) FROM audit_events") == 0
 
 
 class TestIdempotencyKeys:

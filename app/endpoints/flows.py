@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 from app.audit import Event, actor_from, record_event, record_independently, scope_of
 from app.auth import principal, requires
 from app.context import context
-from app.db import connection, transaction
+from app.db import transaction
 from app.errors import AppError, ValidationFailed
 from app.openapi import Resp, operation
 from app.patient_search import read_page_audited
@@ -168,14 +168,14 @@ async def get_profile(request: Request) -> Response:
     caller = principal(request)
     ctx = context(request)
     user = await ctx.auth0.get_user(caller.sub)
-    async with connection(ctx.database) as conn:
-        page = await read_page_audited(
-            conn,
-            actor_from(request, caller),
-            scope_of(caller),
-            cursor_key=ctx.settings.derived_key("patient-cursor"),
-            limit=20,
-        )
+    page = await read_page_audited(
+        ctx.database,
+        ctx.audit,
+        actor_from(request, caller),
+        scope_of(caller),
+        cursor_key=ctx.settings.derived_key("patient-cursor"),
+        limit=20,
+    )
     return JSONResponse({"profile": safe_profile(user), "patients": page}, headers=NO_STORE)
 
 

@@ -112,17 +112,17 @@ async def search_patients(request: Request) -> Response:
     query = parse_query(request, PatientSearch)
     ctx, scope, actor, _ = _caller(request)
     filters = PatientFilters(query.name, query.birth_date, query.identifier_pair())
-    async with transaction(ctx.database) as conn:
-        page = await read_page_audited(
-            conn,
-            actor,
-            scope,
-            cursor_key=ctx.settings.derived_key(CURSOR_PURPOSE),
-            limit=query.limit,
-            filters=filters,
-            cursor=query.cursor,
-            via="search",
-        )
+    page = await read_page_audited(
+        ctx.database,
+        ctx.audit,
+        actor,
+        scope,
+        cursor_key=ctx.settings.derived_key(CURSOR_PURPOSE),
+        limit=query.limit,
+        filters=filters,
+        cursor=query.cursor,
+        via="search",
+    )
     return JSONResponse(page)
 
 
@@ -214,12 +214,10 @@ async def _purge(ctx: AppContext) -> None:
 async def get_one(request: Request) -> Response:
     ctx, scope, actor, _ = _caller(request)
     patient_id: UUID = request.path_params["patient_id"]
-    async with (
-        refusals_recorded(ctx.database, actor, "patient.read", "R", patient_id),
-        transaction(ctx.database) as conn,
-    ):
-        row = await read_patient(conn, scope, patient_id)
-        await record_event(conn, actor, read_event(patient_id, "get"))
+    async with refusals_recorded(ctx.database, actor, "patient.read", "R", patient_id):
+        async with connection(ctx.database) as conn:
+            row = await read_patient(conn, scope, patient_id)
+        await ctx.audit.record(actor, [read_event(patient_id, "get")])
     return JSONResponse(patient_json(row), headers={"ETag": etag(row["version"])})
 
 
