@@ -27,10 +27,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
+from asyncpg.pgproto.pgproto import UUID as FastUUID
 from databases import Database
 from starlette.requests import Request
 
-from app.audit_chain import actor_blocks, canonical_detail, content_digest
+from app.audit_chain import DigestEncoder, canonical_detail
 from app.db import transaction
 from app.errors import AppError
 from app.tokens import Principal
@@ -139,11 +140,16 @@ def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return None
 
 
-def _check(event: Event) -> None:
-    if not ACTION_PATTERN.fullmatch(event.action):
-        raise ValueError(f"invalid audit action code {event.action!r}")
-    if event.crud not in _CRUD or event.outcome not in _OUTCOMES:
+@functools.lru_cache(maxsize=1024)  # the service records a few dozen distinct kinds
+def _check_kind(action: str, crud: str, outcome: str) -> None:
+    if not ACTION_PATTERN.fullmatch(action):
+        raise ValueError(f"invalid audit action code {action!r}")
+    if crud not in _CRUD or outcome not in _OUTCOMES:
         raise ValueError("invalid audit crud letter or outcome")
+
+
+def _check(event: Event) -> None:
+    _check_kind(event.action, event.crud, event.outcome)
     if event.occurred_at is not None and event.occurred_at.tzinfo is None:
         raise ValueError("audit occurred_at must be timezone-aware")
 
@@ -185,6 +191,15 @@ class Prepared:
     rows: list[dict[str, Any]]
 
 
+def _new_ids(count: int) -> list[uuid.UUID]:
+    """Random (version 4) UUIDs, in asyncpg's own UUID type: a tenth of `uuid.UUID`'s cost."""
+    raw = bytearray(os.urandom(16 * count))
+    for start in range(0, 16 * count, 16):
+        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40  # version 4
+        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80  # RFC 4122 variant
+    return [FastUUID(bytes(raw[start : start + 16])) for start in range(0, 16 * count, 16)]
+
+
 def prepare(actor: Actor, events: Sequence[Event]) -> Prepared:
     """Check and encode events for an append; `ValueError` names the first bad one.
 
@@ -193,19 +208,19 @@ def prepare(actor: Actor, events: Sequence[Event]) -> Prepared:
     """
     now = datetime.now(UTC)
     common = _actor_columns(actor)
-    blocks = actor_blocks(common)
-    details: dict[int, bytes] = {}
-    ids = os.urandom(16 * len(events))
+    digests = DigestEncoder(common)
+    details: dict[int, tuple[bytes, str]] = {}
     rows: list[dict[str, Any]] = []
-    for index, event in enumerate(events):
+    for event, event_id in zip(events, _new_ids(len(events)), strict=True):
         _check(event)
         detail = details.get(id(event.detail))
         if detail is None:
-            detail = details[id(event.detail)] = canonical_detail(event.detail)
-            if len(detail) > MAX_DETAIL_BYTES:
+            canonical = canonical_detail(event.detail)
+            if len(canonical) > MAX_DETAIL_BYTES:
                 raise ValueError(f"audit detail over {MAX_DETAIL_BYTES} bytes")
+            detail = details[id(event.detail)] = (canonical, canonical.decode())
         row = {
-            "id": uuid.UUID(bytes=ids[16 * index : 16 * index + 16], version=4),
+            "id": event_id,
             "occurred_at": event.occurred_at or now,
             "action": event.action,
             "crud": event.crud,
@@ -214,10 +229,10 @@ def prepare(actor: Actor, events: Sequence[Event]) -> Prepared:
             "entity_type": _text(event.entity_type),
             "entity_id": _text(event.entity_id),
             "patient_id": event.patient_id,
-            "detail": detail,
+            "detail": detail[0],
         }
-        row["content"] = content_digest(row, blocks)
-        row["detail"] = detail.decode()
+        row["content"] = digests.digest(row)
+        row["detail"] = detail[1]
         rows.append(row)
     return Prepared(common, rows)
 

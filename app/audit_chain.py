@@ -154,6 +154,62 @@ def content_digest(row: Mapping[str, Any], blocks: tuple[bytes, bytes] | None = 
     ).digest()
 
 
+_OCCURRED = _CONTENT_ENCODERS[1:2]  # occurred_at
+_FIXED = _CONTENT_ENCODERS[9:14]  # action .. entity_type
+assert [name for name, _ in _CONTENT_ENCODERS[14:16]] == ["entity_id", "patient_id"]
+_UUID_PRESENT = _PRESENT(1, 16)
+
+
+class DigestEncoder:
+    """`content_digest` for the events of one request, faster: the actor's columns are
+    encoded once, and so is each distinct run of the columns a page's events share (time,
+    action, outcome, entity type, detail); per event only `id`, `entity_id` and `patient_id`
+    are encoded. The bytes hashed are exactly `content_digest`'s (a test holds them equal).
+    """
+
+    __slots__ = ("_actor", "_request", "_shared")
+
+    def __init__(self, actor: Mapping[str, Any]) -> None:
+        self._actor, self._request = actor_blocks(actor)
+        self._shared: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+
+    def digest(self, row: Mapping[str, Any]) -> bytes:
+        key = (
+            row["occurred_at"],
+            row["action"],
+            row["crud"],
+            row["outcome"],
+            row["outcome_reason"],
+            row["entity_type"],
+            row["detail"],
+        )
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared[key] = (
+                _encode(row, _OCCURRED) + self._actor + _encode(row, _FIXED),
+                self._request + _encode(row, _DETAIL),
+            )
+        entity_id, patient_id = row["entity_id"], row["patient_id"]
+        if entity_id is None:
+            entity = b"\x00"
+        else:
+            data = entity_id.encode()
+            entity = _PRESENT(1, len(data)) + data
+        return hashlib.sha256(
+            b"".join(
+                (
+                    CONTENT_DOMAIN,
+                    _UUID_PRESENT,
+                    row["id"].bytes,
+                    shared[0],
+                    entity,
+                    b"\x00" if patient_id is None else _UUID_PRESENT + _uuid(patient_id),
+                    shared[1],
+                )
+            )
+        ).digest()
+
+
 def link_hash(seq: int, recorded_at: datetime, content: bytes, prev_hash: bytes | None) -> bytes:
     """An event's `hash`: its seq, recording time and content digest, after `prev_hash`."""
     return hashlib.sha256(

@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import AppError, PayloadTooLarge, problem_response
@@ -64,6 +63,9 @@ _SECURITY_HEADERS = {
 }
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestContextMiddleware:
     def __init__(
         self,
@@ -85,6 +87,12 @@ class RequestContextMiddleware:
             self.extra_headers["Strict-Transport-Security"] = (
                 f"max-age={hsts_seconds}; includeSubDomains"
             )
+        # Pre-encoded, lower-case (as ASGI servers send them), with the no-store default.
+        self._raw_defaults = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in {**self.extra_headers, "Cache-Control": "no-store"}.items()
+        ]
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,11 +130,16 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                for name, value in self.extra_headers.items():
-                    headers.setdefault(name, value)
-                headers.setdefault("Cache-Control", "no-store")
+                # Raw header pairs: a response's own values win over the defaults.
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", ())
+                    if name.lower() != b"x-request-id"
+                ]
+                present = {name.lower() for name, _ in headers}
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                headers += [pair for pair in self._raw_defaults if pair[0] not in present]
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -160,9 +173,18 @@ class RequestContextMiddleware:
     def _finish(self, scope: Scope, status: int, started: float, request_id: str) -> None:
         elapsed = time.perf_counter() - started
         route = _route_template(scope)
-        method = scope["method"]
-        self.metrics.requests.labels(method, route, str(status)).inc()
-        self.metrics.latency.labels(method, route, str(status)).observe(elapsed)
+        # Any token is a valid method: metrics label the known ones, so a client cannot
+        # make the label set (and this cache) grow without bound.
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        children = self._children.get((method, route, status))
+        if children is None:  # labelled children, looked up once per method, route, status
+            labels = (method, route, str(status))
+            children = self._children[(method, route, status)] = (
+                self.metrics.requests.labels(*labels),
+                self.metrics.latency.labels(*labels),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
         logger.info(
             "request",
             extra={

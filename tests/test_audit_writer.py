@@ -5,6 +5,7 @@ fails everyone waiting and recovers, and nothing deadlocks with in-transaction w
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -12,8 +13,8 @@ import asyncpg
 import pytest
 from databases import Database
 
-from app.audit import Actor, Event, record_events
-from app.audit_chain import verify_chain
+from app.audit import Actor, Event, prepare, record_events
+from app.audit_chain import content_digest, verify_chain
 from app.audit_writer import AuditWriter
 from app.db import DatabaseUnavailable, asyncpg_dsn, transaction
 from app.devdb import ProvisionedDatabase
@@ -221,3 +222,43 @@ class TestConcurrency:
         await pending
         assert await owner.fetchval("SELECT count(*) FROM audit_events") == 2
         await chains_intact(owner)
+
+
+class TestEncoding:
+    def test_prepared_digests_are_the_verifiers(self) -> None:
+        """The writer's shortcut encodes exactly what `content_digest` (the verifier's) does,
+        whatever is shared or missing between a request's events."""
+        rng = random.Random(7)
+        shared = {"via": "search"}
+        for trial in range(200):
+            who = Actor(
+                scope=rng.choice(["org:a", "user:auth0|ü", "anonymous"]),
+                sub=rng.choice([None, "auth0|1", "google-oauth2|ñ"]),
+                client_id=rng.choice([None, "client"]),
+                session_id=rng.choice([None, "sid"]),
+                token_id=rng.choice([None, "jti"]),
+                source_ip=rng.choice([None, "10.1.2.3", "2001:db8::1", "not an ip"]),
+                user_agent=rng.choice([None, "", "ua/1.0 ✓"]),
+                request_id=rng.choice([None, f"req-{trial}"]),
+            )
+            events = [
+                Event(
+                    rng.choice(["patient.read", "patient.searched", "access.denied"]),
+                    rng.choice(["R", "E"]),
+                    outcome=rng.choice(["success", "denied"]),
+                    reason=rng.choice([None, "why"]),
+                    entity_type=rng.choice([None, "Patient"]),
+                    entity_id=rng.choice([None, "", "id-ü"]),
+                    patient_id=rng.choice([None, uuid.uuid4()]),
+                    detail=rng.choice([shared, {"n": rng.randint(0, 3)}, {}]),
+                    occurred_at=rng.choice([None, datetime(2026, 1, 1, tzinfo=UTC)]),
+                )
+                for _ in range(rng.randint(1, 6))
+            ]
+            prepared = prepare(who, events)
+            for row in prepared.rows:
+                full = prepared.common | row | {"detail": row["detail"].encode()}
+                assert row["content"] == content_digest(full)
+                assert row["id"].version == 4 and len({r["id"] for r in prepared.rows}) == len(
+                    prepared.rows
+                )

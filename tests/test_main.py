@@ -10,6 +10,7 @@ import orjson
 import pytest
 import respx
 from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,6 +18,7 @@ from starlette.routing import Route
 from app.devdb import ProvisionedDatabase
 from app.logs import JsonFormatter
 from app.main import create_app
+from app.middleware import Metrics, RequestContextMiddleware
 from app.settings import Settings
 
 PROBLEM = "application/problem+json"
@@ -154,6 +156,32 @@ class TestMetrics:
         assert 'route="<unmatched>",status="404"' in text
         assert "/unknown/12345" not in text
         assert "http_request_duration_seconds_bucket" in text
+
+    async def test_unknown_methods_share_one_label(self, client: httpx.AsyncClient) -> None:
+        for n in range(5):  # any token is a valid HTTP method
+            response = await client.request(f"BREW{n}", "/healthz")
+            assert response.status_code == 405
+            assert response.headers["cache-control"] == "no-store"
+        text = (await client.get("/metrics")).text
+        assert 'http_requests_total{method="OTHER",route="/healthz",status="405"} 5.0' in text
+        assert "BREW" not in text
+
+    async def test_a_response_keeps_its_own_headers_and_gets_the_rest_once(self) -> None:
+        async def cached(request: Request) -> Response:
+            return Response(
+                "x", headers={"Cache-Control": "max-age=60", "X-Frame-Options": "SAMEORIGIN"}
+            )
+
+        app = RequestContextMiddleware(
+            Starlette(routes=[Route("/", cached)]), metrics=Metrics(), max_body_bytes=1024
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            response = await http.get("/", headers={"X-Request-ID": "abc-123"})
+        assert response.headers.get_list("cache-control") == ["max-age=60"]
+        assert response.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"]
+        assert response.headers.get_list("x-request-id") == ["abc-123"]
 
 
 class TestOpenAPI:
