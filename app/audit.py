@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -237,6 +237,27 @@ def prepare(actor: Actor, events: Sequence[Event]) -> Prepared:
     return Prepared(common, rows)
 
 
+def append_one_call(first: int) -> str:
+    """`audit_events_append_one(...)` with its parameters numbered from `$first`, for a
+    statement that records its own change (`append_one_arguments` gives the values)."""
+    casts = {17: "::jsonb"}
+    params = ", ".join(f"${first + n}{casts.get(n, '')}" for n in range(19))
+    return f"audit_events_append_one({params})"
+
+
+def append_one_arguments(prepared: Prepared) -> list[Any]:
+    """The values of `append_one_call` for one prepared event."""
+    if len(prepared.rows) != 1:
+        raise ValueError("append_one_arguments takes exactly one event")
+    row = prepared.rows[0]
+    return [
+        *prepared.common.values(),
+        *(row[name] for name in _PER_EVENT),
+        row["detail"],
+        row["content"],
+    ]
+
+
 async def record_events(conn: asyncpg.Connection, actor: Actor, events: Sequence[Event]) -> None:
     """Append events to the actor's scope chain, in order, inside the caller's transaction.
 
@@ -251,9 +272,7 @@ async def record_events(conn: asyncpg.Connection, actor: Actor, events: Sequence
     prepared = prepare(actor, events)
     common, rows = prepared.common, prepared.rows
     if len(rows) == 1:
-        row = rows[0]
-        per_event: Iterable[Any] = (row[name] for name in _PER_EVENT)
-        await conn.execute(_APPEND_ONE, *common.values(), *per_event, row["detail"], row["content"])
+        await conn.execute(_APPEND_ONE, *append_one_arguments(prepared))
         return
     await conn.execute(
         _APPEND,

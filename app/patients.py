@@ -19,6 +19,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from app.audit import Prepared, append_one_arguments, append_one_call
 from app.errors import Conflict, Gone, NotFound, PreconditionFailed
 
 Patient = dict[str, Any]
@@ -51,6 +52,21 @@ ON CONFLICT (scope, identifier_system, identifier_value)
     WHERE deleted_at IS NULL AND identifier_value IS NOT NULL
     DO NOTHING
 RETURNING {COLUMNS}
+"""
+# The same insert with the id chosen by the caller, and its audit event appended for the
+# row inserted, if any (`create_patient_recorded`).
+_INSERT_RECORDED = f"""
+WITH created AS (
+    INSERT INTO patients (id, scope, created_by, identifier_system, identifier_value,
+        given_name, family_name, given_name_folded, family_name_folded, birth_date, gender,
+        phone, email, address, active)
+    VALUES ($15, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14)
+    ON CONFLICT (scope, identifier_system, identifier_value)
+        WHERE deleted_at IS NULL AND identifier_value IS NOT NULL
+        DO NOTHING
+    RETURNING {COLUMNS}
+)
+SELECT created.*, {append_one_call(16)} AS recorded FROM created
 """
 SELECT_BY_IDENTIFIER = """
 SELECT id FROM patients
@@ -190,6 +206,33 @@ async def create_patient(
             raise DuplicateIdentifier(existing)
         # The holder was deleted between the two statements: the identifier is free again.
     raise DuplicateIdentifier(None)
+
+
+async def create_patient_recorded(
+    conn: asyncpg.Connection,
+    patient_id: UUID,
+    scope: str,
+    created_by: str,
+    fields: Mapping[str, Any],
+    record: Prepared,
+) -> asyncpg.Record | None:
+    """Insert a patient with the given id and record it, in one statement, so in one round
+    trip and one transaction (call it outside a transaction: the statement is its own).
+
+    `record` is the prepared `patient.created` event (`app.audit.prepare`); it is appended
+    only for a row inserted. None, and nothing written,
+    when a live patient of the scope has the identifier: then `create_patient` in a
+    transaction tells a duplicate from a race, and records the refusal.
+    """
+    row: asyncpg.Record | None = await conn.fetchrow(
+        _INSERT_RECORDED,
+        scope,
+        created_by,
+        *_values(fields),
+        patient_id,
+        *append_one_arguments(record),
+    )
+    return row
 
 
 async def get_patient(

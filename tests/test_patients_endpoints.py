@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from app.audit_chain import verify_chain
 from tests.conftest import bearer
 
 PROBLEM = "application/problem+json"
@@ -305,6 +307,29 @@ class TestCreatePatient:
         winner = next(r.json()["id"] for r in responses if r.status_code == 201)
         assert {r.json()["existing_id"] for r in responses if r.status_code == 409} == {winner}
         assert await count(owner) == 1
+
+    async def test_a_create_and_its_record_commit_together_or_not_at_all(
+        self, client: httpx.AsyncClient, who: Tokens, owner: asyncpg.Connection
+    ) -> None:
+        created = await create(client, who["alice"])
+        [event] = await events(owner, "patient.created")
+        assert str(event["patient_id"]) == created["id"]
+        since, until = (
+            datetime.now(UTC) - timedelta(hours=1),
+            datetime.now(UTC) + timedelta(hours=1),
+        )
+        report = await verify_chain(owner, event["scope"], since, until)
+        assert (report.status, report.count) == ("intact", 1)
+        # The audit append fails: the patient written in the same statement is not kept.
+        await owner.execute("REVOKE INSERT ON audit_events FROM bff_app")
+        response = await client.post(
+            "/api/patients",
+            json=body(identifier={"system": "urn:mrn", "value": "other"}),
+            headers=who["alice"],
+        )
+        assert_problem(response, 500)
+        assert await count(owner) == 1
+        assert len(await events(owner)) == 1
 
 
 class TestIdempotencyKey:

@@ -14,14 +14,14 @@ import logging
 import random
 import re
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from app import idempotency
-from app.audit import Actor, actor_from, record_event, scope_of
+from app.audit import Actor, actor_from, prepare, record_event, scope_of
 from app.auth import Endpoint, principal, requires
 from app.context import AppContext, context
 from app.db import connection, transaction
@@ -39,6 +39,7 @@ from app.patient_search import PatientFilters, read_page_audited
 from app.patients import (
     DuplicateIdentifier,
     create_patient,
+    create_patient_recorded,
     delete_patient,
     etag,
     patient_json,
@@ -156,6 +157,18 @@ async def create(request: Request) -> Response:
     request_hash = idempotency.fingerprint(
         "POST /api/patients", scope, body.model_dump(mode="json")
     )
+    if key is None:  # the usual case: one statement, its own transaction
+        patient_id = uuid4()
+        event = created_event(patient_id, fields)
+        async with connection(ctx.database) as conn:
+            row = await create_patient_recorded(
+                conn, patient_id, scope, sub, fields, prepare(actor, [event])
+            )
+        if row is not None:
+            headers = {"Location": f"/api/patients/{row['id']}", "ETag": etag(row["version"])}
+            return JSONResponse(patient_json(row), status_code=201, headers=headers)
+        # The identifier is taken (or was, a moment ago): the full path below finds out,
+        # answers 409 and records the refusal.
     refusal: DuplicateIdentifier | None = None
     async with transaction(ctx.database) as conn:
         if key is not None:
