@@ -37,7 +37,8 @@ from pydantic import (
     field_validator,
 )
 
-from app.audit import Actor, Event, Outcome, record_events
+from app.audit import Actor, Event, Outcome
+from app.audit_writer import record_many
 from app.db import transaction
 from app.web import field_errors
 
@@ -299,9 +300,10 @@ async def ingest(
 ) -> tuple[int, int]:
     """Store the logs not seen before, with their ids, in one transaction.
 
-    Returns (stored, duplicates). Ids are inserted in sorted order, and audit scopes are
-    written in sorted order, so two deliveries of overlapping batches cannot deadlock; the
-    later one waits for the earlier and then finds its ids taken.
+    Returns (stored, duplicates). Ids are inserted in sorted order, and the events of all
+    scopes are appended in one statement that locks scopes in one global order, so two
+    deliveries of overlapping batches cannot deadlock; the later one waits for the earlier
+    and then finds its ids taken.
     """
     first: dict[str, LogRecord] = {}
     for record in records:
@@ -317,19 +319,8 @@ async def ingest(
                     record, request_id=request_id, hash_user_name=hash_user_name
                 )
                 groups.setdefault(actor, []).append(event)
-        for actor in sorted(groups, key=_actor_order):
-            await record_events(conn, actor, groups[actor])
+        await record_many(conn, list(groups.items()))
     return len(new_ids), len(records) - len(new_ids)
-
-
-def _actor_order(actor: Actor) -> tuple[str, ...]:
-    return (
-        actor.scope,
-        actor.sub or "",
-        actor.client_id or "",
-        actor.source_ip or "",
-        actor.user_agent or "",
-    )
 
 
 async def purge_ingested_log_ids(conn: asyncpg.Connection, *, older_than_days: int) -> None:

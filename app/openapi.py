@@ -51,6 +51,8 @@ class Resp:
     media_type: str = "application/json"
     headers: tuple[str, ...] = ()
     many: bool = False
+    # Other media types the same status may carry (documented as text), e.g. a CSV export.
+    also: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,8 @@ def _operation(route: Route, op: Operation | None, auth: Any, schemas: _Schemas)
             }
         elif resp.media_type != "application/json" and status != 204:
             entry["content"] = {resp.media_type: {"schema": {"type": "string"}}}
+        for media_type in resp.also:
+            entry.setdefault("content", {})[media_type] = {"schema": {"type": "string"}}
         if resp.headers:
             entry["headers"] = {h: {"schema": {"type": "string"}} for h in resp.headers}
         responses[str(status)] = entry

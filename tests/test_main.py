@@ -185,6 +185,14 @@ class TestMetrics:
 
 
 class TestOpenAPI:
+    async def test_the_export_documents_both_of_its_formats(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        spec = (await client.get("/openapi.json")).json()
+        content = spec["paths"]["/api/audit-events/export"]["get"]["responses"]["200"]["content"]
+        assert set(content) == {"application/x-ndjson", "text/csv"}
+        assert content["text/csv"]["schema"] == {"type": "string"}
+
     async def test_lists_every_route_the_app_serves(
         self, client: httpx.AsyncClient, settings: Settings
     ) -> None:

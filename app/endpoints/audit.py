@@ -181,6 +181,7 @@ async def _checkpoint(request: Request, query: AuditEventsQuery) -> Response:
             "(`format=csv`) whose cells are escaped against formula injection",
             media_type="application/x-ndjson",
             many=True,
+            also=("text/csv",),
         )
     },
 )
