@@ -10,6 +10,9 @@ app (`app.main` does not import this module). It serves what the service uses of
 - `POST /dbconnections/change_password`
 - `POST /dev/token`: mints an access token with the claims given (development only)
 - `GET /dev/stats`: how many requests of each kind it served
+- `POST /dev/fault`: makes it slow or answer 429/500 (`app.devfaults`), for fault runs
+- `POST /dev/rotate`: signs with the next key from now on (the old one stays published);
+  `{"announced": false}` signs with a key it never published before
 
 Its tokens carry the issuer `https://{domain}/` while it is reached on loopback.
 """
@@ -30,9 +33,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from app.devfaults import FaultMiddleware, TenantFault, set_fault
 
 ALL_PERMISSIONS = (
     "read:patients",
@@ -90,12 +96,18 @@ class SigningKey:
 
 @dataclass
 class TokenMinter:
-    """Mints realistic Auth0 access tokens for one tenant (issuer and audience fixed)."""
+    """Mints realistic Auth0 access tokens for one tenant (issuer and audience fixed).
+
+    With a `next_key` it publishes that key before signing with it, as Auth0 does (its JWKS
+    always holds the current and the next key); without one, `rotate` signs with a key the
+    moment it is published, which verifiers that cache the JWKS only see after a refetch.
+    """
 
     domain: str
     audience: str
     keys: list[SigningKey] = field(default_factory=lambda: [SigningKey.generate()])
     ttl_seconds: int = 3600
+    next_key: SigningKey | None = None
 
     @property
     def issuer(self) -> str:
@@ -106,7 +118,8 @@ class TokenMinter:
         return self.keys[0]
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.public_jwk for k in self.keys]}
+        published = [*self.keys, *([self.next_key] if self.next_key else [])]
+        return {"keys": [k.public_jwk for k in published]}
 
     def claims(
         self,
@@ -145,9 +158,16 @@ class TokenMinter:
             self.claims(sub, permissions=permissions, **extra), headers
         )
 
-    def rotate(self) -> SigningKey:
-        """Publish a new current key; the old one stays in the JWKS until `revoke`d."""
-        new = SigningKey.generate()
+    def rotate(self, *, announced: bool = True) -> SigningKey:
+        """Sign with a new current key; the old one stays in the JWKS until `revoke`d.
+
+        With a `next_key` (and `announced`), that already published key becomes current and
+        a new next key is published, as in Auth0; otherwise a key never published before.
+        """
+        if announced and self.next_key is not None:
+            new, self.next_key = self.next_key, SigningKey.generate()
+        else:
+            new = SigningKey.generate()
         self.keys.insert(0, new)
         return new
 
@@ -166,6 +186,7 @@ class TenantState:
     m2m_tokens: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
     m2m_ttl_seconds: int = 86400
+    fault: TenantFault = field(default_factory=TenantFault)
 
     def user(self, user_id: str) -> dict[str, Any]:
         if user_id not in self.users:
@@ -340,7 +361,17 @@ def create_tenant_app(state: TenantState) -> Starlette:
         )
 
     async def stats(request: Request) -> Response:
-        return JSONResponse(dict(state.counts))
+        faulted = {"faulted": state.fault.faulted} if state.fault.faulted else {}
+        return JSONResponse({**state.counts, **faulted})
+
+    async def fault(request: Request) -> Response:
+        return await set_fault(request, state.fault)
+
+    async def rotate(request: Request) -> Response:
+        body = orjson.loads(await request.body() or b"{}")
+        new = state.minter.rotate(announced=bool(body.get("announced", True)))
+        published = [str(k["kid"]) for k in state.minter.jwks()["keys"]]
+        return JSONResponse({"kid": new.kid, "published": published})
 
     return Starlette(
         routes=[
@@ -356,5 +387,8 @@ def create_tenant_app(state: TenantState) -> Starlette:
             Route("/dbconnections/change_password", change_password, methods=["POST"]),
             Route("/dev/token", dev_token, methods=["POST"]),
             Route("/dev/stats", stats),
-        ]
+            Route("/dev/fault", fault, methods=["POST"]),
+            Route("/dev/rotate", rotate, methods=["POST"]),
+        ],
+        middleware=[Middleware(FaultMiddleware, fault=state.fault)],
     )

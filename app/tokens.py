@@ -9,8 +9,8 @@ are ours, so each failure gets a description a client can act on ("token expired
 refresh, "invalid audience" means a misconfigured client).
 
 The JWKS is fetched lazily, kept for min(Cache-Control max-age, JWKS_MAX_AGE_SECONDS),
-refetched on an unknown `kid`, one fetch at a time and at most once per
-JWKS_COOLDOWN_SECONDS whatever the traffic. Already verified tokens are remembered in a
+refetched on an unknown `kid`, one fetch at a time and at most `FETCHES_PER_COOLDOWN` (3)
+times in any JWKS_COOLDOWN_SECONDS whatever the traffic. Already verified tokens are remembered in a
 bounded LRU keyed by a digest of the token until `exp` minus the leeway.
 """
 
@@ -22,7 +22,7 @@ import hashlib
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +39,11 @@ logger = logging.getLogger("app.tokens")
 
 MAX_TOKEN_LENGTH = 8 * 1024
 MAX_JWKS_BYTES = 256 * 1024
+# JWKS fetches allowed in any `jwks_cooldown_seconds` (one at a time). More than one, so a
+# token signed with a key the tenant published after our last fetch is verified at once
+# (a second rotation soon after a first, or a tenant that does not publish keys ahead);
+# few, so a flood of made-up key ids costs the tenant at most this many requests a window.
+FETCHES_PER_COOLDOWN = 3
 MALFORMED = "malformed token"
 
 # base64url to base64 for a strict decoder; "+", "/" and "=" become "!", which it refuses.
@@ -117,7 +122,8 @@ class TokenVerifier:
         self._keys: dict[str, dict[str, Key]] = {}  # kid -> alg -> prebuilt key object
         self._loaded = False
         self._fresh_until = 0.0
-        self._last_fetch_at: float | None = None
+        # When the last fetches started: at most FETCHES_PER_COOLDOWN in any cooldown.
+        self._fetches: deque[float] = deque(maxlen=FETCHES_PER_COOLDOWN)
         self._inflight: asyncio.Task[None] | None = None
 
     @property
@@ -264,22 +270,23 @@ class TokenVerifier:
             raise Unauthorized("signing key does not match algorithm")
         return key
 
+    def _next_fetch_in(self, now: float) -> float:
+        """Seconds until a fetch is allowed (0: now)."""
+        if len(self._fetches) < FETCHES_PER_COOLDOWN:
+            return 0.0
+        return max(0.0, self._cooldown - (now - self._fetches[0]))
+
     def _retry_after(self) -> int:
-        if self._last_fetch_at is None:
-            return 1
-        return max(
-            1,
-            math.ceil(self._cooldown - (self._monotonic() - self._last_fetch_at)),
-        )
+        return max(1, math.ceil(self._next_fetch_in(self._monotonic())))
 
     async def _refresh(self) -> None:
         """Fetch the JWKS unless a fetch is running (then wait for it) or cooling down."""
         task = self._inflight
         if task is None:
             now = self._monotonic()
-            if self._last_fetch_at is not None and now - self._last_fetch_at < self._cooldown:
+            if self._next_fetch_in(now) > 0:
                 return
-            self._last_fetch_at = now
+            self._fetches.append(now)
             # A task, not a lock: a waiter that is cancelled (client gone) does not cancel
             # the fetch the others are waiting for.
             task = self._inflight = asyncio.get_running_loop().create_task(self._fetch())

@@ -5,6 +5,7 @@
 CONFIG holds the domain, audience, M2M client id and secret, and the signing key (kid,
 private PEM, public JWK), so the harness can mint tokens the tenant's JWKS vouches for.
 `GET /dev/stats` counts the requests of each kind (jwks, discovery, oauth_token, ...).
+With `publish_next` in CONFIG the JWKS also holds the next key, as Auth0's does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from app.devtenant import SigningKey, TenantState, TokenMinter, create_tenant_ap
 
 
 def write_config(
-    path: Path, *, key: SigningKey, domain: str, audience: str, client_id: str, secret: str
+    path: Path,
+    *,
+    key: SigningKey,
+    domain: str,
+    audience: str,
+    client_id: str,
+    secret: str,
+    publish_next: bool = False,
 ) -> None:
     document = {
         "domain": domain,
@@ -30,6 +38,7 @@ def write_config(
         "kid": key.kid,
         "private_pem": key.private_pem.decode(),
         "public_jwk": key.public_jwk,
+        "publish_next": publish_next,
     }
     path.write_text(json.dumps(document), encoding="utf-8")
     path.chmod(0o600)
@@ -38,6 +47,8 @@ def write_config(
 def tenant_state(config: dict[str, Any]) -> TenantState:
     key = SigningKey(config["kid"], config["private_pem"].encode(), config["public_jwk"])
     minter = TokenMinter(config["domain"], config["audience"], keys=[key])
+    if config.get("publish_next"):  # as Auth0 does: the next key is published ahead of use
+        minter.next_key = SigningKey.generate()
     return TenantState(minter, config["client_id"], config["client_secret"])
 
 

@@ -1,0 +1,56 @@
+"""Faults under load (issue 9), short versions of `python -m bench.faults` scenarios.
+
+Each test starts the service as production runs it (`python -m app serve`), the stand-in
+tenant and a database, drives a few seconds of load with `bench.loadgen`, injects one fault
+in the middle and asserts every criterion the scenario checks (see `bench/faults.py`):
+only documented statuses, 503s with `Retry-After`, bounded latency, recovery without a
+restart, nothing stuck, and for writes a row and an audit event for every 201. Each takes
+about 10 s; the longer runs and the soak are documented in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.faults import run_scenario
+from bench.faultstack import Report
+
+SECONDS = 2.0
+# A short breaker cool-down (10 s by default) so recovery fits in the test.
+FAST_BREAKER = {"AUTH0_BREAKER_COOLDOWN_SECONDS": "1"}
+
+
+def _assert_passed(report: Report) -> None:
+    failed = [criterion for criterion, ok in report.checks if not ok]
+    assert report.checks and not failed, report.render()
+
+
+def test_postgres_restart_under_load_loses_nothing(postgres_server: str) -> None:
+    # A private cluster, never the shared server; no initdb/pg_ctl is an error, not a skip.
+    report = run_scenario("postgres-restart", SECONDS, postgres_server)
+    _assert_passed(report)
+    assert report.figures["rows lost"] == 0
+    assert report.figures["still pending at the end"] == 0
+
+
+@pytest.mark.parametrize("fault", ["slow", "down", "429"])
+def test_tenant_fault_under_load(postgres_server: str, fault: str) -> None:
+    report = run_scenario(f"tenant-{fault}", SECONDS, postgres_server, FAST_BREAKER)
+    _assert_passed(report)
+    assert report.figures["still pending at the end"] == 0
+
+
+def test_jwks_rotation_under_load_no_401(postgres_server: str) -> None:
+    report = run_scenario("jwks-rotation", 1.5, postgres_server)
+    _assert_passed(report)
+
+
+def test_jwks_rotation_to_an_unannounced_key_no_401(postgres_server: str) -> None:
+    report = run_scenario("jwks-rotation-unannounced", 1.0, postgres_server)
+    _assert_passed(report)
+
+
+def test_sigterm_under_load_drains_and_exits_0(postgres_server: str) -> None:
+    report = run_scenario("sigterm", SECONDS, postgres_server)
+    _assert_passed(report)
+    assert report.figures["exit code"] == 0
