@@ -154,7 +154,9 @@ def _check(event: Event) -> None:
         raise ValueError("audit occurred_at must be timezone-aware")
 
 
-_PER_EVENT = (
+# The columns of one event (`Prepared.rows`), in the order the append functions take them;
+# an actor's (`Prepared.common`) are ACTOR_COLUMNS.
+PER_EVENT_COLUMNS = (
     "id",
     "occurred_at",
     "action",
@@ -164,6 +166,18 @@ _PER_EVENT = (
     "entity_type",
     "entity_id",
     "patient_id",
+)
+
+
+ACTOR_COLUMNS = (
+    "scope",
+    "actor",
+    "client_id",
+    "session_id",
+    "token_id",
+    "source_ip",
+    "user_agent",
+    "request_id",
 )
 
 
@@ -252,7 +266,7 @@ def append_one_arguments(prepared: Prepared) -> list[Any]:
     row = prepared.rows[0]
     return [
         *prepared.common.values(),
-        *(row[name] for name in _PER_EVENT),
+        *(row[name] for name in PER_EVENT_COLUMNS),
         row["detail"],
         row["content"],
     ]
@@ -277,7 +291,7 @@ async def record_events(conn: asyncpg.Connection, actor: Actor, events: Sequence
     await conn.execute(
         _APPEND,
         *common.values(),
-        *([row[name] for row in rows] for name in _PER_EVENT),
+        *([row[name] for row in rows] for name in PER_EVENT_COLUMNS),
         [row["detail"] for row in rows],
         [row["content"] for row in rows],
     )

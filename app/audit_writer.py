@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 from databases import Database
 
-from app.audit import Actor, Event, Prepared, prepare
+from app.audit import ACTOR_COLUMNS, PER_EVENT_COLUMNS, Actor, Event, Prepared, prepare
 from app.db import DatabaseUnavailable, connection
 from app.errors import DATABASE_OUTAGES
 
@@ -38,29 +38,7 @@ SELECT audit_events_append_batch($1::text[], $2::text[], $3::text[], $4::text[],
     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
     $18::uuid[], $19::jsonb[], $20::bytea[])
 """
-_COMMON = (
-    "scope",
-    "actor",
-    "client_id",
-    "session_id",
-    "token_id",
-    "source_ip",
-    "user_agent",
-    "request_id",
-)
-_OWN = (
-    "id",
-    "occurred_at",
-    "action",
-    "crud",
-    "outcome",
-    "outcome_reason",
-    "entity_type",
-    "entity_id",
-    "patient_id",
-    "detail",
-    "content",
-)
+_OWN = (*PER_EVENT_COLUMNS, "detail", "content")
 
 
 @dataclass(slots=True)
@@ -71,7 +49,7 @@ class _Waiting:
 
 def append_arguments(batch: Sequence[Prepared]) -> list[list[Any]]:
     """The arguments of `audit_events_append_batch` for these requests' events."""
-    arguments: list[list[Any]] = [[p.common[name] for p in batch] for name in _COMMON]
+    arguments: list[list[Any]] = [[p.common[name] for p in batch] for name in ACTOR_COLUMNS]
     arguments.append([group for group, p in enumerate(batch, 1) for _ in p.rows])
     rows = list(chain.from_iterable(p.rows for p in batch))
     arguments += ([row[name] for row in rows] for name in _OWN)
