@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = []
     hsts_seconds: int = Field(default=0, ge=0)
 
-    # --- Rate limits (app/ratelimit.py) ---------------------------------------------------
+    # --- Rate limits (app/ratelimit/) -------------------------------------------------------------
     rate_limit_per_ip: str = Field(
         default="600/60", description="Requests per client address: COUNT/SECONDS, or off."
     )

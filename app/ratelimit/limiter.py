@@ -1,54 +1,4 @@
-"""Per-IP and per-user request limits: decided in memory, shared across copies in the background.
-
-    limiter = GlobalRateLimiter()
-    per_ip = limiter.limit("ip", Quota(600, 60))
-    wait = per_ip.check("203.0.113.7")   # None: go ahead; else seconds until a retry may pass
-    await limiter.start(database)        # the sync task; `await limiter.stop()` flushes
-
-`check` is synchronous and does no I/O (about a microsecond), so the read path keeps its
-speed. Every `sync_interval` a background task sends this copy's unsent hits to the shared
-store in ONE statement and reads back, in the same statement, the totals of every copy for
-the keys this copy has seen since the last sync. A copy then decides with
-(global total at its last sync) + (its own hits since), so the store is never on the
-request path. Postgres (`rate_counters`, migration 0006) is the store; `RedisCounters` is
-the same with INCRBY/PEXPIREAT in one pipeline.
-
-Algorithm: a sliding-window counter. Windows are fixed, aligned to the epoch (so every copy
-names the same window without talking), and a hit is allowed while
-
-    previous_window_total * (1 - elapsed_fraction_of_current) + current_total + 1 <= limit
-
-which approximates a true sliding window (the previous window's hits are assumed evenly
-spread) without the fixed window's double burst at a boundary. Refused hits do not count:
-a client that backs off as told gets through when `Retry-After` says.
-
-Error bound (how far over the limit N copies can go). A copy sees another's hits once that
-copy has flushed them and it has synced since: at most about two sync intervals (2 * s) late.
-Each copy admits only while its own view is under the limit L, so at any moment the true
-count exceeds L by at most what the *other* copies admitted for the key in the last 2 * s:
-
-- an attacker spreading R requests/s evenly over N copies: at most 2 * s * R * (N - 1) / N
-  (measured, 4 copies, s = 0.5 s, L = 600, R = 400/s: 741-747 admitted; L + bound = 900);
-- once a key is saturated, the copies only share the budget that slides free, L/P per
-  second, so the excess is at most 2 * s * (N - 1) * L / P (30 for 4 copies at 600/min);
-- hard ceiling whatever the timing, and the bound while the store is unreachable (each
-  copy then limits alone): N * L per period;
-- a key is read back only when this copy saw it since its last sync (reading every tracked
-  key every tick would cost the store far more), so the first hits on a key new to this
-  copy, or idle here since its last sync, are decided on what this copy knew then, for one
-  interval at most; a key under attack is hit every interval, so its view stays fresh.
-
-The sliding estimate is exact for evenly spread traffic only: a client whose hits all fell at
-the very end of the previous window gets up to about L extra early in the next one (a fixed
-window's worst case, rarely reached). Clock skew between copies shifts window boundaries by
-the skew, which NTP keeps to milliseconds.
-
-A failed sync (store down, timeout) keeps the unsent hits and tries again next tick: local
-limiting never stops and nothing is raised into a request. A statement that committed but
-whose answer was lost is counted twice, which errs on the strict side. Memory is bounded:
-each limit tracks at most `max_keys` keys, evicting the least recently used, and drops keys
-idle for two windows at every sync. Keys longer than 128 characters are stored as a digest.
-"""
+"""The limits and the sync task: see the package docstring for the algorithm and its bound."""
 
 from __future__ import annotations
 
@@ -58,22 +8,17 @@ import hashlib
 import itertools
 import logging
 import math
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import asyncpg
 from databases import Database
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.db import pool_of
-from app.errors import TooManyRequests, problem_response, request_id_of
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from app.errors import TooManyRequests
+from app.ratelimit.stores import CounterStore, PostgresCounters, RedisCounters, Row
 
 logger = logging.getLogger("app.ratelimit")
 
@@ -84,7 +29,6 @@ RETENTION_GRACE_MS = 30_000
 # Float rounding in the estimate must not refuse a request at the very moment `check` said
 # it would pass; counts are whole numbers, so this slack admits nothing extra.
 _SLACK = 1e-6
-_IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,29 +100,6 @@ class _Entry:
             self.previous = _Window(index - 1)
         self.current = _Window(index)
         self.previous_settled = False
-
-
-class Row(NamedTuple):
-    """One counter to add to (`add` > 0) or only read (`add` == 0) in a sync."""
-
-    key: str
-    window_start_ms: int
-    expires_ms: int
-    add: int
-
-
-class CounterStore(Protocol):
-    """Where the copies' counts meet: Postgres or Redis."""
-
-    async def add_and_read(self, rows: Sequence[Row]) -> list[int]:
-        """Add each row's `add` to its counter; return every row's total after that."""
-        ...
-
-    async def purge(self) -> int:
-        """Delete expired counters; return how many (0 where the store expires them)."""
-        ...
-
-    async def aclose(self) -> None: ...
 
 
 class Limit:
@@ -452,150 +373,5 @@ class GlobalRateLimiter:
             return 0
 
 
-def client_key(host: str) -> str:
-    """The per-IP key of a client address: an IPv4 address, or an IPv6 /64 (one subscriber
-    line holds a whole /64, so a client could otherwise rotate through addresses).
-    `socket` parses in C: `ipaddress` would cost some 20 µs a request."""
-    if ":" not in host:
-        return host
-    try:
-        packed = socket.inet_pton(socket.AF_INET6, host)
-    except OSError:
-        return host
-    if packed[:12] == _IPV4_MAPPED_PREFIX:
-        return socket.inet_ntop(socket.AF_INET, packed[12:])
-    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
-
-
-class ClientRateLimitMiddleware:
-    """Pure ASGI: 429 problem+json with `Retry-After` when the client's address is over
-    `limit`. Put it inside CORS (so browsers can read the 429) and inside the request
-    envelope (which resolves trusted proxies into `scope["client"]` and adds the request id
-    and security headers). A CORS preflight is answered by CORS and so not counted."""
-
-    def __init__(self, app: ASGIApp, *, limit: Limit) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        if scope["type"] == "http" and client:
-            wait = self.limit.check(client_key(client[0]))
-            if wait is not None:
-                error = TooManyRequests(
-                    retry_after(wait), "too many requests from this address; try again later"
-                )
-                await problem_response(error, request_id_of(scope))(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def _digest(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
-# --- Postgres ---------------------------------------------------------------------------
-
-# One round trip per sync: the adds, then the totals of the counters only read. Rows are
-# locked in (key, window) order, so two copies flushing the same keys cannot deadlock.
-# Totals of counters added to come from RETURNING, which sees other copies' committed adds
-# (the upsert waits for their row lock) where the statement's snapshot would not. No join
-# against the CTE: its row count is unknown to the planner, which then picks a nested loop
-# (seconds for 10k keys instead of milliseconds).
-ADD_AND_READ = """
-WITH added AS (
-    INSERT INTO rate_counters AS c (key, window_start, expires_at, count)
-    SELECT a.key,
-           'epoch'::timestamptz + a.start_ms * interval '1 millisecond',
-           'epoch'::timestamptz + a.expires_ms * interval '1 millisecond',
-           a.add
-    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
-        AS a(key, start_ms, expires_ms, add)
-    ORDER BY 1, 2
-    ON CONFLICT (key, window_start) DO UPDATE SET count = c.count + EXCLUDED.count
-    RETURNING c.key, c.window_start, c.count
-)
-SELECT key, (extract(epoch FROM window_start) * 1000)::bigint AS start_ms, count FROM added
-UNION ALL
-SELECT c.key, r.start_ms, c.count
-FROM unnest($5::text[], $6::bigint[]) AS r(key, start_ms)
-JOIN rate_counters c ON c.key = r.key
-    AND c.window_start = 'epoch'::timestamptz + r.start_ms * interval '1 millisecond'
-"""
-PURGE_EXPIRED = "DELETE FROM rate_counters WHERE expires_at < now()"
-
-
-class PostgresCounters:
-    """The `rate_counters` table through the app's asyncpg pool (one connection per sync)."""
-
-    def __init__(self, pool: Callable[[], asyncpg.Pool], *, timeout: float = 5.0) -> None:
-        self._pool = pool
-        self.timeout = timeout
-
-    async def add_and_read(self, rows: Sequence[Row]) -> list[int]:
-        adds = [r for r in rows if r.add]
-        reads = [r for r in rows if not r.add]
-        async with self._pool().acquire(timeout=self.timeout) as conn:
-            records = await conn.fetch(
-                ADD_AND_READ,
-                [r.key for r in adds],
-                [r.window_start_ms for r in adds],
-                [r.expires_ms for r in adds],
-                [r.add for r in adds],
-                [r.key for r in reads],
-                [r.window_start_ms for r in reads],
-                timeout=self.timeout,
-            )
-        totals = {(r["key"], r["start_ms"]): r["count"] for r in records}
-        return [totals.get((r.key, r.window_start_ms), 0) for r in rows]
-
-    async def purge(self) -> int:
-        async with self._pool().acquire(timeout=self.timeout) as conn:
-            status: str = await conn.execute(PURGE_EXPIRED, timeout=30)
-        return int(status.rsplit(" ", 1)[-1])
-
-    async def aclose(self) -> None:
-        """The pool belongs to the app."""
-
-
-# --- Redis (optional: `pip install redis`, then REDIS_URL) --------------------------------
-
-
-class RedisCounters:
-    """The same counters in Redis: one pipeline of INCRBY + PEXPIREAT (or GET) per sync.
-    Redis expires old windows itself, so `purge` has nothing to do."""
-
-    def __init__(self, client: Redis, *, prefix: str = "bff:rl:") -> None:
-        self.client = client
-        self.prefix = prefix
-
-    @classmethod
-    def from_url(cls, url: str, *, timeout: float = 5.0) -> RedisCounters:
-        from redis.asyncio import Redis
-
-        client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        return cls(client)
-
-    async def add_and_read(self, rows: Sequence[Row]) -> list[int]:
-        pipe = self.client.pipeline(transaction=False)
-        for row in rows:
-            name = f"{self.prefix}{row.key}:{row.window_start_ms}"
-            if row.add:
-                pipe.incrby(name, row.add)
-                pipe.pexpireat(name, row.expires_ms)
-            else:
-                pipe.get(name)
-        results: list[Any] = await pipe.execute()
-        totals: list[int] = []
-        position = 0
-        for row in rows:
-            value = results[position]
-            position += 2 if row.add else 1
-            totals.append(int(value) if value is not None else 0)
-        return totals
-
-    async def purge(self) -> int:
-        return 0
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
