@@ -1,7 +1,9 @@
 # Build stage: compile wheels and install the service into a virtualenv.
 FROM python:3.11-slim AS build
 WORKDIR /src
-RUN python -m venv /opt/venv
+# pip and setuptools upgraded: the copies a Python 3.11 venv starts with have known
+# vulnerabilities (scripts/audit-deps).
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --upgrade pip setuptools
 COPY pyproject.toml README.md ./
 COPY app ./app
 RUN /opt/venv/bin/pip install --no-cache-dir .
