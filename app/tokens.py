@@ -29,16 +29,15 @@ from typing import Any
 
 import httpx
 import orjson
-from jose import jwk
 from jose.backends.base import Key
 
 from app.errors import Unauthorized, UpstreamUnavailable
+from app.jwks import MAX_JWKS_BYTES, SUPPORTED_ALGORITHMS, BadJWKS, cache_max_age, parse_jwks
 from app.settings import Settings
 
 logger = logging.getLogger("app.tokens")
 
 MAX_TOKEN_LENGTH = 8 * 1024
-MAX_JWKS_BYTES = 256 * 1024
 # JWKS fetches allowed in any `jwks_cooldown_seconds` (one at a time). More than one, so a
 # token signed with a key the tenant published after our last fetch is verified at once
 # (a second rotation soon after a first, or a tenant that does not publish keys ahead);
@@ -49,11 +48,6 @@ MALFORMED = "malformed token"
 # base64url to base64 for a strict decoder; "+", "/" and "=" become "!", which it refuses.
 _FROM_URLSAFE = bytes.maketrans(b"-_+/=", b"+/!!!")
 _TYPES = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
-# What python-jose can verify, by JWK key type; EC algorithms are tied to one curve.
-_KTY_ALGORITHMS = {"RSA": ("RS256", "RS384", "RS512"), "EC": ("ES256", "ES384", "ES512")}
-_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
-_SUPPORTED = frozenset(alg for algs in _KTY_ALGORITHMS.values() for alg in algs)
-_MIN_RSA_BITS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +73,6 @@ class _Cached:
     principal: Principal
     kid: str
     valid_until: float
-
-
-class _BadJWKS(Exception):
-    """The tenant answered, but not with a JWKS we can use."""
 
 
 class TokenVerifier:
@@ -112,8 +102,8 @@ class TokenVerifier:
         self._audience = settings.auth0_audience
         self._leeway = settings.token_leeway_seconds
         self._cooldown = settings.jwks_cooldown_seconds
-        self._algorithms = frozenset(settings.auth0_algorithms) & _SUPPORTED
-        if unsupported := set(settings.auth0_algorithms) - _SUPPORTED:
+        self._algorithms = frozenset(settings.auth0_algorithms) & SUPPORTED_ALGORITHMS
+        if unsupported := set(settings.auth0_algorithms) - SUPPORTED_ALGORITHMS:
             logger.warning(
                 "python-jose cannot verify %s; such tokens are rejected", sorted(unsupported)
             )
@@ -302,12 +292,12 @@ class TokenVerifier:
                 timeout=httpx.Timeout(self.settings.auth0_timeout_seconds),
             )
             if response.status_code != 200:
-                raise _BadJWKS(f"HTTP {response.status_code}")
+                raise BadJWKS(f"HTTP {response.status_code}")
             if len(response.content) > MAX_JWKS_BYTES:
-                raise _BadJWKS("response too large")
-            jwks, keys = _parse_jwks(response.content, self._algorithms)
+                raise BadJWKS("response too large")
+            jwks, keys = parse_jwks(response.content, self._algorithms)
         except Exception as exc:  # unreachable or garbage: keep what we know
-            reason = str(exc) if isinstance(exc, _BadJWKS) else type(exc).__name__
+            reason = str(exc) if isinstance(exc, BadJWKS) else type(exc).__name__
             state = f"keeping {len(self._keys)} known key(s)" if self._loaded else "no keys yet"
             logger.warning("JWKS fetch from %s failed (%s); %s", url, reason, state)
             if self._loaded:
@@ -317,7 +307,7 @@ class TokenVerifier:
             self._inflight = None
         gone = {kid for kid, old in self._jwks.items() if jwks.get(kid) != old}
         self._jwks, self._keys, self._loaded = jwks, keys, True
-        max_age = _max_age(response.headers.get("cache-control"))
+        max_age = cache_max_age(response.headers.get("cache-control"))
         ttl = min(self.settings.jwks_max_age_seconds, max_age if max_age is not None else 1e9)
         # Fresher than the cooldown is pointless: we could not refetch sooner anyway.
         self._fresh_until = self._monotonic() + max(ttl, self._cooldown)
@@ -345,55 +335,3 @@ def _numeric(claims: dict[str, Any], name: str) -> float | None:
 
 def _string(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _max_age(cache_control: str | None) -> float | None:
-    """Seconds from `Cache-Control` (0 for no-cache/no-store), None when it does not say."""
-    for directive in (cache_control or "").lower().split(","):
-        name, _, value = directive.strip().partition("=")
-        if name in ("no-cache", "no-store"):
-            return 0.0
-        if name == "max-age" and value.strip().isdigit():
-            return float(value.strip())
-    return None
-
-
-def _parse_jwks(
-    content: bytes, algorithms: frozenset[str]
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Key]]]:
-    """Build key objects once per fetch; keys we cannot or should not use are skipped."""
-    try:
-        document = orjson.loads(content)
-    except ValueError:
-        raise _BadJWKS("not JSON") from None
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise _BadJWKS("no 'keys' list")
-    jwks: dict[str, dict[str, Any]] = {}
-    keys: dict[str, dict[str, Key]] = {}
-    for item in document["keys"]:
-        if not isinstance(item, dict) or "d" in item or item.get("use", "sig") != "sig":
-            continue  # private keys and encryption keys have no business here
-        kid = item.get("kid")
-        if not isinstance(kid, str) or not kid:
-            continue
-        built: dict[str, Key] = {}
-        for alg in _KTY_ALGORITHMS.get(str(item.get("kty")), ()):
-            if alg not in algorithms or item.get("alg", alg) != alg:
-                continue
-            if alg in _EC_CURVES and item.get("crv") != _EC_CURVES[alg]:
-                continue
-            try:
-                key = jwk.construct(item, alg)
-            except Exception:  # noqa: S112 - a malformed JWK is skipped, not fatal
-                continue
-            bits = getattr(getattr(key, "prepared_key", None), "key_size", 0)
-            if alg.startswith("RS") and bits < _MIN_RSA_BITS:
-                continue  # a weak key in the JWKS is an attack or a mistake
-            built[alg] = key
-        if built:
-            jwks[kid], keys[kid] = item, built
-    if not keys:
-        # An empty or unusable set is far likelier a broken answer than a tenant that
-        # revoked every key; keep serving what we know and say so in the log.
-        raise _BadJWKS("no usable signing keys")
-    return jwks, keys
