@@ -206,7 +206,17 @@ class TestLogout:
         ):
             before = b_store.reloads
             # Cut B's listening connection (a failover, a network blip), then revoke on A
-            # while B is deaf: B must learn it from the reload after it reconnects.
+            # while B is deaf: B must learn it from the reload after it reconnects. B's
+            # reconnection waits for the gate, so the revocation surely falls in the gap
+            # (otherwise B may already listen again and learn it from the notification).
+            gate = asyncio.Event()
+            connect = b_store._connect
+
+            async def gated_connect() -> None:
+                await gate.wait()
+                await connect()
+
+            b_store._connect = gated_connect  # type: ignore[method-assign]
             killed = await owner.fetch(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE application_name = $1 AND datname = current_database()"
@@ -215,7 +225,10 @@ class TestLogout:
                 [b_store._conn.get_server_pid()],  # type: ignore[union-attr]
             )
             assert len(killed) == 1
+            await wait_until(lambda: not b_store.listening, timeout=5.0)
             assert (await a.http.post(LOGOUT, headers=token)).status_code == 204
+            assert b_store.reloads == before  # still deaf: nothing learnt yet
+            gate.set()
             await wait_until(lambda: b_store.reloads > before, timeout=5.0)
             assert b_store.listening
             assert_problem(await b.http.get(PROBE, headers=token), 401)
