@@ -35,6 +35,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from app.breaker import CircuitBreaker
 from app.errors import Conflict, NotFound, UpstreamError, UpstreamUnavailable, ValidationFailed
 from app.settings import Settings
 
@@ -77,9 +78,12 @@ class Auth0Client:
         self._token: str | None = None
         self._token_renew_at = 0.0
         self._token_fetch: asyncio.Future[str] | None = None
-        self._failures = 0
-        self._open_until: float | None = None
-        self._trial_in_flight = False
+        self._breaker = CircuitBreaker(
+            failures=settings.auth0_breaker_failures,
+            cooldown_seconds=settings.auth0_breaker_cooldown_seconds,
+            clock=clock,
+            stats=self.stats,
+        )
         self._profiles: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._profile_writes = 0
 
@@ -283,7 +287,7 @@ class Auth0Client:
             token = await self._m2m_token() if m2m else None
             if token is not None:
                 headers["Authorization"] = f"Bearer {token}"
-            trial = self._admit()
+            trial = self._breaker.admit()
             self.stats["requests"] += 1
             try:
                 response = await self.http.request(
@@ -295,16 +299,16 @@ class Auth0Client:
                     timeout=self._timeout,
                 )
             except httpx.TransportError as exc:
-                self._record(ok=False)
+                self._breaker.record(ok=False)
                 logger.warning("Auth0 %s %s: %s", method, _kind(path), type(exc).__name__)
                 problem, wait = "unreachable", _backoff(attempt)
             except BaseException:
                 if trial:  # cancelled or broken mid-trial: let the next request try instead
-                    self._trial_in_flight = False
+                    self._breaker.abandon_trial()
                 raise
             else:
                 status = response.status_code
-                self._record(ok=status < 500)
+                self._breaker.record(ok=status < 500)
                 if status < 300:
                     return response
                 level = logging.WARNING if status == 429 or status >= 500 else logging.INFO
@@ -342,34 +346,6 @@ class Auth0Client:
         except (ValueError, TypeError, OverflowError):
             pass
         return _backoff(attempt)
-
-    # --- Circuit breaker: consecutive 5xx/network failures open it for a cool-down -------
-
-    def _admit(self) -> bool:
-        """Raise while open; after the cool-down admit one trial. True for the trial."""
-        if self._open_until is None:
-            return False
-        now = self._clock()
-        if now < self._open_until or self._trial_in_flight:
-            self.stats["breaker_rejections"] += 1
-            wait = max(self._open_until - now, 1.0)
-            raise UpstreamUnavailable("Auth0 is unavailable", retry_after=math.ceil(wait))
-        self._trial_in_flight = True
-        return True
-
-    def _record(self, *, ok: bool) -> None:
-        """Note an answer: anything below 500 shows the tenant is up (4xx too)."""
-        if ok:
-            self._failures, self._open_until, self._trial_in_flight = 0, None, False
-            return
-        self._failures += 1
-        # Failures reset only on success, so a failed half-open trial reopens at once.
-        if self._failures >= self.settings.auth0_breaker_failures:
-            if self._open_until is None or self._trial_in_flight:
-                self.stats["breaker_opened"] += 1
-                logger.error("Auth0 circuit breaker open after %d failures", self._failures)
-            self._open_until = self._clock() + self.settings.auth0_breaker_cooldown_seconds
-            self._trial_in_flight = False
 
 
 def _backoff(attempt: int) -> float:
