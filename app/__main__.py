@@ -32,6 +32,25 @@ class DatabaseSettings(BaseSettings):
         return self.migrations_database_url or self.database_url
 
 
+class PortUnavailable(Exception):
+    """The address to listen on is taken (another server) or not ours to bind."""
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before any work (database, embedded server) when `host:port` cannot be bound;
+    uvicorn would otherwise start the app, then log the bind error and a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PortUnavailable(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                " (is another server running there? choose another with --port or PORT)"
+            ) from None
+
+
 def _fail(message: str, code: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -79,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.server import GracefulServer
 
     settings = load_settings()
+    _check_port(args.host, args.port)
     asyncio.run(_check_database(settings))
     configure_logging(settings.log_level)
     config = uvicorn.Config(
@@ -110,6 +130,7 @@ def _free_port() -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.devserver import run_dev
 
+    _check_port("127.0.0.1", args.port)
     return asyncio.run(run_dev(port=args.port, tenant_port=args.tenant_port or _free_port()))
 
 
@@ -149,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         return _fail(str(exc), 2)
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, PortUnavailable) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130

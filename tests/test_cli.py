@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,26 @@ def test_serve_with_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert lines[0].startswith("error: database unreachable at 127.0.0.1:1/d")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "dev"])
+def test_a_port_in_use_is_one_line_before_anything_starts(tmp_path: Path, command: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        unreachable = {**AUTH0, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
+        env = unreachable if command == "serve" else {}
+        result = run_cli(tmp_path, command, "--port", str(port), **env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+        " (is another server running there? choose another with --port or PORT)"
+    ]
+    # Checked first: before the database (serve), before the embedded Postgres and the
+    # banner with a token (dev).
+    assert result.stdout == ""
 
 
 def test_audit_partitions_command(tmp_path: Path, database: ProvisionedDatabase) -> None:
