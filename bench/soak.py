@@ -5,6 +5,9 @@ against the service as production runs it (`bench.faultstack`). It passes when n
 failed (every answer 2xx, none stuck), the service's resident memory grew less than 10%
 from the end of the first minute (the warm-up) to the end, and the database holds exactly
 one patient row and one `patient.created` event per 201, no more, no fewer.
+
+`--connections 64 --mix read,read,read,post --rate 300` measures latency at a fixed rate
+(an open load, unlike wrk's closed loop in `python -m bench`).
 """
 
 from __future__ import annotations
@@ -28,14 +31,22 @@ SAMPLE_SECONDS = 5.0
 MAX_GROWTH = 0.10
 
 
-async def soak(stack: Stack, seconds: float, rate: float, warmup: float = 60.0) -> Report:
+async def soak(
+    stack: Stack,
+    seconds: float,
+    rate: float,
+    warmup: float = 60.0,
+    *,
+    connections: int = 16,
+    mix: Sequence[str] = MIX,
+) -> Report:
     report = Report("soak")
     tokens = stack.tokens()
 
     def call(n: int) -> Call:
-        return make_call(MIX[n % len(MIX)], tokens[n % len(tokens)], f"{stack.run_id}-{n}")
+        return make_call(mix[n % len(mix)], tokens[n % len(tokens)], f"{stack.run_id}-{n}")
 
-    load = Load(stack.service.url, call, concurrency=16, rate=rate)
+    load = Load(stack.service.url, call, concurrency=connections, rate=rate)
     assert stack.service.proc is not None
     process = psutil.Process(stack.service.proc.pid)
     samples: list[tuple[float, int]] = []
@@ -57,7 +68,7 @@ async def soak(stack: Stack, seconds: float, rate: float, warmup: float = 60.0) 
 
     answers = load.answers
     found = report.summary("all requests", answers)
-    for kind in sorted(set(MIX)):
+    for kind in sorted(set(mix)):
         report.summary(f"  {kind}", [a for a in answers if a.name == kind])
     report.figures["achieved rate"] = f"{len(answers) / seconds:.0f} req/s over {seconds:.0f} s"
     after = [rss for t, rss in samples if t >= warmup] or [samples[-1][1]]
@@ -95,14 +106,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=150.0, help="requests per second")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS counts")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent clients")
+    parser.add_argument(
+        "--mix",
+        default=",".join(MIX),
+        help="the request kinds, cycled in this order (read, post, me, profile)",
+    )
     parser.add_argument("--admin-url", default=LOCAL_SERVER_URL)
     args = parser.parse_args(argv)
-    log(f"soak: {args.minutes:g} min at {args.rate:g} req/s")
+    mix = tuple(kind.strip() for kind in args.mix.split(",") if kind.strip())
+    if not mix or not set(mix) <= {"read", "post", "me", "profile"}:
+        parser.error("--mix takes read, post, me and profile, comma-separated")
+    log(
+        f"soak: {args.minutes:g} min at {args.rate:g} req/s, {args.connections} connections, "
+        f"mix {','.join(mix)}"
+    )
     with (
         tempfile.TemporaryDirectory(prefix="bff-soak-") as directory,
         running_stack(args.admin_url, Path(directory)) as stack,
     ):
-        report = asyncio.run(soak(stack, args.minutes * 60, args.rate, args.warmup))
+        report = asyncio.run(
+            soak(
+                stack,
+                args.minutes * 60,
+                args.rate,
+                args.warmup,
+                connections=args.connections,
+                mix=mix,
+            )
+        )
     print(report.render(), flush=True)
     return 0 if report.passed else 1
 
