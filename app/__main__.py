@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.db import DatabaseUnavailable, connect_raw, migrate
-from app.settings import ConfigError, Settings, describe_validation_error, load_settings
+from app.core.db import DatabaseUnavailable, connect_raw, migrate
+from app.core.settings import ConfigError, Settings, describe_validation_error, load_settings
 
 
 class DatabaseSettings(BaseSettings):
@@ -94,8 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from app.logs import configure_logging
-    from app.server import GracefulServer
+    from app.core.logs import configure_logging
+    from app.http.server import GracefulServer
 
     settings = load_settings()
     _check_port(args.host, args.port)
@@ -128,7 +128,7 @@ def _free_port() -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from app.devserver import run_dev
+    from app.dev.server import run_dev
 
     _check_port("127.0.0.1", args.port)
     return asyncio.run(run_dev(port=args.port, tenant_port=args.tenant_port or _free_port()))

@@ -15,28 +15,29 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
-from app import errors
-from app.account import account_services, running_account_services
-from app.audit import record_denial
-from app.audit_writer import AuditWriter
-from app.auth0 import Auth0Client
-from app.context import AppContext
-from app.db import create_database
-from app.endpoints import account, admin, audit, flows, ops, patients
-from app.middleware import Metrics, RequestContextMiddleware
+from app.account import endpoints as account_endpoints
+from app.account.services import account_services, running_account_services
+from app.audit import endpoints as audit_endpoints
+from app.audit.batcher import AuditWriter
+from app.audit.record import record_denial
+from app.auth.tokens import TokenVerifier
+from app.auth0.client import Auth0Client
+from app.core import errors
+from app.core.db import create_database
+from app.core.settings import Settings, load_settings
+from app.core.state import AppContext
+from app.http import ops
+from app.http.middleware import Metrics, RequestContextMiddleware
+from app.patients import endpoints as patient_endpoints
 from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit, Quota
-from app.settings import Settings, load_settings
-from app.tokens import TokenVerifier
 
 
 def all_routes() -> list[BaseRoute]:
     return [
         *ops.routes,
-        *flows.routes,
-        *patients.routes,
-        *audit.routes,
-        *account.routes,
-        *admin.routes,
+        *patient_endpoints.routes,
+        *audit_endpoints.routes,
+        *account_endpoints.routes,
     ]
 
 

@@ -3,7 +3,7 @@
     python -m bench.audit [--url postgresql://postgres@127.0.0.1:5432/postgres]
                           [--events 1000000] [--writers 16] [--seconds 3] [--rounds 8]
 
-Creates a throwaway database on the server (`app.devdb.provision`: migrated, with the app
+Creates a throwaway database on the server (`app.dev.db.provision`: migrated, with the app
 role) and drops it at the end. In one run:
 
 1. Loads `--events` synthetic events (owner role, SQL in chunks, indexed after) over the last
@@ -38,10 +38,10 @@ from typing import Any
 
 import asyncpg
 
-from app.audit import Actor, Event, record_events
-from app.audit_query import AuditFilters, fetch_page
-from app.db import asyncpg_dsn
-from app.devdb import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
+from app.audit.query import AuditFilters, fetch_page
+from app.audit.record import Actor, Event, record_events
+from app.core.db import asyncpg_dsn
+from app.dev.db import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
 
 BIG_SCOPE = "org:big"
 

@@ -5,7 +5,7 @@ token carries `org_id`, scope `org:<id>`), half do not (scope `user:<sub>`). Pat
 spread over the scopes unevenly (40 to 160 each for 100,000 in 1,000 scopes), with
 realistic names in several scripts, birth dates, identifiers, phones, emails and addresses.
 They are bulk-loaded with binary COPY as the owner role; the folded search columns are
-filled with the service's own `app.patients.fold`.
+filled with the service's own `app.patients.repository.fold`.
 
 Tokens are signed RS256 with the stand-in tenant's key and carry what Auth0 puts in an
 access token with RBAC on (permissions, scope, azp, sid, jti, the userinfo audience).
@@ -28,8 +28,8 @@ import orjson
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from app.db import asyncpg_dsn
-from app.devtenant import SigningKey, TokenMinter
+from app.core.db import asyncpg_dsn
+from app.dev.tenant import SigningKey, TokenMinter
 
 PERMISSIONS = ("read:patients", "create:patients", "update:patients", "delete:patients")
 EMAIL_VERIFIED_CLAIM = "https://bff.bench/email_verified"
@@ -86,7 +86,7 @@ class User:
 
     @property
     def scope(self) -> str:
-        """As `app.audit.scope_of` computes it from the token."""
+        """As `app.audit.record.scope_of` computes it from the token."""
         return f"org:{self.org_id}" if self.org_id else f"user:{self.sub}"
 
 
@@ -106,7 +106,7 @@ def _ascii(name: str) -> str:
 
 def patient_records(users: Sequence[User], total: int, seed: int = 8) -> Iterator[tuple[Any, ...]]:
     """COPY records in `PATIENT_COLUMNS` order; every scope gets 40%..160% of its share."""
-    from app.patients import fold  # the service's own search form of a name
+    from app.patients.repository import fold  # the service's own search form of a name
 
     rng = random.Random(seed)
     weights = [rng.uniform(0.4, 1.6) for _ in users]

@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 import psutil  # type: ignore[import-untyped]
 
-from app.audit import Actor, Event, record_events
-from app.audit_writer import record_many
-from app.db import asyncpg_dsn
-from app.devdb import LOCAL_SERVER_URL, drop, provision
-from app.patient_audit import read_event
-from app.patient_search import list_patients
+from app.audit.batcher import record_many
+from app.audit.record import Actor, Event, record_events
+from app.core.db import asyncpg_dsn
+from app.dev.db import LOCAL_SERVER_URL, drop, provision
+from app.patients.events import read_event
+from app.patients.search import list_patients
 
 BATCH = 16  # reads per group commit: about what 64 connections give in the load test
 
@@ -92,7 +92,7 @@ async def measure(admin_url: str, calls: int) -> None:
                 for n in range(BATCH)
             ]
 
-            async def read_batched() -> None:  # as the service does now (app/audit_writer.py)
+            async def read_batched() -> None:  # as the service does now (app/audit/batcher.py)
                 async with light.acquire() as conn:
                     rows, _ = await list_patients(conn, SCOPE, limit=20)
                     events = [read_event(r["id"], "search") for r in rows]
@@ -101,7 +101,7 @@ async def measure(admin_url: str, calls: int) -> None:
                         await record_many(conn, batched)
                         batched.clear()
 
-            async def read_now() -> None:  # as app/endpoints/patients.py did before group commit
+            async def read_now() -> None:  # as app/patients/endpoints.py did before group commit
                 async with default.acquire() as conn, conn.transaction():
                     rows, _ = await list_patients(conn, SCOPE, limit=20)
                     await record_events(conn, actor, [read_event(r["id"], "search") for r in rows])

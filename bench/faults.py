@@ -24,8 +24,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
-from app.auth0 import JITTER_SECONDS, MAX_ATTEMPTS
-from app.devdb import LOCAL_SERVER_URL
+from app.auth0.client import JITTER_SECONDS, MAX_ATTEMPTS
+from app.dev.db import LOCAL_SERVER_URL
 from bench.faultstack import Report, Stack, count_stored, log, make_call, running_stack
 from bench.loadgen import Answer, Call, Load
 from bench.pgcluster import PrivateCluster
@@ -33,13 +33,13 @@ from bench.servers import http_call
 
 CONCURRENCY = 16
 RATE = 300.0  # requests per second in all: the machine is shared, the point is the fault
-AUTH0_TIMEOUT = 3.0  # the service's defaults (app/settings.py), restated for the bound
+AUTH0_TIMEOUT = 3.0  # the service's defaults (app/core/settings.py), restated for the bound
 AUTH0_BUDGET = 3.0
 SLOW_1_5 = b'{"mode": "slow", "seconds": 1.5}'
 
 
 def _bound_seconds(env: dict[str, str]) -> float:
-    """The longest one Auth0 call may take (app/auth0.py): every attempt up to its timeout,
+    """The longest one Auth0 call may take (app/auth0/client.py): every attempt up to its timeout,
     plus the summed waits (the budget) and their jitter; one second for the rest."""
     timeout = float(env.get("AUTH0_TIMEOUT_SECONDS", AUTH0_TIMEOUT))
     budget = float(env.get("AUTH0_RETRY_BUDGET_SECONDS", AUTH0_BUDGET))
@@ -204,7 +204,7 @@ async def jwks_rotation(stack: Stack, seconds: float, *, announced: bool = True)
 
     `announced`: as Auth0 does, the new key was published (as the next key) before it signs
     anything. Otherwise it signs the moment it is published, so the service only learns it
-    by refetching the JWKS, at most once per JWKS_COOLDOWN_SECONDS (app/tokens.py)."""
+    by refetching the JWKS, at most once per JWKS_COOLDOWN_SECONDS (app/auth/tokens.py)."""
     report = Report("jwks-rotation" + ("" if announced else "-unannounced"))
     tokens = [("old", t) for t in stack.tokens()]
     kinds = ("me", "read")

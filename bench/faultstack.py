@@ -2,7 +2,7 @@
 a process of its own; the tokens and requests of the load; the counts afterwards; the report.
 
 The service runs as production runs it (`python -m app serve`: uvicorn, uvloop, httptools,
-`GracefulServer`), against a database provisioned for the run (`app.devdb.provision`) and
+`GracefulServer`), against a database provisioned for the run (`app.dev.db.provision`) and
 dropped afterwards, with rate limits out of reach (all the load comes from one address).
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import asyncpg
 
-from app.db import asyncpg_dsn
-from app.devdb import ProvisionedDatabase, drop, provision
-from app.devtenant import SigningKey, TokenMinter
+from app.core.db import asyncpg_dsn
+from app.dev.db import ProvisionedDatabase, drop, provision
+from app.dev.tenant import SigningKey, TokenMinter
 from bench.loadgen import Answer, Call, Summary
 from bench.servers import Server, free_port, http_call
 from bench.tenant import write_config
@@ -47,7 +47,7 @@ def log(message: str) -> None:
 def service_base_env() -> dict[str, str]:
     """This environment without any of the service's settings (and no `.env`: the cwd is
     the run directory), so nothing from the shell changes what is tried."""
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     names = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}

@@ -2,8 +2,8 @@
 
 No authentication, no audit, no validation, no middleware, no access log: the scope comes
 from an `X-Bench-Scope` header the load script sends. `GET /api/patients` runs the same
-statement as `app.patient_search` with no filters (newest first, `limit + 1` rows);
-`POST /api/patients` is one autocommitted `app.patients.INSERT_PATIENT`, unaudited.
+statement as `app.patients.search` with no filters (newest first, `limit + 1` rows);
+`POST /api/patients` is one autocommitted `app.patients.repository.INSERT_PATIENT`, unaudited.
 
     uvicorn bench.floor:app --loop uvloop --http httptools   (BENCH_DATABASE_URL=...)
 """
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.patients import COLUMNS, INSERT_PATIENT
+from app.patients.repository import COLUMNS, INSERT_PATIENT
 
 PAGE_SQL = f"""SELECT {COLUMNS} FROM patients WHERE scope = $1 AND deleted_at IS NULL
 ORDER BY created_at DESC, id DESC LIMIT $2"""

@@ -142,7 +142,7 @@ def base_env() -> dict[str, str]:
     run directory), so nothing from the shell changes what is measured."""
     import os
 
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     names = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}

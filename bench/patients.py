@@ -38,10 +38,10 @@ import asyncpg
 import orjson
 import uvicorn
 
-from app.db import asyncpg_dsn
-from app.devdb import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
-from app.devtenant import ALL_PERMISSIONS, TenantState, TokenMinter, create_tenant_app
-from app.patients import fold
+from app.core.db import asyncpg_dsn
+from app.dev.db import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
+from app.dev.tenant import ALL_PERMISSIONS, TenantState, TokenMinter, create_tenant_app
+from app.patients.repository import fold
 
 DOMAIN = "bench-tenant.local"
 AUDIENCE = "https://bench.local/api"

@@ -14,8 +14,8 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-from app.devdb import drop, provision
-from app.devtenant import SigningKey, TokenMinter
+from app.dev.db import drop, provision
+from app.dev.tenant import SigningKey, TokenMinter
 from bench import data
 from bench.harness import (
     AUDIENCE,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from app.devdb import LOCAL_SERVER_URL
+from app.dev.db import LOCAL_SERVER_URL
 from bench.faultstack import Report, Stack, count_stored, log, make_call, running_stack
 from bench.loadgen import Call, Load
 

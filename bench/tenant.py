@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from app.devtenant import SigningKey, TenantState, TokenMinter, create_tenant_app
+from app.dev.tenant import SigningKey, TenantState, TokenMinter, create_tenant_app
 
 
 def write_config(

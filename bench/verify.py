@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jose import jwk, jwt
 
-from app.devtenant import SigningKey, TokenMinter
-from app.settings import Settings
-from app.tokens import TokenVerifier
+from app.auth.tokens import TokenVerifier
+from app.core.settings import Settings
+from app.dev.tenant import SigningKey, TokenMinter
 
 DOMAIN = "tenant.example.com"
 AUDIENCE = "https://api.example.com"

@@ -16,7 +16,7 @@ from types import TracebackType
 
 import asyncpg
 
-from app.db import asyncpg_dsn
+from app.core.db import asyncpg_dsn
 
 SAMPLE = """
 SELECT CASE

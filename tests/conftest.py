@@ -24,8 +24,10 @@ import respx
 from asgi_lifespan import LifespanManager
 from databases import Database
 
-from app.db import asyncpg_dsn, create_database
-from app.devdb import (
+from app.core.db import asyncpg_dsn, create_database
+from app.core.logs import JsonFormatter, quiet_chatty_loggers
+from app.core.settings import Settings
+from app.dev.db import (
     LOCAL_SERVER_URL,
     ProvisionedDatabase,
     drop,
@@ -34,10 +36,8 @@ from app.devdb import (
     server_answers,
     with_credentials,
 )
-from app.devtenant import ALL_PERMISSIONS, SigningKey, TokenMinter
-from app.logs import JsonFormatter, quiet_chatty_loggers
+from app.dev.tenant import ALL_PERMISSIONS, SigningKey, TokenMinter
 from app.main import create_app
-from app.settings import Settings
 
 TENANT_DOMAIN = "tenant.test.local"
 TENANT_URL = "https://tenant.stub"
@@ -325,9 +325,9 @@ def interactions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
     monkeypatch.setattr(httpx.AsyncClient, "send", send)
 
-    import app.db
+    import app.core.db
 
-    original_pool_of = app.db.pool_of
+    original_pool_of = app.core.db.pool_of
 
     def logging_query(record: Any) -> None:
         for entry in classify_sql(record.query):
@@ -349,7 +349,9 @@ def interactions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
         def __getattr__(self, name: str) -> Any:
             return getattr(self._pool, name)
 
-    monkeypatch.setattr(app.db, "pool_of", lambda database: LoggingPool(original_pool_of(database)))
+    monkeypatch.setattr(
+        app.core.db, "pool_of", lambda database: LoggingPool(original_pool_of(database))
+    )
     return log
 
 

@@ -21,7 +21,7 @@ import respx
 from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 
-from app.account import (
+from app.account.services import (
     AccountServices,
     AfterResponse,
     Rate,
@@ -30,12 +30,12 @@ from app.account import (
     email_hash,
     running_account_services,
 )
-from app.audit import Actor, Event, record_event
-from app.db import asyncpg_dsn
-from app.errors import TooManyRequests
+from app.audit.record import Actor, Event, record_event
+from app.auth.revocation import RevocationStore
+from app.core.db import asyncpg_dsn
+from app.core.errors import TooManyRequests
+from app.core.settings import Settings
 from app.main import create_app
-from app.revocation import RevocationStore
-from app.settings import Settings
 from tests.conftest import bearer
 
 PROBLEM = "application/problem+json"

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import respx
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.conftest import bearer
 from tests.test_account import account_app, assert_problem, audit_rows
 

@@ -17,7 +17,15 @@ import pytest
 from databases import Database
 from starlette.requests import Request
 
-from app.audit import (
+from app.audit.chain import (
+    CONTENT_COLUMNS,
+    canonical_detail,
+    content_digest,
+    event_hash,
+    verify_chain,
+)
+from app.audit.query import fetch_feed
+from app.audit.record import (
     Actor,
     Event,
     actor_from,
@@ -28,18 +36,10 @@ from app.audit import (
     record_independently,
     scope_of,
 )
-from app.audit_chain import (
-    CONTENT_COLUMNS,
-    canonical_detail,
-    content_digest,
-    event_hash,
-    verify_chain,
-)
-from app.audit_query import fetch_feed
-from app.db import asyncpg_dsn, create_database, transaction
-from app.devdb import ProvisionedDatabase
-from app.errors import InsufficientScope, UpstreamUnavailable
-from app.tokens import Principal
+from app.auth.tokens import Principal
+from app.core.db import asyncpg_dsn, create_database, transaction
+from app.core.errors import InsufficientScope, UpstreamUnavailable
+from app.dev.db import ProvisionedDatabase
 
 ACTOR = Actor(
     scope="org:acme",
@@ -110,7 +110,7 @@ async def tamper(owner: asyncpg.Connection, statement: str, *args: Any) -> None:
 
 
 def spec_hash(row: dict[str, Any]) -> bytes:
-    """The chain hash as `app.audit_chain`'s docstrings state it, written out independently."""
+    """The chain hash as `app.audit.chain`'s docstrings state it, written out independently."""
 
     def field(value: bytes | None) -> bytes:
         return b"\x00" if value is None else b"\x01" + len(value).to_bytes(4, "big") + value

@@ -22,11 +22,11 @@ import respx
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp
 
-from app.audit import Actor, Event, record_events
-from app.db import asyncpg_dsn
-from app.devdb import ProvisionedDatabase
+from app.audit.record import Actor, Event, record_events
+from app.core.db import asyncpg_dsn
+from app.core.settings import Settings
+from app.dev.db import ProvisionedDatabase
 from app.main import create_app
-from app.settings import Settings
 from tests.conftest import bearer
 
 PROBLEM = "application/problem+json"

@@ -1,4 +1,4 @@
-"""The audit writer's group commit (app/audit_writer.py), against a real database as the
+"""The audit writer's group commit (app/audit/batcher.py), against a real database as the
 application role: batched requests keep their chains, a bad request fails alone, an outage
 fails everyone waiting and recovers, and nothing deadlocks with in-transaction writers."""
 
@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 from databases import Database
 
-from app.audit import Actor, Event, prepare, record_events
-from app.audit_chain import content_digest, verify_chain
-from app.audit_writer import AuditWriter
-from app.db import DatabaseUnavailable, asyncpg_dsn, transaction
-from app.devdb import ProvisionedDatabase
+from app.audit.batcher import AuditWriter
+from app.audit.chain import content_digest, verify_chain
+from app.audit.record import Actor, Event, prepare, record_events
+from app.core.db import DatabaseUnavailable, asyncpg_dsn, transaction
+from app.dev.db import ProvisionedDatabase
 
 SCOPES = [f"org:writer-{n}" for n in range(5)]
 SINCE = datetime.now(UTC) - timedelta(days=1)

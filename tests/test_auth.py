@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth import (
+from app.auth.requires import (
     AuthRequirement,
     BearerTokenBackend,
     auth_error_response,
@@ -32,10 +32,10 @@ from app.auth import (
     principal,
     requires,
 )
-from app.devtenant import SigningKey, TokenMinter
-from app.errors import EXCEPTION_HANDLERS, AppError, EmailNotVerified, StepUpRequired
-from app.settings import Settings
-from app.tokens import Principal, TokenVerifier
+from app.auth.tokens import Principal, TokenVerifier
+from app.core.errors import EXCEPTION_HANDLERS, AppError, EmailNotVerified, StepUpRequired
+from app.core.settings import Settings
+from app.dev.tenant import SigningKey, TokenMinter
 
 DOMAIN = "tenant.example.com"
 AUDIENCE = "https://api.example.com"

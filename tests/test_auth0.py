@@ -16,16 +16,16 @@ import httpx
 import pytest
 import respx
 
-from app.auth0 import Auth0Client
-from app.devtenant import TenantState, TokenMinter, create_tenant_app
-from app.errors import (
+from app.auth0.client import Auth0Client
+from app.core.errors import (
     Conflict,
     NotFound,
     UpstreamError,
     UpstreamUnavailable,
     ValidationFailed,
 )
-from app.settings import Settings
+from app.core.settings import Settings
+from app.dev.tenant import TenantState, TokenMinter, create_tenant_app
 
 BASE = "http://tenant.test"
 USER = "auth0|abc"
@@ -830,7 +830,7 @@ async def test_logs_carry_no_token_secret_or_user_id(
     fake: FakeTime,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="app.auth0")
+    caplog.set_level(logging.DEBUG, logger="app.auth0.client")
     mock.get(USER_PATH).mock(
         side_effect=[httpx.Response(500), httpx.ReadTimeout("x"), httpx.Response(200, json=PROFILE)]
     )

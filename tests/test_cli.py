@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devdb import ProvisionedDatabase
+from app.dev.db import ProvisionedDatabase
 
 AUTH0 = {
     "AUTH0_DOMAIN": "tenant.example.com",

@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app.db import Migration, asyncpg_dsn, discover_migrations, migrate
-from app.devdb import ProvisionedDatabase
+from app.core.db import Migration, asyncpg_dsn, discover_migrations, migrate
+from app.dev.db import ProvisionedDatabase
 
 
 async def test_migrating_again_is_a_no_op(

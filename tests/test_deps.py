@@ -162,9 +162,9 @@ def test_verifying_tokens_never_loads_ecdsa() -> None:
         import app
         for module in pkgutil.walk_packages(app.__path__, "app."):
             importlib.import_module(module.name)
-        from app.devtenant import TokenMinter
-        from app.settings import Settings
-        from app.tokens import TokenVerifier
+        from app.dev.tenant import TokenMinter
+        from app.core.settings import Settings
+        from app.auth.tokens import TokenVerifier
 
         minter = TokenMinter(domain="t.example.com", audience="https://api")
         pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app.devtenant import SigningKey, TenantState, TokenMinter, create_tenant_app
+from app.dev.tenant import SigningKey, TenantState, TokenMinter, create_tenant_app
 
 
 @pytest.fixture

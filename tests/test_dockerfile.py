@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from app.devdb import ProvisionedDatabase
+from app.dev.db import ProvisionedDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import respx
 
-from app.devdb import ProvisionedDatabase
+from app.dev.db import ProvisionedDatabase
 from tests.conftest import bearer, follows
 
 USER = "auth0|user-1"

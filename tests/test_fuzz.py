@@ -28,12 +28,12 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from app.devdb import ProvisionedDatabase, drop, provision
-from app.devtenant import ALL_PERMISSIONS, TenantState, TokenMinter, create_tenant_app
-from app.endpoints.ops import API_TITLE, API_VERSION
+from app.core.settings import Settings
+from app.dev.db import ProvisionedDatabase, drop, provision
+from app.dev.tenant import ALL_PERMISSIONS, TenantState, TokenMinter, create_tenant_app
+from app.http.openapi import build_openapi
+from app.http.ops import API_TITLE, API_VERSION
 from app.main import all_routes, create_app
-from app.openapi import build_openapi
-from app.settings import Settings
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
 DOMAIN = "fuzz-tenant.local"

@@ -9,8 +9,8 @@ import httpx
 import pytest
 import respx
 
-from app.devdb import ProvisionedDatabase
-from app.settings import ConfigError, load_settings
+from app.core.settings import ConfigError, load_settings
+from app.dev.db import ProvisionedDatabase
 from tests.conftest import bearer, make_settings, running_app
 
 FRONTEND = "https://app.example.com"

@@ -9,10 +9,10 @@ import orjson
 import pytest
 import respx
 
-from app.account import account_services, email_hash
-from app.db import asyncpg_dsn
-from app.logstream import MalformedBatch, classify, parse_batch, validate_records
-from app.settings import Settings
+from app.account.logstream import MalformedBatch, classify, parse_batch, validate_records
+from app.account.services import account_services, email_hash
+from app.core.db import asyncpg_dsn
+from app.core.settings import Settings
 from tests.conftest import LOG_STREAM_TOKEN, make_settings
 from tests.test_account import account_app, assert_problem, everything_stored
 

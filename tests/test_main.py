@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.devdb import ProvisionedDatabase
-from app.logs import JsonFormatter
+from app.core.logs import JsonFormatter
+from app.core.settings import Settings
+from app.dev.db import ProvisionedDatabase
+from app.http.middleware import Metrics, RequestContextMiddleware
 from app.main import create_app
-from app.middleware import Metrics, RequestContextMiddleware
-from app.settings import Settings
 
 PROBLEM = "application/problem+json"
 
@@ -80,7 +80,7 @@ class TestErrors:
         body = assert_problem(response, 500)
         assert body["request_id"] == "req-500"
         assert "secret internal detail" not in response.text
-        logged = [r for r in caplog.records if r.name == "app.errors"]
+        logged = [r for r in caplog.records if r.name == "app.core.errors"]
         assert logged and getattr(logged[0], "request_id", None) == "req-500"
 
 

@@ -13,21 +13,13 @@ import pytest
 from databases import Database
 from pydantic import ValidationError
 
-from app import idempotency
-from app.audit import Actor
-from app.audit_writer import AuditWriter
-from app.db import asyncpg_dsn
-from app.devdb import ProvisionedDatabase
-from app.errors import BadRequest, ValidationFailed
-from app.patient_models import PatientCreate, PatientPatch, PatientSearch
-from app.patient_search import (
-    PatientFilters,
-    decode_cursor,
-    encode_cursor,
-    list_patients,
-    read_page_audited,
-)
-from app.patients import (
+from app.audit.batcher import AuditWriter
+from app.audit.record import Actor
+from app.core.db import asyncpg_dsn
+from app.core.errors import BadRequest, ValidationFailed
+from app.dev.db import ProvisionedDatabase
+from app.http import idempotency
+from app.patients.repository import (
     DuplicateIdentifier,
     PatientGone,
     PatientNotFound,
@@ -39,6 +31,14 @@ from app.patients import (
     patient_history,
     patient_json,
     update_patient,
+)
+from app.patients.schemas import PatientCreate, PatientPatch, PatientSearch
+from app.patients.search import (
+    PatientFilters,
+    decode_cursor,
+    encode_cursor,
+    list_patients,
+    read_page_audited,
 )
 
 SCOPE, OTHER = "org:one", "org:two"
@@ -261,7 +261,7 @@ class TestSearch:
             [(f"org:{i % 20}", f"name{i}") for i in range(4000)],
         )
         await owner.execute("ANALYZE patients")
-        from app.patient_search import _search_sql
+        from app.patients.search import _search_sql
 
         sql, args = _search_sql("org:3", PatientFilters(name="name123"), None, 20)
         # A generic plan (what a pooled prepared statement ends up with) sees only $n.

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.audit_chain import verify_chain
+from app.audit.chain import verify_chain
 from tests.conftest import bearer
 
 PROBLEM = "application/problem+json"

@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import errors
-from app.db import asyncpg_dsn, create_database
-from app.devdb import ProvisionedDatabase
+from app.core import errors
+from app.core.db import asyncpg_dsn, create_database
+from app.dev.db import ProvisionedDatabase
 from app.ratelimit import (
     MAX_KEY_LENGTH,
     ClientRateLimitMiddleware,

@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 import respx
 
-from app.account import AccountServices
-from app.db import asyncpg_dsn
-from app.revocation import APPLICATION_NAME, RevocationStore, compact, token_digest
-from app.settings import Settings
-from app.tokens import Principal
+from app.account.services import AccountServices
+from app.auth.revocation import APPLICATION_NAME, RevocationStore, compact, token_digest
+from app.auth.tokens import Principal
+from app.core.db import asyncpg_dsn
+from app.core.settings import Settings
 from tests.conftest import bearer
 from tests.test_account import account_app, assert_problem, audit_rows
 

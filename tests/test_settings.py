@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import ConfigError, load_settings
+from app.core.settings import ConfigError, load_settings
 
 VALID = {
     "database_url": "postgresql://app@db.internal:5432/bff",
@@ -108,7 +108,7 @@ def test_derived_keys_are_stable_and_purpose_bound() -> None:
 def test_env_example_documents_every_setting_with_a_comment() -> None:
     from pathlib import Path
 
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     text = (Path(__file__).parent.parent / ".env.example").read_text()
     lines = text.splitlines()

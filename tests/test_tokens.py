@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwk, jwt
 
-from app.devtenant import SigningKey, TokenMinter
-from app.errors import Unauthorized, UpstreamUnavailable
-from app.settings import Settings
-from app.tokens import FETCHES_PER_COOLDOWN, Principal, TokenVerifier
+from app.auth.tokens import FETCHES_PER_COOLDOWN, Principal, TokenVerifier
+from app.core.errors import Unauthorized, UpstreamUnavailable
+from app.core.settings import Settings
+from app.dev.tenant import SigningKey, TokenMinter
 
 DOMAIN = "tenant.example.com"
 ISSUER = f"https://{DOMAIN}/"

@@ -50,7 +50,8 @@ each limit tracks at most `max_keys` keys, evicting the least recently used, and
 idle for two windows at every sync. Keys longer than 128 characters are stored as a digest.
 """
 
-from app.ratelimit.limiter import (
+from app.ratelimit.middleware import ClientRateLimitMiddleware, client_key
+from app.ratelimit.quota import (
     MAX_KEY_LENGTH,
     RETENTION_GRACE_MS,
     GlobalRateLimiter,
@@ -58,7 +59,6 @@ from app.ratelimit.limiter import (
     Quota,
     retry_after,
 )
-from app.ratelimit.middleware import ClientRateLimitMiddleware, client_key
 from app.ratelimit.stores import CounterStore, PostgresCounters, RedisCounters, Row
 
 __all__ = [

@@ -1,0 +1,290 @@
+"""HTTP handlers: the audit log (query, checkpoint feed, export, verify, patient report).
+
+Every handler reads the caller's scope only (`scope_of(principal)`), and records its own
+read of the log before it answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from app.audit.chain import verify_chain
+from app.audit.query import (
+    MAX_WINDOW,
+    AuditFilters,
+    event_item,
+    export_events,
+    fetch_feed,
+    fetch_page,
+    fetch_patient_events,
+)
+from app.audit.record import Actor, Event, actor_from, record_event, record_independently
+from app.audit.schemas import (
+    FILTERS,
+    AccessReportQuery,
+    AuditEventOut,
+    AuditEventPage,
+    AuditEventsQuery,
+    AuditEventsResponse,
+    ChainVerification,
+    ExportQuery,
+    Filtered,
+    VerifyQuery,
+)
+from app.auth.requires import principal, requires
+from app.core.db import connection, transaction
+from app.core.errors import BadRequest, ValidationFailed
+from app.core.state import context
+from app.http.bodies import JSONResponse, open_cursor, parse_query, sign_cursor
+from app.http.openapi import Resp, operation
+
+TAGS = ["audit"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+# --- Helpers --------------------------------------------------------------------------------
+
+
+def _invalid(*errors: tuple[str, str]) -> ValidationFailed:
+    return ValidationFailed(
+        "the query string is invalid", errors=[{"field": f, "message": m} for f, m in errors]
+    )
+
+
+def _filters(query: Filtered | VerifyQuery, scope: str) -> AuditFilters:
+    """The window is required and at most 31 days long."""
+    if query.since is None or query.until is None:
+        missing = [name for name in ("since", "until") if getattr(query, name) is None]
+        raise _invalid(*((name, "required") for name in missing))
+    if query.until <= query.since:
+        raise _invalid(("until", "must be after since"))
+    if query.until - query.since > MAX_WINDOW:
+        raise _invalid(("until", "the window may be at most 31 days"))
+    extra = {name: getattr(query, name) for name in FILTERS} if isinstance(query, Filtered) else {}
+    return AuditFilters(scope, query.since.astimezone(UTC), query.until.astimezone(UTC), **extra)
+
+
+def _bad_cursor(message: str) -> BadRequest:
+    return BadRequest("the cursor is not valid", errors=[{"field": "cursor", "message": message}])
+
+
+def _open(request: Request, cursor: str, kind: str, bound: dict[str, Any]) -> dict[str, Any]:
+    """A cursor we signed for this kind of list, this scope and these filters; else 400."""
+    payload = open_cursor(context(request).settings.derived_key("audit-cursor"), cursor)
+    if payload.get("k") != kind or not isinstance(payload.get("q"), int):
+        raise _bad_cursor("not a cursor for this list")
+    if payload.get("s") != bound["s"]:
+        raise _bad_cursor("the cursor belongs to another scope")
+    if any(payload.get(key) != value for key, value in bound.items()):
+        raise _bad_cursor("the cursor was made for other filters")
+    return payload
+
+
+def _sign(request: Request, payload: dict[str, Any]) -> str:
+    return sign_cursor(context(request).settings.derived_key("audit-cursor"), payload)
+
+
+def _read_event(filters: AuditFilters | None, view: str, returned: int, **extra: Any) -> Event:
+    """The `audit.read` event a query of the log leaves behind: what was asked, not values."""
+    detail: dict[str, Any] = {"view": view, "returned": returned, **extra}
+    patient_id = None
+    if filters is not None:
+        detail |= {
+            "since": filters.since.isoformat(),
+            "until": filters.until.isoformat(),
+            "filters": filters.used(),
+        }
+        patient_id = filters.patient_id
+    return Event("audit.read", "R", patient_id=patient_id, detail=detail)
+
+
+def _actor(request: Request) -> Actor:
+    return actor_from(request, principal(request))
+
+
+# --- Handlers -------------------------------------------------------------------------------
+
+
+@operation(
+    "Query the audit log (newest first), or pull it in checkpoint mode",
+    tags=TAGS,
+    query=AuditEventsQuery,
+    responses={200: AuditEventsResponse},
+    description="With `from_seq` (and optional `take`) instead of a window, returns the "
+    "scope's events with a greater seq in ascending order, only up to the safe watermark, "
+    'as `{items, next_from_seq, watermark}` with `Link: <...>; rel="next"`. '
+    "Every query is itself recorded as an `audit.read` event.",
+)
+@requires("read:audit_events")
+async def list_audit_events(request: Request) -> Response:
+    query = parse_query(request, AuditEventsQuery)
+    if query.from_seq is not None:
+        return await _checkpoint(request, query)
+    if query.take is not None:
+        raise _invalid(("take", "only with from_seq"))
+    actor = _actor(request)
+    filters = _filters(query, actor.scope)
+    after = None
+    if query.cursor is not None:
+        bound = {"s": actor.scope, "f": filters.fingerprint()}
+        payload = _open(request, query.cursor, "page", bound)
+        if not isinstance(payload.get("t"), int):
+            raise _bad_cursor("not a cursor for this list")
+        after = (_EPOCH + payload["t"] * _MICRO, payload["q"])
+    async with transaction(context(request).database) as conn:
+        rows, next_key = await fetch_page(conn, filters, limit=query.limit, after=after)
+        await record_event(conn, actor, _read_event(filters, "page", len(rows)))
+    next_cursor = None
+    if next_key is not None:
+        micros = (next_key[0] - _EPOCH) // _MICRO
+        payload = {"k": "page", "s": actor.scope, "f": filters.fingerprint()}
+        next_cursor = _sign(request, payload | {"t": micros, "q": next_key[1]})
+    return JSONResponse({"items": [event_item(r) for r in rows], "next_cursor": next_cursor})
+
+
+async def _checkpoint(request: Request, query: AuditEventsQuery) -> Response:
+    mixed = [
+        name for name in ("since", "until", *FILTERS, "cursor") if getattr(query, name) is not None
+    ]
+    if "limit" in request.query_params:
+        mixed.append("limit")
+    if mixed:
+        raise _invalid(*((name, "not allowed with from_seq") for name in mixed))
+    assert query.from_seq is not None
+    take = query.take or 100
+    actor = _actor(request)
+    async with transaction(context(request).database) as conn:  # READ COMMITTED: see fetch_feed
+        rows, next_seq, watermark = await fetch_feed(conn, actor.scope, query.from_seq, take)
+        event = _read_event(None, "feed", len(rows), from_seq=query.from_seq)
+        await record_event(conn, actor, event)
+    link = f'</api/audit-events?{urlencode({"from_seq": next_seq, "take": take})}>; rel="next"'
+    items = [event_item(r) for r in rows]
+    body = {"items": items, "next_from_seq": next_seq, "watermark": watermark}
+    return JSONResponse(body, headers={"Link": link})
+
+
+@operation(
+    "Export the audit log (oldest first), streamed",
+    tags=TAGS,
+    query=ExportQuery,
+    responses={
+        200: Resp(
+            AuditEventOut,
+            "NDJSON, one event per line (`format=ndjson`), or CSV with a header row "
+            "(`format=csv`) whose cells are escaped against formula injection",
+            media_type="application/x-ndjson",
+            many=True,
+            also=("text/csv",),
+        )
+    },
+)
+@requires("read:audit_events")
+async def export_audit_events(request: Request) -> Response:
+    query = parse_query(request, ExportQuery)
+    actor = _actor(request)
+    filters = _filters(query, actor.scope)
+    database = context(request).database
+    # Recorded before the first byte: an export that cannot be recorded does not start.
+    event = Event(
+        "audit.exported",
+        "R",
+        patient_id=filters.patient_id,
+        detail={
+            "format": query.format,
+            "since": filters.since.isoformat(),
+            "until": filters.until.isoformat(),
+            "filters": filters.used(),
+        },
+    )
+    await record_independently(database, actor, event)
+    media = "text/csv; charset=utf-8" if query.format == "csv" else "application/x-ndjson"
+    name = f"audit-events.{query.format}"
+    return StreamingResponse(
+        export_events(database, filters, query.format),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@operation(
+    "Verify the audit hash chain of the caller's scope over a window",
+    tags=TAGS,
+    query=VerifyQuery,
+    responses={200: ChainVerification},
+)
+@requires("read:audit_events")
+async def verify_audit_events(request: Request) -> Response:
+    query = parse_query(request, VerifyQuery)
+    actor = _actor(request)
+    filters = _filters(query, actor.scope)
+    database = context(request).database
+    async with connection(database) as conn:
+        report = await verify_chain(conn, actor.scope, filters.since, filters.until)
+    detail = {
+        "since": filters.since.isoformat(),
+        "until": filters.until.isoformat(),
+        "status": report.status,
+        "count": report.count,
+    }
+    await record_independently(database, actor, Event("audit.verified", "E", detail=detail))
+    return JSONResponse(
+        ChainVerification(
+            status=report.status,
+            count=report.count,
+            first_seq=report.first_seq,
+            last_seq=report.last_seq,
+            broken_seq=report.broken_seq,
+            broken_id=report.broken_id,
+            reason=report.reason,
+        )
+    )
+
+
+@operation(
+    "Every audit event about one patient in the caller's scope, oldest first",
+    tags=["audit", "patients"],
+    query=AccessReportQuery,
+    responses={200: AuditEventPage},
+)
+@requires("read:audit_events")
+async def patient_access_report(request: Request) -> Response:
+    query = parse_query(request, AccessReportQuery)
+    patient_id: uuid.UUID = request.path_params["patient_id"]
+    actor = _actor(request)
+    after = 0
+    if query.cursor is not None:
+        bound = {"s": actor.scope, "p": str(patient_id)}
+        after = _open(request, query.cursor, "patient", bound)["q"]
+    async with transaction(context(request).database) as conn:
+        rows, next_seq = await fetch_patient_events(
+            conn, actor.scope, patient_id, after_seq=after, limit=query.limit
+        )
+        event = Event(
+            "audit.read",
+            "R",
+            entity_type="patient",
+            entity_id=str(patient_id),
+            patient_id=patient_id,
+            detail={"view": "access_report", "returned": len(rows)},
+        )
+        await record_event(conn, actor, event)
+    next_cursor = None
+    if next_seq is not None:
+        payload = {"k": "patient", "s": actor.scope, "p": str(patient_id), "q": next_seq}
+        next_cursor = _sign(request, payload)
+    return JSONResponse({"items": [event_item(r) for r in rows], "next_cursor": next_cursor})
+
+
+routes: list[BaseRoute] = [
+    Route("/api/audit-events", list_audit_events, methods=["GET"]),
+    Route("/api/audit-events/export", export_audit_events, methods=["GET"]),
+    Route("/api/audit-events/verify", verify_audit_events, methods=["GET"]),
+    Route("/api/patients/{patient_id:uuid}/access-report", patient_access_report, methods=["GET"]),
+]

@@ -1,0 +1,117 @@
+"""The audit log as clients query and receive it: query strings and response bodies.
+
+The models are the OpenAPI description too (`/openapi.json`); API.md fixes the names of the
+audit event's fields, and more may be added.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
+
+ACTION_FILTER = r"^[a-z_]+(\.[a-z_]+)*(\.\*|(\.[a-z_]+))$"
+FILTERS = ("actor", "action", "patient_id", "outcome", "request_id")
+
+
+class Window(BaseModel):
+    """The required time window of a query (checked in the handler: at most 31 days)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime | None = Field(
+        None, description="Start of the window (inclusive), with a time zone. Required."
+    )
+    until: AwareDatetime | None = Field(
+        None, description="End of the window (exclusive); at most 31 days after `since`."
+    )
+
+
+class Filtered(Window):
+    """The window and the optional filters."""
+
+    actor: str | None = Field(None, min_length=1, max_length=255, description="The actor's sub")
+    action: str | None = Field(
+        None,
+        max_length=100,
+        pattern=ACTION_FILTER,
+        description="An action code, or a prefix: patient.*",
+    )
+    patient_id: uuid.UUID | None = None
+    outcome: Literal["success", "denied", "failed"] | None = None
+    request_id: str | None = Field(None, min_length=1, max_length=128)
+
+
+class AuditEventsQuery(Filtered):
+    limit: int = Field(50, ge=1, le=200, description="Page size")
+    cursor: str | None = Field(None, max_length=1024, description="`next_cursor` of a page")
+    from_seq: int | None = Field(
+        None, ge=0, description="Checkpoint mode: events with seq above this, ascending"
+    )
+    take: int | None = Field(None, ge=1, le=1000, description="Checkpoint mode page size")
+
+
+class ExportQuery(Filtered):
+    format: Literal["ndjson", "csv"] = "ndjson"
+
+
+class VerifyQuery(Window):
+    pass
+
+
+class AccessReportQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=1024)
+
+
+class AuditEventOut(BaseModel):
+    seq: int
+    id: uuid.UUID
+    recorded_at: datetime
+    occurred_at: datetime
+    action: str
+    crud: Literal["C", "R", "U", "D", "E"]
+    outcome: Literal["success", "denied", "failed"]
+    outcome_reason: str | None
+    actor: str | None = Field(description="The actor's sub")
+    client_id: str | None
+    session_id: str | None
+    token_id: str | None
+    source_ip: str | None
+    user_agent: str | None
+    entity_type: str | None
+    entity_id: str | None
+    patient_id: uuid.UUID | None
+    request_id: str | None
+    detail: dict[str, Any]
+    prev_hash: str | None = Field(description="Hex SHA-256 of the previous event in the scope")
+    hash: str = Field(description="Hex SHA-256 chaining this event (see app/audit/chain.py)")
+
+
+class AuditEventPage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None
+
+
+class AuditFeedPage(BaseModel):
+    items: list[AuditEventOut]
+    next_from_seq: int = Field(description="Pass as from_seq to continue (also in Link)")
+    watermark: int = Field(description="Every event at or below this seq is final")
+
+
+class AuditEventsResponse(RootModel[AuditEventPage | AuditFeedPage]):
+    """A page (window mode) or a checkpoint page (`from_seq` mode)."""
+
+
+class ChainVerification(BaseModel):
+    status: Literal["intact", "broken"]
+    count: int = Field(description="Events found intact (before the break, when broken)")
+    first_seq: int | None
+    last_seq: int | None
+    broken_seq: int | None = None
+    broken_id: uuid.UUID | None = None
+    reason: str | None = None

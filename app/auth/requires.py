@@ -1,0 +1,226 @@
+"""Route permissions: `requires(...)` on an endpoint, and a Starlette authentication backend.
+
+    @requires("read:patients")
+    async def list_patients(request: Request) -> Response:
+        scope = principal(request).org_id or principal(request).sub
+
+Only decorated endpoints read the `Authorization` header or touch the verifier, so public
+routes (`/healthz`, the password-reset form) work with Auth0 down or a garbage header.
+
+Denials can be recorded: when `request.state.ctx` has an `on_denied` attribute (a
+`DenialHook`), every 401/403 raised here first awaits
+`on_denied(request, principal_or_none, error)`. The hook runs before the error response
+is sent; if it fails, the failure is logged and the denial still goes out.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    AuthenticationError,
+    BaseUser,
+)
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from app.auth.tokens import Principal, TokenVerifier
+from app.core.errors import (
+    AppError,
+    EmailNotVerified,
+    Forbidden,
+    InsufficientScope,
+    StepUpRequired,
+    Unauthorized,
+    problem_response,
+    request_id_of,
+)
+from app.core.settings import Settings
+from app.core.state import context
+from app.ratelimit import Limit
+
+logger = logging.getLogger("app.auth.requires")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+DenialHook = Callable[[Request, Principal | None, AppError], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequirement:
+    """What a route needs; read by the OpenAPI generator from `endpoint.__auth__`."""
+
+    permissions: tuple[str, ...] = ()
+    verified_email: bool = False
+    mfa: bool = False
+
+
+def bearer_token(conn: HTTPConnection) -> str:
+    """The bearer token of the request, or `Unauthorized` (bare challenge when none sent)."""
+    values = conn.headers.getlist("authorization")
+    if not values:
+        raise Unauthorized(error=None)
+    if len(values) > 1:
+        raise Unauthorized("send exactly one Authorization header")
+    scheme, _, token = values[0].partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthorized("the Authorization scheme must be Bearer")
+    token = token.strip()
+    if not token:
+        raise Unauthorized("the bearer token is empty")
+    return token
+
+
+def check_requirement(
+    principal: Principal, requirement: AuthRequirement, settings: Settings | None = None
+) -> None:
+    """Raise the 403 a frontend can act on, checked in the order that makes sense to fix.
+
+    Besides what the route declares, settings may demand a verified email
+    (REQUIRE_VERIFIED_EMAIL_FOR) or MFA (REQUIRE_MFA_FOR) for routes needing a permission.
+    """
+    missing = [p for p in requirement.permissions if p not in principal.permissions]
+    if missing:
+        raise InsufficientScope(" ".join(requirement.permissions))
+    routed = set(requirement.permissions)
+    needs_email = requirement.verified_email or bool(
+        settings and routed & set(settings.require_verified_email_for)
+    )
+    needs_mfa = requirement.mfa or bool(settings and routed & set(settings.require_mfa_for))
+    if needs_email and principal.email_verified is not True:
+        if principal.email_verified is None:
+            raise EmailNotVerified("the access token does not say the email address is verified")
+        raise EmailNotVerified()
+    if needs_mfa and "mfa" not in principal.amr:
+        raise StepUpRequired()
+
+
+async def authenticate(request: Request, requirement: AuthRequirement) -> Principal:
+    """Verify the request's token against `requirement`; store the result on the request."""
+    found: Principal | None = None
+    try:
+        token = bearer_token(request)
+        found = await context(request).verifier.verify_access_token(token)
+        _limit_user(request, found)  # before the permission check: 403 floods count too
+        check_requirement(found, requirement, context(request).settings)
+    except (Unauthorized, Forbidden) as error:  # a 503 is not a denial
+        await _report_denial(request, found, error)
+        raise
+    request.state.principal = found
+    return found
+
+
+def _limit_user(request: Request, found: Principal) -> None:
+    """Count the request against its user's limit (429 when over); no I/O."""
+    limit: Limit | None = getattr(getattr(request.state, "ctx", None), "per_user_limit", None)
+    if limit is not None:
+        limit.enforce(found.sub)
+
+
+def requires(
+    *permissions: str, verified_email: bool = False, mfa: bool = False
+) -> Callable[[Endpoint], Endpoint]:
+    """Decorate an endpoint that needs a valid token, and optionally more.
+
+    `requires()` needs only a valid token; `requires("read:patients")` also that
+    permission (all listed permissions are needed); `verified_email=True` a true
+    email-verified claim; `mfa=True` an `amr` containing "mfa" (else RFC 9470 step-up).
+    """
+    requirement = AuthRequirement(tuple(permissions), verified_email, mfa)
+
+    def decorator(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def wrapper(request: Request) -> Response:
+            await authenticate(request, requirement)
+            return await endpoint(request)
+
+        cast(Any, wrapper).__auth__ = requirement
+        return wrapper
+
+    return decorator
+
+
+def auth_requirement(endpoint: Callable[..., Any]) -> AuthRequirement | None:
+    """The requirement `requires` attached to an endpoint; None for a public one."""
+    found = getattr(endpoint, "__auth__", None)
+    return found if isinstance(found, AuthRequirement) else None
+
+
+def principal(request: Request) -> Principal:
+    """The verified caller; only valid inside an endpoint decorated with `requires`."""
+    found = getattr(request.state, "principal", None)
+    if not isinstance(found, Principal):
+        raise RuntimeError("principal() used on a route without @requires")
+    return found
+
+
+async def _report_denial(request: Request, found: Principal | None, error: AppError) -> None:
+    hook: DenialHook | None = getattr(getattr(request.state, "ctx", None), "on_denied", None)
+    if hook is None:
+        return
+    try:
+        await hook(request, found, error)
+    except Exception:
+        logger.exception("recording a denied request failed")
+
+
+class PrincipalUser(BaseUser):
+    """A `Principal` as Starlette's `request.user`."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.principal.sub
+
+    @property
+    def identity(self) -> str:
+        return self.principal.sub
+
+
+class TokenRejected(AuthenticationError):
+    """Carries our `AppError` through Starlette's `AuthenticationMiddleware`."""
+
+    def __init__(self, error: AppError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+class BearerTokenBackend(AuthenticationBackend):
+    """Starlette authentication with the same verifier (the app itself uses `requires`).
+
+    Anonymous when no Bearer credentials are sent, so routes with another Authorization
+    scheme (the log-stream webhook's shared secret) pass through untouched. Use with
+    `AuthenticationMiddleware(app, backend=..., on_error=auth_error_response)`. Without a
+    verifier it uses `conn.state.ctx.verifier` (built by the lifespan).
+    """
+
+    def __init__(self, verifier: TokenVerifier | None = None) -> None:
+        self.verifier = verifier
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        values = conn.headers.getlist("authorization")
+        if not values or (len(values) == 1 and values[0].partition(" ")[0].lower() != "bearer"):
+            return None
+        verifier: TokenVerifier = self.verifier or conn.state.ctx.verifier
+        try:
+            found = await verifier.verify_access_token(bearer_token(conn))
+        except AppError as error:
+            raise TokenRejected(error) from None
+        return AuthCredentials(sorted(found.permissions)), PrincipalUser(found)
+
+
+def auth_error_response(conn: HTTPConnection, exc: Exception) -> Response:
+    """`on_error` for `AuthenticationMiddleware`: the same problem+json as elsewhere."""
+    error = exc.error if isinstance(exc, TokenRejected) else Unauthorized()
+    return problem_response(error, request_id_of(conn.scope))

@@ -1,0 +1,300 @@
+"""Revoked tokens and sessions: stored in Postgres, checked in memory, spread by NOTIFY.
+
+`POST /api/logout` revokes the caller's token (by `jti`, else by a digest of its claims) and
+its session (`sid`). A revocation is a row in `revocations` and, in the same transaction, a
+`NOTIFY` on one channel. Every copy of the service keeps one dedicated connection that
+LISTENs on that channel and holds the set of live revocations in memory, so the verifier's
+`is_revoked` check costs a dict lookup and no database round trip.
+
+Nothing is missed: the listener LISTENs before it (re)loads the table, so a revocation that
+commits while it loads arrives either in the load or as a notification. A dropped or silent
+connection (checked every `keepalive_seconds`) is replaced, and the table is read again.
+The same connection purges expired rows every `purge_seconds` and runs any other
+housekeeping it is given, so the feature needs no scheduler and no extra pool connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Literal
+
+import asyncpg
+import orjson
+
+from app.auth.tokens import Principal
+from app.core.db import asyncpg_dsn
+
+logger = logging.getLogger("app.auth.revocation")
+
+Kind = Literal["jti", "token", "sid"]
+Entry = tuple[Kind, str, str, float]  # kind, sub, value, expires (unix seconds)
+Housekeeping = Callable[[asyncpg.Connection], Awaitable[None]]
+
+CHANNEL = "bff_revocations"
+APPLICATION_NAME = "auth0-bff-revocations"  # names the listener in pg_stat_activity
+MAX_KEY_LENGTH = 128  # longer ids are stored as a digest (NOTIFY payloads are 8000 bytes)
+
+REVOKE = """
+WITH revoked AS (
+    INSERT INTO revocations AS r (kind, sub, value, expires_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+    ON CONFLICT (kind, sub, value)
+        DO UPDATE SET expires_at = greatest(r.expires_at, EXCLUDED.expires_at)
+    RETURNING kind, sub, value, extract(epoch FROM expires_at)::float8 AS expires
+)
+SELECT pg_notify($5, json_agg(json_build_array(kind, sub, value, expires))::text) FROM revoked
+"""
+LOAD_LIVE = """
+SELECT kind, sub, value, extract(epoch FROM expires_at)::float8 AS expires
+FROM revocations WHERE expires_at > now()
+"""
+PURGE_EXPIRED = "DELETE FROM revocations WHERE expires_at <= now()"
+
+
+def compact(value: str) -> str:
+    """The form an id is stored in: itself, or a digest when it is too long to notify."""
+    if len(value) <= MAX_KEY_LENGTH:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def token_digest(principal: Principal) -> str:
+    """Names a token without `jti`: a digest of its verified claims, which include its
+    `iat`, `exp` and `sub`. The verifier does not hand out the raw token, and two tokens
+    with identical claims are the same grant."""
+    canonical = orjson.dumps(principal.claims, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+class RevocationStore:
+    """The process's view of every live revocation; one per process.
+
+    `is_revoked` is what `TokenVerifier.revocation_check` calls. `session_seconds` keeps a
+    revoked `sid` for at least that long: tokens of the session issued before the sign-out
+    (another tab, another audience) may expire later than the one presented.
+    """
+
+    def __init__(
+        self,
+        *,
+        leeway_seconds: float = 30.0,
+        session_seconds: float = 86_400.0,
+        channel: str = CHANNEL,
+        keepalive_seconds: float = 5.0,
+        purge_seconds: float = 60.0,
+        reconnect_max_seconds: float = 5.0,
+        housekeeping: Sequence[Housekeeping] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.leeway_seconds = leeway_seconds
+        self.session_seconds = session_seconds
+        self.channel = channel
+        self.keepalive_seconds = keepalive_seconds
+        self.purge_seconds = purge_seconds
+        self.reconnect_max_seconds = reconnect_max_seconds
+        self.housekeeping = list(housekeeping)
+        self.reloads = 0
+        self._clock = clock
+        self._revoked: dict[str, dict[tuple[str, str], float]] = {}
+        self._dsn: str | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_purge = 0.0
+
+    # --- The check (hot path: no I/O, no allocation when the user has no revocations) ---
+
+    def is_revoked(self, principal: Principal) -> bool:
+        """True when the token's `jti` (or digest) or its `sid` is revoked for its user."""
+        entries = self._revoked.get(compact(principal.sub))
+        if not entries:
+            return False
+        if principal.sid is not None and ("sid", compact(principal.sid)) in entries:
+            return True
+        if principal.jti is not None:
+            return ("jti", compact(principal.jti)) in entries
+        return ("token", token_digest(principal)) in entries
+
+    @property
+    def listening(self) -> bool:
+        """Whether notifications are arriving (for readiness and metrics)."""
+        return self._conn is not None and not self._conn.is_closed()
+
+    @property
+    def size(self) -> int:
+        return sum(len(entries) for entries in self._revoked.values())
+
+    # --- Revoking ----------------------------------------------------------------------
+
+    def entries_for(self, principal: Principal) -> list[Entry]:
+        """What signing out with this token revokes, and until when.
+
+        A revocation outlives `exp` by the verifier's leeway, which still accepts the token
+        that long after it expires.
+        """
+        token_until = principal.exp + self.leeway_seconds
+        sub = compact(principal.sub)
+        entries: list[Entry] = []
+        if principal.jti is not None:
+            entries.append(("jti", sub, compact(principal.jti), token_until))
+        else:
+            entries.append(("token", sub, token_digest(principal), token_until))
+        if principal.sid is not None:
+            session_until = max(token_until, self._clock() + self.session_seconds)
+            entries.append(("sid", sub, compact(principal.sid), session_until))
+        return entries
+
+    async def revoke(self, conn: asyncpg.Connection, principal: Principal) -> list[Entry]:
+        """Store the token's and session's revocation on `conn` (the caller's transaction)
+        and notify every copy; this copy refuses the token at once.
+
+        The local set is updated before the caller commits on purpose: if the commit fails,
+        the user still wanted this token dead, and the worst case is that only this copy
+        refuses it until restart.
+        """
+        entries = self.entries_for(principal)
+        await conn.execute(
+            REVOKE,
+            [e[0] for e in entries],
+            [e[1] for e in entries],
+            [e[2] for e in entries],
+            [dt.datetime.fromtimestamp(e[3], dt.UTC) for e in entries],
+            self.channel,
+        )
+        self._remember(entries)
+        return entries
+
+    def _remember(self, entries: Iterable[Entry]) -> None:
+        for kind, sub, value, expires in entries:
+            known = self._revoked.setdefault(sub, {})
+            known[(kind, value)] = max(expires, known.get((kind, value), expires))
+
+    def _forget_expired(self) -> None:
+        now = self._clock()
+        for sub in list(self._revoked):
+            live = {key: until for key, until in self._revoked[sub].items() if until > now}
+            if live:
+                self._revoked[sub] = live
+            else:
+                del self._revoked[sub]
+
+    # --- Listening -------------------------------------------------------------------
+
+    async def start(self, database_url: str) -> None:
+        """Connect, LISTEN and load every live revocation; then keep that up in the
+        background. Raises when the first connection fails (start-up should then fail)."""
+        if self._task is not None:
+            raise RuntimeError("RevocationStore already started")
+        self._dsn = asyncpg_dsn(database_url)
+        await self._connect()
+        self._task = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection; the in-memory set is kept."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close()
+
+    async def _connect(self) -> None:
+        assert self._dsn is not None
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._dsn, timeout=10, server_settings={"application_name": APPLICATION_NAME}
+        )
+        try:
+            self._lost.clear()
+            conn.add_termination_listener(self._on_terminated)
+            await conn.add_listener(self.channel, self._on_notification)
+            rows = await conn.fetch(LOAD_LIVE, timeout=30)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._remember((r["kind"], r["sub"], r["value"], r["expires"]) for r in rows)
+        self._conn = conn
+        self.reloads += 1
+        logger.info("listening for revocations; %d live", len(rows))
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=2)
+            except Exception:  # closing a broken connection: nothing left to do
+                conn.terminate()
+
+    def _on_terminated(self, conn: asyncpg.Connection) -> None:
+        self._lost.set()
+
+    def _on_notification(
+        self, conn: asyncpg.Connection, pid: int, channel: str, payload: str
+    ) -> None:
+        try:
+            items = orjson.loads(payload)
+            entries = [
+                (kind, sub, value, float(expires))
+                for kind, sub, value, expires in items
+                if kind in ("jti", "token", "sid") and isinstance(sub, str)
+            ]
+        except (ValueError, TypeError):  # not ours, or garbled: the next reload has it
+            logger.warning("ignoring an unreadable revocation notification")
+            return
+        self._remember(entries)
+
+    async def _supervise(self) -> None:
+        """Keep a live, listening connection; housekeeping runs on it between checks."""
+        delay = 0.2
+        while True:
+            if self._conn is None or self._conn.is_closed():
+                await self._close()
+                try:
+                    await self._connect()
+                    delay = 0.2
+                except Exception as exc:  # whatever the cause, keep trying: never stop
+                    logger.warning(
+                        "revocation listener cannot connect (%s); retrying in %.1fs",
+                        type(exc).__name__,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.reconnect_max_seconds)
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), timeout=self.keepalive_seconds)
+            if self._lost.is_set():
+                logger.warning("revocation listener lost its connection; reconnecting")
+                await self._close()
+                continue
+            await self._tick()
+
+    async def _tick(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            # A connection that died without a FIN (a network partition) fails here.
+            await conn.fetchval("SELECT 1", timeout=max(1.0, self.keepalive_seconds))
+            if self._clock() - self._last_purge >= self.purge_seconds:
+                self._last_purge = self._clock()
+                await self.purge(conn)
+        except Exception as exc:  # a broken connection is replaced, whatever broke it
+            logger.warning("revocation listener check failed (%s)", type(exc).__name__)
+            conn.terminate()
+            self._lost.set()
+
+    async def purge(self, conn: asyncpg.Connection) -> None:
+        """Drop expired revocations here and in the table, then run the housekeeping."""
+        self._forget_expired()
+        await conn.execute(PURGE_EXPIRED, timeout=30)
+        for job in self.housekeeping:
+            try:
+                await job(conn)
+            except asyncpg.PostgresError:
+                logger.exception("housekeeping job %s failed", getattr(job, "__name__", job))

@@ -1,0 +1,276 @@
+"""One error family, rendered as RFC 9457 `application/problem+json`.
+
+Handlers raise an `AppError` subclass; `problem_response` renders it. Nothing here ever
+puts a token, a secret or a patient value into a body: details are written by our code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
+
+from app.core.db import DatabaseUnavailable
+
+logger = logging.getLogger("app.core.errors")
+
+PROBLEM_BASE = "https://errors.auth0-bff.dev/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class AppError(Exception):
+    status: int = 500
+    title: str = "Internal Server Error"
+    type_name: str = "internal"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        errors: Sequence[Mapping[str, str]] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = dict(headers or {})
+        self.errors = [dict(e) for e in errors] if errors else None
+        self.extra = dict(extra or {})
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_BASE + self.type_name
+
+
+class BadRequest(AppError):
+    status, title, type_name = 400, "Bad Request", "bad-request"
+
+
+class Unauthorized(AppError):
+    """401 with an RFC 6750 challenge; `error=None` means no token was sent."""
+
+    status, title, type_name = 401, "Unauthorized", "unauthorized"
+
+    def __init__(
+        self,
+        detail: str = "a valid access token is required",
+        *,
+        error: str | None = "invalid_token",
+        realm: str = "api",
+    ) -> None:
+        challenge = f'Bearer realm="{realm}"'
+        if error:
+            challenge += f', error="{error}", error_description="{_quote(detail)}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+        self.error = error
+
+
+class Forbidden(AppError):
+    status, title, type_name = 403, "Forbidden", "forbidden"
+
+
+class InsufficientScope(Forbidden):
+    type_name = "insufficient-scope"
+
+    def __init__(self, scope: str, *, realm: str = "api") -> None:
+        detail = f"this request needs the permission {scope}"
+        super().__init__(
+            detail,
+            headers={
+                "WWW-Authenticate": f'Bearer realm="{realm}", error="insufficient_scope", '
+                f'scope="{_quote(scope)}", error_description="{_quote(detail)}"'
+            },
+        )
+
+
+class StepUpRequired(Forbidden):
+    """RFC 9470: the token is valid but the user must authenticate more strongly."""
+
+    type_name = "insufficient-user-authentication"
+
+    def __init__(
+        self,
+        detail: str = "multi-factor authentication is required",
+        *,
+        acr_values: str | None = None,
+        realm: str = "api",
+    ) -> None:
+        challenge = (
+            f'Bearer realm="{realm}", error="insufficient_user_authentication", '
+            f'error_description="{_quote(detail)}"'
+        )
+        if acr_values:
+            challenge += f', acr_values="{_quote(acr_values)}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class EmailNotVerified(Forbidden):
+    type_name = "email-not-verified"
+
+    def __init__(self, detail: str = "verify your email address to use this feature") -> None:
+        super().__init__(detail)
+
+
+class NotFound(AppError):
+    status, title, type_name = 404, "Not Found", "not-found"
+
+
+class MethodNotAllowed(AppError):
+    status, title, type_name = 405, "Method Not Allowed", "method-not-allowed"
+
+
+class Conflict(AppError):
+    status, title, type_name = 409, "Conflict", "conflict"
+
+
+class Gone(AppError):
+    status, title, type_name = 410, "Gone", "gone"
+
+
+class PreconditionFailed(AppError):
+    status, title, type_name = 412, "Precondition Failed", "precondition-failed"
+
+
+class PayloadTooLarge(AppError):
+    status, title, type_name = 413, "Content Too Large", "payload-too-large"
+
+
+class UnsupportedMediaType(AppError):
+    status, title, type_name = 415, "Unsupported Media Type", "unsupported-media-type"
+
+
+class ValidationFailed(AppError):
+    status, title, type_name = 422, "Unprocessable Content", "validation"
+
+
+class PreconditionRequired(AppError):
+    status, title, type_name = 428, "Precondition Required", "precondition-required"
+
+
+class TooManyRequests(AppError):
+    status, title, type_name = 429, "Too Many Requests", "rate-limited"
+
+    def __init__(self, retry_after: int, detail: str = "too many requests") -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class UpstreamError(AppError):
+    """Auth0 answered something we cannot use."""
+
+    status, title, type_name = 502, "Bad Gateway", "upstream-error"
+
+
+class UpstreamUnavailable(AppError):
+    """Auth0 or the database is unreachable or rate-limiting us beyond the wait budget."""
+
+    status, title, type_name = 503, "Service Unavailable", "unavailable"
+
+    def __init__(
+        self, detail: str = "a dependency is unavailable", *, retry_after: int = 5
+    ) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def request_id_of(scope: Scope) -> str | None:
+    state = scope.get("state")
+    if isinstance(state, dict):
+        value = state.get("request_id")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def problem_response(error: AppError, request_id: str | None) -> Response:
+    body: dict[str, Any] = {
+        "type": error.type_uri,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "request_id": request_id,
+    }
+    if error.errors:
+        body["errors"] = error.errors
+    body.update(error.extra)
+    return Response(
+        orjson.dumps(body),
+        status_code=error.status,
+        headers=error.headers,
+        media_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+_HTTP_EXCEPTIONS: dict[int, type[AppError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    409: Conflict,
+    410: Gone,
+    412: PreconditionFailed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: ValidationFailed,
+    428: PreconditionRequired,
+}
+
+
+async def handle_app_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AppError)
+    return problem_response(exc, request_id_of(request.scope))
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no route, wrong method) become problem+json too."""
+    assert isinstance(exc, HTTPException)
+    cls = _HTTP_EXCEPTIONS.get(exc.status_code, AppError)
+    error = cls.__new__(cls)
+    AppError.__init__(error, None, headers=exc.headers)
+    if cls is AppError:
+        error.status = exc.status_code
+    return problem_response(error, request_id_of(request.scope))
+
+
+async def handle_database_outage(request: Request, exc: Exception) -> Response:
+    """The database is down or overloaded: 503, and the transaction has rolled back."""
+    logger.warning(
+        "database unavailable",
+        extra={"request_id": request_id_of(request.scope), "error": type(exc).__name__},
+    )
+    error = UpstreamUnavailable("the database is unavailable; try again shortly", retry_after=2)
+    return problem_response(error, request_id_of(request.scope))
+
+
+# Connection-level failures only: a constraint or syntax error is a bug, and stays a 500.
+DATABASE_OUTAGES: tuple[type[Exception], ...] = (
+    DatabaseUnavailable,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # A connection the server dropped while idle (restart, failover) fails this way on its
+    # next use; db.connection() terminates it so the pool opens a fresh one.
+    asyncpg.InternalClientError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+
+# Unexpected exceptions are caught by RequestContextMiddleware, which logs them with the
+# request id and answers a bare 500 (Starlette's own handler would re-raise them).
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    AppError: handle_app_error,
+    HTTPException: handle_http_exception,
+    **{cls: handle_database_outage for cls in DATABASE_OUTAGES},
+}

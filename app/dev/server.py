@@ -1,0 +1,129 @@
+"""`python -m app dev`: the whole service on a newcomer's machine with nothing configured.
+
+A stand-in Auth0 tenant on its own loopback port, a database (`DATABASE_URL` if set, else a
+throwaway embedded Postgres with both roles provisioned), migrations applied, the service
+started, and a ready-to-paste `curl` line with a freshly minted access token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shlex
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+
+from app.core.db import migrate
+from app.core.logs import configure_logging
+from app.core.settings import Settings
+from app.dev.db import ProvisionedDatabase, embedded_server, provision
+from app.dev.tenant import ALL_PERMISSIONS, TenantState, TokenMinter, create_tenant_app
+from app.http.server import GracefulServer
+from app.main import create_app
+
+DEV_DOMAIN = "dev-tenant.local"
+DEV_AUDIENCE = "https://bff.local/api"
+
+
+class _QuietServer(uvicorn.Server):
+    """A second server in the same loop must leave signal handling to the first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def dev_database() -> AsyncIterator[tuple[str, str]]:
+    """(app URL, owner URL): from the environment, else a throwaway embedded server."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        owner = os.environ.get("MIGRATIONS_DATABASE_URL") or url
+        await migrate(owner)
+        yield url, owner
+        return
+    with embedded_server() as admin_url:
+        db: ProvisionedDatabase = await provision(admin_url, name="bff_dev")
+        yield db.app_url, db.owner_url
+
+
+async def _started(server: uvicorn.Server) -> None:
+    # uvicorn offers a flag, not an event, for "listening".
+    while not server.started:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+async def run_dev(*, port: int, tenant_port: int) -> int:
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    client_id, client_secret = "dev-m2m-client", secrets.token_urlsafe(24)
+    tenant = TenantState(TokenMinter(DEV_DOMAIN, DEV_AUDIENCE), client_id, client_secret)
+    tenant_url = f"http://127.0.0.1:{tenant_port}"
+
+    async with dev_database() as (app_url, owner_url):
+        settings = Settings(
+            database_url=app_url,
+            migrations_database_url=owner_url,
+            auth0_domain=DEV_DOMAIN,
+            auth0_audience=DEV_AUDIENCE,
+            auth0_client_id=client_id,
+            auth0_client_secret=client_secret,
+            auth0_base_url=tenant_url,
+            auth0_log_stream_token=secrets.token_urlsafe(24),
+            _env_file=None,
+        )
+        tenant_server = _QuietServer(
+            uvicorn.Config(
+                create_tenant_app(tenant),
+                host="127.0.0.1",
+                port=tenant_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        app_server = GracefulServer(
+            uvicorn.Config(
+                create_app(settings),
+                host="127.0.0.1",
+                port=port,
+                log_config=None,
+                loop="none",
+                server_header=False,
+            )
+        )
+        tenant_task = asyncio.create_task(tenant_server.serve())
+        await _started(tenant_server)
+        app_task = asyncio.create_task(app_server.serve())
+        try:
+            await asyncio.wait_for(_started(app_server), timeout=30)
+        except TimeoutError:
+            print("error: the service did not start; see the log above")
+            app_server.should_exit = tenant_server.should_exit = True
+            return 1
+        token = tenant.minter.mint(
+            "auth0|dev-user", permissions=ALL_PERMISSIONS, email_verified=True
+        )
+        print(_banner(port, tenant_url, token), flush=True)
+        await app_task
+        tenant_server.should_exit = True
+        await tenant_task
+    return 0
+
+
+def _banner(port: int, tenant_url: str, token: str) -> str:
+    base = f"http://127.0.0.1:{port}"
+    mint = shlex.quote('{"sub": "auth0|alice", "permissions": ["read:patients"]}')
+    return f"""
+  service  {base}   (API page: {base}/docs)
+  tenant   {tenant_url}   (local stand-in for Auth0; development only)
+
+  An access token for auth0|dev-user with every permission (valid for one hour):
+
+  curl -H "Authorization: Bearer {token}" {base}/api/me
+
+  More tokens: curl -X POST {tenant_url}/dev/token -H 'content-type: application/json' -d {mint}
+  Stop with Ctrl+C.
+"""

@@ -1,0 +1,394 @@
+"""A local stand-in Auth0 tenant, for `python -m app dev`, the tests and the benchmarks.
+
+It is a separate ASGI app on its own port, never mounted in or imported by the production
+app (`app.main` does not import this module). It serves what the service uses of a tenant:
+
+- `/.well-known/openid-configuration` and `/.well-known/jwks.json`
+- `POST /oauth/token` (client-credentials grant for the Management API)
+- `GET`/`PATCH /api/v2/users/{id}`, `GET`/`POST`/`DELETE /api/v2/users/{id}/roles`,
+  `POST /api/v2/jobs/verification-email`, `GET /api/v2/organizations/{org}/members`
+- `POST /dbconnections/change_password`
+- `POST /dev/token`: mints an access token with the claims given (development only)
+- `GET /dev/stats`: how many requests of each kind it served
+- `POST /dev/fault`: makes it slow or answer 429/500 (`app.dev.faults`), for fault runs
+- `POST /dev/rotate`: signs with the next key from now on (the old one stays published);
+  `{"announced": false}` signs with a key it never published before
+
+Its tokens carry the issuer `https://{domain}/` while it is reached on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jose import jwt
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.dev.faults import FaultMiddleware, TenantFault, set_fault
+
+ALL_PERMISSIONS = (
+    "read:patients",
+    "create:patients",
+    "update:patients",
+    "delete:patients",
+    "read:audit_events",
+    "read:users",
+    "update:users",
+)
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@dataclass
+class SigningKey:
+    """An RSA key pair that can mint RS256 tokens and describe itself as a JWK."""
+
+    kid: str
+    private_pem: bytes
+    public_jwk: dict[str, str]
+
+    @classmethod
+    def generate(cls, kid: str | None = None, bits: int = 2048) -> SigningKey:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        numbers = key.public_key().public_numbers()
+        kid = kid or uuid.uuid4().hex[:16]
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        jwk = {
+            "kty": "RSA",
+            "use": "sig",
+            "alg": "RS256",
+            "kid": kid,
+            "n": _b64url_uint(numbers.n),
+            "e": _b64url_uint(numbers.e),
+        }
+        return cls(kid=kid, private_pem=pem, public_jwk=jwk)
+
+    def sign(
+        self,
+        claims: dict[str, Any],
+        headers: dict[str, Any] | None = None,
+        algorithm: str = "RS256",
+    ) -> str:
+        hdr = {"kid": self.kid, "typ": "JWT", **(headers or {})}
+        return str(jwt.encode(claims, self.private_pem.decode(), algorithm=algorithm, headers=hdr))
+
+
+@dataclass
+class TokenMinter:
+    """Mints realistic Auth0 access tokens for one tenant (issuer and audience fixed).
+
+    With a `next_key` it publishes that key before signing with it, as Auth0 does (its JWKS
+    always holds the current and the next key); without one, `rotate` signs with a key the
+    moment it is published, which verifiers that cache the JWKS only see after a refetch.
+    """
+
+    domain: str
+    audience: str
+    keys: list[SigningKey] = field(default_factory=lambda: [SigningKey.generate()])
+    ttl_seconds: int = 3600
+    next_key: SigningKey | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"https://{self.domain}/"
+
+    @property
+    def current(self) -> SigningKey:
+        return self.keys[0]
+
+    def jwks(self) -> dict[str, Any]:
+        published = [*self.keys, *([self.next_key] if self.next_key else [])]
+        return {"keys": [k.public_jwk for k in published]}
+
+    def claims(
+        self,
+        sub: str = "auth0|user-1",
+        *,
+        permissions: tuple[str, ...] | list[str] = (),
+        **extra: Any,
+    ) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": [self.audience, f"{self.issuer}userinfo"],
+            "iat": now,
+            "exp": now + self.ttl_seconds,
+            "azp": "spa-client-id",
+            "scope": "openid profile email " + " ".join(permissions),
+            "permissions": list(permissions),
+            "sid": uuid.uuid4().hex,
+            "jti": uuid.uuid4().hex,
+        }
+        claims.update(extra)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def mint(
+        self,
+        sub: str = "auth0|user-1",
+        *,
+        permissions: tuple[str, ...] | list[str] = (),
+        key: SigningKey | None = None,
+        headers: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:
+        """A signed token; pass a claim as None to leave it out."""
+        return (key or self.current).sign(
+            self.claims(sub, permissions=permissions, **extra), headers
+        )
+
+    def rotate(self, *, announced: bool = True) -> SigningKey:
+        """Sign with a new current key; the old one stays in the JWKS until `revoke`d.
+
+        With a `next_key` (and `announced`), that already published key becomes current and
+        a new next key is published, as in Auth0; otherwise a key never published before.
+        """
+        if announced and self.next_key is not None:
+            new, self.next_key = self.next_key, SigningKey.generate()
+        else:
+            new = SigningKey.generate()
+        self.keys.insert(0, new)
+        return new
+
+    def revoke(self, kid: str) -> None:
+        self.keys = [k for k in self.keys if k.kid != kid]
+
+
+@dataclass
+class TenantState:
+    minter: TokenMinter
+    client_id: str
+    client_secret: str
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    roles: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    org_members: dict[str, set[str]] = field(default_factory=dict)
+    m2m_tokens: set[str] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+    m2m_ttl_seconds: int = 86400
+    fault: TenantFault = field(default_factory=TenantFault)
+
+    def user(self, user_id: str) -> dict[str, Any]:
+        if user_id not in self.users:
+            now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+            local = user_id.split("|")[-1]
+            self.users[user_id] = {
+                "user_id": user_id,
+                "email": f"{local}@example.com",
+                "email_verified": True,
+                "name": local,
+                "nickname": local,
+                "given_name": None,
+                "family_name": None,
+                "picture": "https://example.com/avatar.png",
+                "user_metadata": {},
+                "app_metadata": {"plan": "internal"},
+                "created_at": now,
+                "updated_at": now,
+                "identities": [
+                    {
+                        "provider": "auth0",
+                        "user_id": local,
+                        "connection": "Username-Password-Authentication",
+                        "isSocial": False,
+                    }
+                ],
+                "last_ip": "127.0.0.1",
+                "logins_count": 1,
+            }
+        return self.users[user_id]
+
+
+def _error(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"statusCode": status, "error": error, "message": message}, status)
+
+
+def create_tenant_app(state: TenantState) -> Starlette:
+    """The stand-in tenant as an ASGI app; its state is shared with the caller."""
+
+    def base(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    def count(request: Request, kind: str) -> None:
+        state.counts[kind] += 1
+        state.counts["total"] += 1
+
+    def m2m_ok(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        return header.startswith("Bearer ") and header[7:] in state.m2m_tokens
+
+    async def discovery(request: Request) -> Response:
+        count(request, "discovery")
+        issuer = state.minter.issuer
+        return JSONResponse(
+            {
+                "issuer": issuer,
+                "jwks_uri": f"{base(request)}/.well-known/jwks.json",
+                "token_endpoint": f"{base(request)}/oauth/token",
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }
+        )
+
+    async def jwks(request: Request) -> Response:
+        count(request, "jwks")
+        return JSONResponse(state.minter.jwks(), headers={"Cache-Control": "max-age=600"})
+
+    async def oauth_token(request: Request) -> Response:
+        count(request, "oauth_token")
+        ctype = request.headers.get("content-type", "")
+        body: dict[str, Any]
+        if ctype.startswith("application/json"):
+            body = orjson.loads(await request.body())
+        else:
+            body = dict(parse_qsl((await request.body()).decode()))
+            if "client_id" not in body and request.headers.get("authorization", "").startswith(
+                "Basic "
+            ):
+                raw = base64.b64decode(request.headers["authorization"][6:]).decode()
+                body["client_id"], _, body["client_secret"] = raw.partition(":")
+        if body.get("grant_type") != "client_credentials":
+            return JSONResponse({"error": "unsupported_grant_type"}, 400)
+        if body.get("client_id") != state.client_id or not secrets.compare_digest(
+            str(body.get("client_secret", "")), state.client_secret
+        ):
+            return JSONResponse(
+                {"error": "access_denied", "error_description": "Unauthorized"}, 401
+            )
+        token = secrets.token_urlsafe(32)
+        state.m2m_tokens.add(token)
+        return JSONResponse(
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": state.m2m_ttl_seconds,
+                "scope": "read:users update:users read:roles",
+            }
+        )
+
+    async def user(request: Request) -> Response:
+        if not m2m_ok(request):
+            return _error(401, "Unauthorized", "Invalid token")
+        user_id = unquote(request.path_params["user_id"])
+        if request.method == "GET":
+            count(request, "get_user")
+            return JSONResponse(state.user(user_id))
+        count(request, "patch_user")
+        patch = orjson.loads(await request.body())
+        record = state.user(user_id)
+        for key, value in patch.items():
+            if key == "user_metadata" and isinstance(value, dict):
+                record["user_metadata"] = {**record.get("user_metadata", {}), **value}
+            else:
+                record[key] = value
+        record["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        return JSONResponse(record)
+
+    async def user_roles(request: Request) -> Response:
+        if not m2m_ok(request):
+            return _error(401, "Unauthorized", "Invalid token")
+        user_id = unquote(request.path_params["user_id"])
+        current = state.roles.setdefault(user_id, [])
+        if request.method == "GET":
+            count(request, "get_roles")
+            return JSONResponse(current)
+        body = orjson.loads(await request.body())
+        wanted = [str(r) for r in body.get("roles", [])]
+        if request.method == "POST":
+            count(request, "assign_roles")
+            for role_id in wanted:
+                if all(r["id"] != role_id for r in current):
+                    current.append({"id": role_id, "name": role_id, "description": ""})
+        else:
+            count(request, "remove_roles")
+            state.roles[user_id] = [r for r in current if r["id"] not in wanted]
+        return Response(status_code=204 if request.method == "DELETE" else 201)
+
+    async def org_members(request: Request) -> Response:
+        if not m2m_ok(request):
+            return _error(401, "Unauthorized", "Invalid token")
+        count(request, "org_members")
+        members = state.org_members.get(request.path_params["org_id"], set())
+        return JSONResponse([{"user_id": m} for m in sorted(members)])
+
+    async def verification_email(request: Request) -> Response:
+        if not m2m_ok(request):
+            return _error(401, "Unauthorized", "Invalid token")
+        count(request, "verification_email")
+        body = orjson.loads(await request.body())
+        return JSONResponse(
+            {
+                "type": "verification_email",
+                "status": "pending",
+                "id": f"job_{uuid.uuid4().hex[:16]}",
+                "user_id": body.get("user_id"),
+            },
+            201,
+        )
+
+    async def change_password(request: Request) -> Response:
+        count(request, "change_password")
+        return Response(
+            "We've just sent you an email to reset your password.", media_type="text/plain"
+        )
+
+    async def dev_token(request: Request) -> Response:
+        body = orjson.loads(await request.body() or b"{}")
+        sub = str(body.pop("sub", "auth0|dev-user"))
+        permissions = body.pop("permissions", list(ALL_PERMISSIONS))
+        body.setdefault("email_verified", True)
+        return JSONResponse(
+            {"access_token": state.minter.mint(sub, permissions=permissions, **body)}
+        )
+
+    async def stats(request: Request) -> Response:
+        faulted = {"faulted": state.fault.faulted} if state.fault.faulted else {}
+        return JSONResponse({**state.counts, **faulted})
+
+    async def fault(request: Request) -> Response:
+        return await set_fault(request, state.fault)
+
+    async def rotate(request: Request) -> Response:
+        body = orjson.loads(await request.body() or b"{}")
+        new = state.minter.rotate(announced=bool(body.get("announced", True)))
+        published = [str(k["kid"]) for k in state.minter.jwks()["keys"]]
+        return JSONResponse({"kid": new.kid, "published": published})
+
+    return Starlette(
+        routes=[
+            Route("/.well-known/openid-configuration", discovery),
+            Route("/.well-known/jwks.json", jwks),
+            Route("/oauth/token", oauth_token, methods=["POST"]),
+            Route(
+                "/api/v2/users/{user_id:path}/roles", user_roles, methods=["GET", "POST", "DELETE"]
+            ),
+            Route("/api/v2/users/{user_id:path}", user, methods=["GET", "PATCH"]),
+            Route("/api/v2/organizations/{org_id}/members", org_members),
+            Route("/api/v2/jobs/verification-email", verification_email, methods=["POST"]),
+            Route("/dbconnections/change_password", change_password, methods=["POST"]),
+            Route("/dev/token", dev_token, methods=["POST"]),
+            Route("/dev/stats", stats),
+            Route("/dev/fault", fault, methods=["POST"]),
+            Route("/dev/rotate", rotate, methods=["POST"]),
+        ],
+        middleware=[Middleware(FaultMiddleware, fault=state.fault)],
+    )

@@ -1,1 +1,0 @@
-"""HTTP handlers, one module per area; each exposes `routes`."""

@@ -1,0 +1,118 @@
+"""Small HTTP helpers shared by the handlers: JSON in and out, and signed cursors."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# Pydantic error types that mean "the JSON has the wrong shape" (400), not "invalid value" (422).
+_TYPE_ERRORS = ("_type", "model_attributes_type", "dict_type", "list_type", "is_instance_of")
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=_default)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Every offending field, named by its dotted path; never the offending value."""
+    errors = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(part) for part in error["loc"]) or "body"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        errors.append({"field": loc, "message": message})
+    return errors
+
+
+def validation_error(exc: ValidationError, *, what: str = "body") -> BadRequest | ValidationFailed:
+    """400 when a value has the wrong JSON type, 422 when it is well-formed but invalid."""
+    errors = field_errors(exc)
+    if any(e["type"].endswith(_TYPE_ERRORS) for e in exc.errors(include_url=False)):
+        return BadRequest(f"the {what} has values of the wrong type", errors=errors)
+    return ValidationFailed(f"the {what} is invalid", errors=errors)
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON: 415 unless JSON, 400 when malformed."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType("send the body as application/json")
+    body = await request.body()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+
+
+async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise BadRequest(
+            "the body must be a JSON object",
+            errors=[{"field": "body", "message": "expected an object"}],
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def parse_query(request: Request, model: type[ModelT]) -> ModelT:
+    """Query parameters into a model; a repeated parameter is refused, unknown ones too."""
+    params = request.query_params
+    repeated = sorted({k for k in params if len(params.getlist(k)) > 1})
+    if repeated:
+        raise BadRequest(
+            "a query parameter was given more than once",
+            errors=[{"field": k, "message": "repeated"} for k in repeated],
+        )
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise ValidationFailed("the query string is invalid", errors=errors) from None
+
+
+def sign_cursor(key: bytes, payload: dict[str, Any]) -> str:
+    """An opaque cursor: the payload and its HMAC, so a caller cannot forge or alter it."""
+    body = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    mac = hmac.new(key, body, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(mac + body).rstrip(b"=").decode()
+
+
+def open_cursor(key: bytes, cursor: str) -> dict[str, Any]:
+    """The payload of a cursor we signed; 400 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        mac, body = raw[:16], raw[16:]
+        good = hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:16])
+        payload = orjson.loads(body) if good else None
+    except (ValueError, orjson.JSONDecodeError):
+        payload = None
+    if not isinstance(payload, dict):
+        raise BadRequest(
+            "the cursor is not valid",
+            errors=[{"field": "cursor", "message": "not a cursor from this API"}],
+        )
+    return payload

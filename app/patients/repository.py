@@ -1,0 +1,364 @@
+"""Patient storage: create, read, versioned update, soft delete, and prior versions.
+
+Every query takes the caller's scope (`app.audit.record.scope_of`) and filters by it in SQL, so a
+patient of another scope is indistinguishable from one that does not exist. Changes take the
+row lock (`SELECT ... FOR UPDATE`) and compare the version the client read, so of two
+concurrent updates from the same version exactly one wins. Each version replaced by an update
+or a delete is copied to `patient_versions`, the only place old values are kept.
+
+Search, cursors and audited page reads are in `app.patients.search`.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from app.audit.record import Prepared, append_one_arguments, append_one_call
+from app.core.errors import Conflict, Gone, NotFound, PreconditionFailed
+
+Patient = dict[str, Any]
+
+COLUMNS = """id, identifier_system, identifier_value, given_name, family_name, birth_date,
+    gender, phone, email, address::text AS address, active, version, created_at, updated_at,
+    deleted_at"""
+# Fields a client may set, in the order of the `_VALUES` parameters ($3 .. $14).
+EDITABLE = (
+    "identifier",
+    "given_name",
+    "family_name",
+    "birth_date",
+    "gender",
+    "phone",
+    "email",
+    "address",
+    "active",
+)
+_VALUES = """identifier_system = $3, identifier_value = $4, given_name = $5, family_name = $6,
+    given_name_folded = $7, family_name_folded = $8, birth_date = $9, gender = $10,
+    phone = $11, email = $12, address = $13::jsonb, active = $14"""
+
+INSERT_PATIENT = f"""
+INSERT INTO patients (scope, created_by, identifier_system, identifier_value, given_name,
+    family_name, given_name_folded, family_name_folded, birth_date, gender, phone, email,
+    address, active)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14)
+ON CONFLICT (scope, identifier_system, identifier_value)
+    WHERE deleted_at IS NULL AND identifier_value IS NOT NULL
+    DO NOTHING
+RETURNING {COLUMNS}
+"""
+# The same insert with the id chosen by the caller, and its audit event appended for the
+# row inserted, if any (`create_patient_recorded`).
+_INSERT_RECORDED = f"""
+WITH created AS (
+    INSERT INTO patients (id, scope, created_by, identifier_system, identifier_value,
+        given_name, family_name, given_name_folded, family_name_folded, birth_date, gender,
+        phone, email, address, active)
+    VALUES ($15, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14)
+    ON CONFLICT (scope, identifier_system, identifier_value)
+        WHERE deleted_at IS NULL AND identifier_value IS NOT NULL
+        DO NOTHING
+    RETURNING {COLUMNS}
+)
+SELECT created.*, {append_one_call(16)} AS recorded FROM created
+"""
+SELECT_BY_IDENTIFIER = """
+SELECT id FROM patients
+WHERE scope = $1 AND identifier_system = $2 AND identifier_value = $3 AND deleted_at IS NULL
+"""
+SELECT_PATIENT = f"SELECT {COLUMNS} FROM patients WHERE scope = $1 AND id = $2"
+LOCK_PATIENT = SELECT_PATIENT + " FOR UPDATE"
+UPDATE_PATIENT = f"""
+UPDATE patients SET {_VALUES}, version = version + 1, updated_at = now()
+WHERE scope = $1 AND id = $2 AND version = $15
+RETURNING {COLUMNS}
+"""
+DELETE_PATIENT = f"""
+UPDATE patients SET deleted_at = now(), updated_at = now(), version = version + 1
+WHERE scope = $1 AND id = $2 AND version = $3
+RETURNING {COLUMNS}
+"""
+INSERT_VERSION = """
+INSERT INTO patient_versions (patient_id, version, scope, data, changed_fields, change,
+    valid_from, replaced_by, request_id)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9)
+"""
+SELECT_VERSIONS = """
+SELECT version, data::text AS data, changed_fields, change, valid_from, valid_until,
+    replaced_by, request_id
+FROM patient_versions WHERE scope = $1 AND patient_id = $2 ORDER BY version
+"""
+
+
+class PatientNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("no patient with this id")
+
+
+class PatientGone(Gone):
+    def __init__(self) -> None:
+        super().__init__("this patient was deleted")
+
+
+class VersionMismatch(PreconditionFailed):
+    """If-Match named a version that is no longer current; the current ETag is sent back."""
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(
+            "the patient has changed since you read it; fetch it and try again",
+            headers={"ETag": etag(current_version)},
+        )
+
+
+class DuplicateIdentifier(Conflict):
+    """A live patient in this scope already has the identifier; its id is in the body."""
+
+    def __init__(self, existing_id: UUID | None, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(
+            "a patient with this identifier already exists",
+            headers=headers,
+            extra={"existing_id": str(existing_id) if existing_id else None},
+        )
+        self.existing_id = existing_id
+
+
+def etag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+def fold(text: str) -> str:
+    """The search form of a name: compatibility-decomposed, marks dropped, case-folded."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def patient_json(row: asyncpg.Record) -> Patient:
+    """A stored row as the API shows it (`PatientOut`); orjson renders dates and UUIDs."""
+    system = row["identifier_system"]
+    return {
+        "id": str(row["id"]),
+        "identifier": {"system": system, "value": row["identifier_value"]} if system else None,
+        "given_name": row["given_name"],
+        "family_name": row["family_name"],
+        "birth_date": row["birth_date"],
+        "gender": row["gender"],
+        "phone": row["phone"],
+        "email": row["email"],
+        "address": orjson.loads(row["address"]) if row["address"] else None,
+        "active": row["active"],
+        "version": row["version"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def _values(fields: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The `_VALUES` parameters $3..$14 for a full set of editable fields."""
+    identifier = fields.get("identifier")
+    address = fields.get("address")
+    return (
+        identifier["system"] if identifier else None,
+        identifier["value"] if identifier else None,
+        fields["given_name"],
+        fields["family_name"],
+        fold(fields["given_name"]),
+        fold(fields["family_name"]),
+        fields["birth_date"],
+        fields.get("gender"),
+        fields.get("phone"),
+        fields.get("email"),
+        orjson.dumps(address).decode() if address is not None else None,
+        fields.get("active", True),
+    )
+
+
+async def _existing_id(conn: asyncpg.Connection, scope: str, fields: Mapping[str, Any]) -> Any:
+    identifier = fields.get("identifier")
+    if not identifier:
+        return None
+    return await conn.fetchval(
+        SELECT_BY_IDENTIFIER, scope, identifier["system"], identifier["value"]
+    )
+
+
+async def create_patient(
+    conn: asyncpg.Connection, scope: str, created_by: str, fields: Mapping[str, Any]
+) -> asyncpg.Record:
+    """Insert a patient; `DuplicateIdentifier` (transaction still usable) when taken.
+
+    `INSERT ... ON CONFLICT DO NOTHING` on the unique index: a concurrent insert of the same
+    identifier waits for the first to commit, then finds the conflict, so there is one row.
+    """
+    for _ in range(3):
+        row: asyncpg.Record | None = await conn.fetchrow(
+            INSERT_PATIENT, scope, created_by, *_values(fields)
+        )
+        if row is not None:
+            return row
+        existing = await _existing_id(conn, scope, fields)
+        if existing is not None:
+            raise DuplicateIdentifier(existing)
+        # The holder was deleted between the two statements: the identifier is free again.
+    raise DuplicateIdentifier(None)
+
+
+async def create_patient_recorded(
+    conn: asyncpg.Connection,
+    patient_id: UUID,
+    scope: str,
+    created_by: str,
+    fields: Mapping[str, Any],
+    record: Prepared,
+) -> asyncpg.Record | None:
+    """Insert a patient with the given id and record it, in one statement, so in one round
+    trip and one transaction (call it outside a transaction: the statement is its own).
+
+    `record` is the prepared `patient.created` event (`app.audit.record.prepare`); it is appended
+    only for a row inserted. None, and nothing written,
+    when a live patient of the scope has the identifier: then `create_patient` in a
+    transaction tells a duplicate from a race, and records the refusal.
+    """
+    row: asyncpg.Record | None = await conn.fetchrow(
+        _INSERT_RECORDED,
+        scope,
+        created_by,
+        *_values(fields),
+        patient_id,
+        *append_one_arguments(record),
+    )
+    return row
+
+
+async def get_patient(
+    conn: asyncpg.Connection, scope: str, patient_id: UUID
+) -> asyncpg.Record | None:
+    """The patient in this scope, deleted or not (check `deleted_at`); None when absent."""
+    row: asyncpg.Record | None = await conn.fetchrow(SELECT_PATIENT, scope, patient_id)
+    return row
+
+
+async def read_patient(conn: asyncpg.Connection, scope: str, patient_id: UUID) -> asyncpg.Record:
+    """The live patient: `PatientNotFound` (any other scope too) or `PatientGone`."""
+    return _live(await get_patient(conn, scope, patient_id))
+
+
+def _live(row: asyncpg.Record | None) -> asyncpg.Record:
+    if row is None:
+        raise PatientNotFound
+    if row["deleted_at"] is not None:
+        raise PatientGone
+    return row
+
+
+def _current(row: asyncpg.Record, expected_version: int | None) -> None:
+    if expected_version is not None and row["version"] != expected_version:
+        raise VersionMismatch(row["version"])
+
+
+async def update_patient(
+    conn: asyncpg.Connection,
+    scope: str,
+    patient_id: UUID,
+    changes: Mapping[str, Any],
+    *,
+    expected_version: int,
+    changed_by: str | None,
+    request_id: str | None = None,
+) -> tuple[asyncpg.Record, list[str]]:
+    """Apply `changes` (API field names; None clears) when the version is still current.
+
+    Returns the row as it now is and the names of the fields that really changed; when none
+    did, nothing is written and the version stays. Must run inside a transaction.
+    """
+    old = _live(await conn.fetchrow(LOCK_PATIENT, scope, patient_id))
+    _current(old, expected_version)
+    before = patient_json(old)
+    after = {name: before[name] for name in EDITABLE} | dict(changes)
+    changed = [name for name in EDITABLE if name in changes and after[name] != before[name]]
+    if not changed:
+        return old, []
+    await _archive(conn, scope, old, changed, "updated", changed_by, request_id)
+    try:
+        async with conn.transaction():  # a savepoint: a duplicate must not end the transaction
+            row = await conn.fetchrow(
+                UPDATE_PATIENT, scope, patient_id, *_values(after), old["version"]
+            )
+    except asyncpg.UniqueViolationError:
+        raise DuplicateIdentifier(await _existing_id(conn, scope, after)) from None
+    assert row is not None  # the row lock guarantees the version
+    return row, changed
+
+
+async def delete_patient(
+    conn: asyncpg.Connection,
+    scope: str,
+    patient_id: UUID,
+    *,
+    expected_version: int | None,
+    deleted_by: str | None,
+    request_id: str | None = None,
+) -> asyncpg.Record:
+    """Soft-delete: the row stays (for the access report) but leaves lists and frees its
+    identifier. Must run inside a transaction."""
+    old = _live(await conn.fetchrow(LOCK_PATIENT, scope, patient_id))
+    _current(old, expected_version)
+    await _archive(conn, scope, old, [], "deleted", deleted_by, request_id)
+    row: asyncpg.Record = await conn.fetchrow(DELETE_PATIENT, scope, patient_id, old["version"])
+    return row
+
+
+async def _archive(
+    conn: asyncpg.Connection,
+    scope: str,
+    old: asyncpg.Record,
+    changed: list[str],
+    change: str,
+    actor: str | None,
+    request_id: str | None,
+) -> None:
+    data = {name: value for name, value in patient_json(old).items() if name in EDITABLE}
+    await conn.execute(
+        INSERT_VERSION,
+        old["id"],
+        old["version"],
+        scope,
+        orjson.dumps(data).decode(),
+        changed,
+        change,
+        old["updated_at"],
+        actor,
+        request_id,
+    )
+
+
+async def patient_history(
+    conn: asyncpg.Connection, scope: str, patient_id: UUID
+) -> list[dict[str, Any]]:
+    """Every replaced version of a patient in `scope`, oldest first, with its values.
+
+    For the access report only (`read:audit_events`): this is the one place old patient
+    values can be read. Each entry: `version`, `data` (the editable fields as they were),
+    `changed_fields` (what the next version changed), `change` ("updated" or "deleted"),
+    `valid_from`, `valid_until`, `replaced_by` (the sub), `request_id` (joins the audit log).
+    The current version is `get_patient`.
+    """
+    rows = await conn.fetch(SELECT_VERSIONS, scope, patient_id)
+    return [
+        {
+            "version": r["version"],
+            "data": orjson.loads(r["data"]),
+            "changed_fields": list(r["changed_fields"]),
+            "change": r["change"],
+            "valid_from": r["valid_from"],
+            "valid_until": r["valid_until"],
+            "replaced_by": r["replaced_by"],
+            "request_id": r["request_id"],
+        }
+        for r in rows
+    ]
