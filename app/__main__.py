@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.core.db import DatabaseUnavailable, connect_raw, migrate
+from app.core.db import connect_raw, migrate
+from app.core.errors import DatabaseUnavailable
 from app.core.settings import ConfigError, Settings, describe_validation_error, load_settings
 
 

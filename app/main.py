@@ -22,11 +22,10 @@ from app.audit.batcher import AuditWriter
 from app.audit.record import record_denial
 from app.auth.tokens import TokenVerifier
 from app.auth0.client import Auth0Client
-from app.core import errors
 from app.core.db import create_database
 from app.core.settings import Settings, load_settings
 from app.core.state import AppContext
-from app.http import ops
+from app.http import ops, problems
 from app.http.middleware import Metrics, RequestContextMiddleware
 from app.patients import endpoints as patient_endpoints
 from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit, Quota
@@ -137,7 +136,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=all_routes(),
         middleware=middleware(settings, metrics, per_ip),
-        exception_handlers=errors.EXCEPTION_HANDLERS,
+        exception_handlers=problems.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.metrics = metrics

@@ -16,7 +16,8 @@ from databases import Database
 from app.audit.batcher import AuditWriter
 from app.audit.chain import content_digest, verify_chain
 from app.audit.record import Actor, Event, prepare, record_events
-from app.core.db import DatabaseUnavailable, asyncpg_dsn, transaction
+from app.core.db import asyncpg_dsn, transaction
+from app.core.errors import DatabaseUnavailable
 from app.dev.db import ProvisionedDatabase
 
 SCOPES = [f"org:writer-{n}" for n in range(5)]

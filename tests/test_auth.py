@@ -33,9 +33,10 @@ from app.auth.requires import (
     requires,
 )
 from app.auth.tokens import Principal, TokenVerifier
-from app.core.errors import EXCEPTION_HANDLERS, AppError, EmailNotVerified, StepUpRequired
+from app.core.errors import AppError, EmailNotVerified, StepUpRequired
 from app.core.settings import Settings
 from app.dev.tenant import SigningKey, TokenMinter
+from app.http.problems import EXCEPTION_HANDLERS
 
 DOMAIN = "tenant.example.com"
 AUDIENCE = "https://api.example.com"

@@ -22,9 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.core import errors
 from app.core.db import asyncpg_dsn, create_database
+from app.core.errors import TooManyRequests
 from app.dev.db import ProvisionedDatabase
+from app.http import problems
 from app.ratelimit import (
     MAX_KEY_LENGTH,
     ClientRateLimitMiddleware,
@@ -172,7 +173,7 @@ class TestLocalLimit:
     def test_enforce_raises_429_with_retry_after(self) -> None:
         per_user = GlobalRateLimiter(clock=FakeClock()).limit("user", Quota(1, WINDOW))
         per_user.enforce("auth0|ada")
-        with pytest.raises(errors.TooManyRequests) as caught:
+        with pytest.raises(TooManyRequests) as caught:
             per_user.enforce("auth0|ada")
         assert caught.value.status == 429
         # With a quota of one, the one hit keeps weighing until the end of the next window.
@@ -289,7 +290,7 @@ class TestHttp:
         return Starlette(
             routes=[Route("/", endpoint)],
             middleware=[Middleware(ClientRateLimitMiddleware, limit=per_ip)],
-            exception_handlers=errors.EXCEPTION_HANDLERS,
+            exception_handlers=problems.EXCEPTION_HANDLERS,
         )
 
     @staticmethod

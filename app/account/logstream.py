@@ -40,7 +40,7 @@ from pydantic import (
 from app.audit.batcher import record_many
 from app.audit.record import Actor, Event, Outcome
 from app.core.db import transaction
-from app.http.bodies import field_errors
+from app.core.errors import field_errors
 
 _PRINTABLE = r"^[\x21-\x7e]+$"
 

@@ -27,8 +27,8 @@ import asyncpg
 from databases import Database
 
 from app.audit.record import ACTOR_COLUMNS, PER_EVENT_COLUMNS, Actor, Event, Prepared, prepare
-from app.core.db import DatabaseUnavailable, connection
-from app.core.errors import DATABASE_OUTAGES
+from app.core.db import connection
+from app.core.errors import DATABASE_OUTAGES, DatabaseUnavailable
 
 logger = logging.getLogger("app.audit.record")
 

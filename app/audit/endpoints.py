@@ -41,8 +41,8 @@ from app.audit.schemas import (
 from app.auth.requires import principal, requires
 from app.core.db import connection, transaction
 from app.core.errors import BadRequest, ValidationFailed
-from app.core.state import context
 from app.http.bodies import JSONResponse, open_cursor, parse_query, sign_cursor
+from app.http.context import context
 from app.http.openapi import Resp, operation
 
 TAGS = ["audit"]

@@ -38,11 +38,10 @@ from app.core.errors import (
     InsufficientScope,
     StepUpRequired,
     Unauthorized,
-    problem_response,
-    request_id_of,
 )
 from app.core.settings import Settings
-from app.core.state import context
+from app.http.context import context
+from app.http.problems import problem_response, request_id_of
 from app.ratelimit import Limit
 
 logger = logging.getLogger("app.auth.requires")

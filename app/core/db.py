@@ -22,6 +22,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 from databases import Database
 
+from app.core.errors import DatabaseUnavailable
+
 logger = logging.getLogger("app.core.db")
 
 # The repository's `migrations/`; an installed copy (the Docker image) names it in MIGRATIONS_DIR.
@@ -37,10 +39,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at  timestamptz NOT NULL DEFAULT now()
 )
 """
-
-
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached; start-up and readiness report it in one line."""
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -6,23 +6,18 @@ puts a token, a secret or a patient value into a body: details are written by ou
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
-import orjson
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import Scope
-
-from app.core.db import DatabaseUnavailable
-
-logger = logging.getLogger("app.core.errors")
+from pydantic import ValidationError
 
 PROBLEM_BASE = "https://errors.auth0-bff.dev/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 class AppError(Exception):
@@ -178,77 +173,8 @@ class UpstreamUnavailable(AppError):
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
 
 
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def request_id_of(scope: Scope) -> str | None:
-    state = scope.get("state")
-    if isinstance(state, dict):
-        value = state.get("request_id")
-        return value if isinstance(value, str) else None
-    return None
-
-
-def problem_response(error: AppError, request_id: str | None) -> Response:
-    body: dict[str, Any] = {
-        "type": error.type_uri,
-        "title": error.title,
-        "status": error.status,
-        "detail": error.detail,
-        "request_id": request_id,
-    }
-    if error.errors:
-        body["errors"] = error.errors
-    body.update(error.extra)
-    return Response(
-        orjson.dumps(body),
-        status_code=error.status,
-        headers=error.headers,
-        media_type=PROBLEM_CONTENT_TYPE,
-    )
-
-
-_HTTP_EXCEPTIONS: dict[int, type[AppError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    405: MethodNotAllowed,
-    409: Conflict,
-    410: Gone,
-    412: PreconditionFailed,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-    422: ValidationFailed,
-    428: PreconditionRequired,
-}
-
-
-async def handle_app_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, AppError)
-    return problem_response(exc, request_id_of(request.scope))
-
-
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 (no route, wrong method) become problem+json too."""
-    assert isinstance(exc, HTTPException)
-    cls = _HTTP_EXCEPTIONS.get(exc.status_code, AppError)
-    error = cls.__new__(cls)
-    AppError.__init__(error, None, headers=exc.headers)
-    if cls is AppError:
-        error.status = exc.status_code
-    return problem_response(error, request_id_of(request.scope))
-
-
-async def handle_database_outage(request: Request, exc: Exception) -> Response:
-    """The database is down or overloaded: 503, and the transaction has rolled back."""
-    logger.warning(
-        "database unavailable",
-        extra={"request_id": request_id_of(request.scope), "error": type(exc).__name__},
-    )
-    error = UpstreamUnavailable("the database is unavailable; try again shortly", retry_after=2)
-    return problem_response(error, request_id_of(request.scope))
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached; start-up and readiness report it in one line."""
 
 
 # Connection-level failures only: a constraint or syntax error is a bug, and stays a 500.
@@ -267,10 +193,26 @@ DATABASE_OUTAGES: tuple[type[Exception], ...] = (
     asyncpg.exceptions.QueryCanceledError,
 )
 
-# Unexpected exceptions are caught by RequestContextMiddleware, which logs them with the
-# request id and answers a bare 500 (Starlette's own handler would re-raise them).
-EXCEPTION_HANDLERS: dict[Any, Any] = {
-    AppError: handle_app_error,
-    HTTPException: handle_http_exception,
-    **{cls: handle_database_outage for cls in DATABASE_OUTAGES},
-}
+
+# Pydantic error types that mean "the JSON has the wrong shape" (400), not "invalid value" (422).
+_TYPE_ERRORS = ("_type", "model_attributes_type", "dict_type", "list_type", "is_instance_of")
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Every offending field, named by its dotted path; never the offending value."""
+    errors = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(part) for part in error["loc"]) or "body"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        errors.append({"field": loc, "message": message})
+    return errors
+
+
+def validation_error(exc: ValidationError, *, what: str = "body") -> BadRequest | ValidationFailed:
+    """400 when a value has the wrong JSON type, 422 when it is well-formed but invalid."""
+    errors = field_errors(exc)
+    if any(e["type"].endswith(_TYPE_ERRORS) for e in exc.errors(include_url=False)):
+        return BadRequest(f"the {what} has values of the wrong type", errors=errors)
+    return ValidationFailed(f"the {what} is invalid", errors=errors)

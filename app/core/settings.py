@@ -9,15 +9,45 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.ratelimit import Quota
-
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """`count` requests per `seconds`, e.g. `Quota(600, 60)`."""
+
+    count: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.seconds < 0.001:
+            raise ValueError("a quota needs count >= 1 and seconds >= 0.001")
+
+    @classmethod
+    def parse(cls, text: str) -> Quota | None:
+        """`"600/60"` (600 per 60 s) as a `Quota`; `"off"` or `""` as None (no limit)."""
+        text = text.strip().lower()
+        if text in {"", "off", "none"}:
+            return None
+        count, slash, seconds = text.partition("/")
+        try:
+            if not slash:
+                raise ValueError(text)
+            return cls(int(count), float(seconds.rstrip("s")))
+        except ValueError:
+            raise ValueError(
+                f"a rate limit is COUNT/SECONDS like 600/60, or off; got {text!r}"
+            ) from None
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.seconds:g}"
 
 
 class ConfigError(Exception):

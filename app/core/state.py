@@ -1,4 +1,9 @@
-"""The typed state the lifespan creates once and every handler reads as `request.state.ctx`."""
+"""The typed state the lifespan creates once (`app.main.create_app`) and every handler
+reads through `app.http.context.context(request)`.
+
+`core` imports nothing else of `app` at run time: the parts' types are named for the type
+checker only, so this module can sit below every part that reads it.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,16 @@ from typing import TYPE_CHECKING
 
 import httpx
 from databases import Database
-from starlette.requests import Request
 
-from app.account.services import AccountServices
-from app.audit.batcher import AuditWriter
-from app.auth.tokens import TokenVerifier
-from app.auth0.client import Auth0Client
 from app.core.settings import Settings
-from app.ratelimit import Limit
 
-if TYPE_CHECKING:  # app.auth.requires imports this module
+if TYPE_CHECKING:
+    from app.account.services import AccountServices
+    from app.audit.batcher import AuditWriter
     from app.auth.requires import DenialHook
+    from app.auth.tokens import TokenVerifier
+    from app.auth0.client import Auth0Client
+    from app.ratelimit import Limit
 
 
 @dataclass
@@ -33,8 +37,3 @@ class AppContext:
     per_user_limit: Limit | None = None
     # Called by `requires` for every 401/403 it raises (the audit log records the 403s).
     on_denied: DenialHook | None = None
-
-
-def context(request: Request) -> AppContext:
-    ctx: AppContext = request.state.ctx
-    return ctx

@@ -12,12 +12,15 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from app.core.errors import (
+    BadRequest,
+    UnsupportedMediaType,
+    ValidationFailed,
+    field_errors,
+    validation_error,
+)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-# Pydantic error types that mean "the JSON has the wrong shape" (400), not "invalid value" (422).
-_TYPE_ERRORS = ("_type", "model_attributes_type", "dict_type", "list_type", "is_instance_of")
 
 
 class JSONResponse(Response):
@@ -31,26 +34,6 @@ def _default(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Every offending field, named by its dotted path; never the offending value."""
-    errors = []
-    for error in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(part) for part in error["loc"]) or "body"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
-        errors.append({"field": loc, "message": message})
-    return errors
-
-
-def validation_error(exc: ValidationError, *, what: str = "body") -> BadRequest | ValidationFailed:
-    """400 when a value has the wrong JSON type, 422 when it is well-formed but invalid."""
-    errors = field_errors(exc)
-    if any(e["type"].endswith(_TYPE_ERRORS) for e in exc.errors(include_url=False)):
-        return BadRequest(f"the {what} has values of the wrong type", errors=errors)
-    return ValidationFailed(f"the {what} is invalid", errors=errors)
 
 
 async def read_json(request: Request) -> Any:

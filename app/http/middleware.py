@@ -16,7 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import AppError, PayloadTooLarge, problem_response
+from app.core.errors import AppError, PayloadTooLarge
+from app.http.problems import problem_response
 
 logger = logging.getLogger("app.access")
 error_logger = logging.getLogger("app.core.errors")

@@ -11,8 +11,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from app.core.db import is_ready
-from app.core.state import context
 from app.http.bodies import JSONResponse
+from app.http.context import context
 from app.http.openapi import Resp, build_openapi, operation, render_docs_page
 
 API_TITLE = "Auth0 BFF"

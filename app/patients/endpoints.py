@@ -24,9 +24,10 @@ from app.audit.record import Actor, actor_from, prepare, record_event, scope_of
 from app.auth.requires import Endpoint, principal, requires
 from app.core.db import connection, transaction
 from app.core.errors import AppError, BadRequest, PreconditionRequired
-from app.core.state import AppContext, context
+from app.core.state import AppContext
 from app.http import idempotency
 from app.http.bodies import JSONResponse, parse_body, parse_query
+from app.http.context import context
 from app.http.openapi import Problem, Resp, operation
 from app.patients.events import (
     created_event,

@@ -50,13 +50,13 @@ each limit tracks at most `max_keys` keys, evicting the least recently used, and
 idle for two windows at every sync. Keys longer than 128 characters are stored as a digest.
 """
 
+from app.core.settings import Quota
 from app.ratelimit.middleware import ClientRateLimitMiddleware, client_key
 from app.ratelimit.quota import (
     MAX_KEY_LENGTH,
     RETENTION_GRACE_MS,
     GlobalRateLimiter,
     Limit,
-    Quota,
     retry_after,
 )
 from app.ratelimit.stores import CounterStore, PostgresCounters, RedisCounters, Row

@@ -6,7 +6,8 @@ import socket
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.errors import TooManyRequests, problem_response, request_id_of
+from app.core.errors import TooManyRequests
+from app.http.problems import problem_response, request_id_of
 from app.ratelimit.quota import Limit, retry_after
 
 _IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d

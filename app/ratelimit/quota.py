@@ -11,13 +11,13 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import asyncpg
 from databases import Database
 
 from app.core.db import pool_of
 from app.core.errors import TooManyRequests
+from app.core.settings import Quota
 from app.ratelimit.stores import CounterStore, PostgresCounters, RedisCounters, Row
 
 logger = logging.getLogger("app.ratelimit")
@@ -29,37 +29,6 @@ RETENTION_GRACE_MS = 30_000
 # Float rounding in the estimate must not refuse a request at the very moment `check` said
 # it would pass; counts are whole numbers, so this slack admits nothing extra.
 _SLACK = 1e-6
-
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    """`count` requests per `seconds`, e.g. `Quota(600, 60)`."""
-
-    count: int
-    seconds: float
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or self.seconds < 0.001:
-            raise ValueError("a quota needs count >= 1 and seconds >= 0.001")
-
-    @classmethod
-    def parse(cls, text: str) -> Quota | None:
-        """`"600/60"` (600 per 60 s) as a `Quota`; `"off"` or `""` as None (no limit)."""
-        text = text.strip().lower()
-        if text in {"", "off", "none"}:
-            return None
-        count, slash, seconds = text.partition("/")
-        try:
-            if not slash:
-                raise ValueError(text)
-            return cls(int(count), float(seconds.rstrip("s")))
-        except ValueError:
-            raise ValueError(
-                f"a rate limit is COUNT/SECONDS like 600/60, or off; got {text!r}"
-            ) from None
-
-    def __str__(self) -> str:
-        return f"{self.count}/{self.seconds:g}"
 
 
 def retry_after(wait: float) -> int:

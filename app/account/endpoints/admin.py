@@ -34,8 +34,8 @@ from app.core.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from app.core.state import context
 from app.http.bodies import JSONResponse, parse_body
+from app.http.context import context
 from app.http.openapi import Problem, Resp, operation
 
 logger = logging.getLogger("app.admin")

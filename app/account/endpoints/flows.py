@@ -26,8 +26,8 @@ from app.audit.record import Event, actor_from, record_event, record_independent
 from app.auth.requires import principal, requires
 from app.core.db import transaction
 from app.core.errors import AppError, ValidationFailed
-from app.core.state import context
 from app.http.bodies import JSONResponse, parse_body
+from app.http.context import context
 from app.http.openapi import Resp, operation
 from app.patients.search import read_page_audited
 

@@ -25,8 +25,8 @@ from app.auth.requires import principal, requires
 from app.auth.tokens import Principal
 from app.core.db import connection, transaction
 from app.core.errors import AppError, BadRequest
-from app.core.state import context
 from app.http.bodies import JSONResponse, open_cursor, parse_body, parse_query, sign_cursor
+from app.http.context import context
 from app.http.openapi import Problem, Resp, operation
 
 logger = logging.getLogger("app.account.services")
