@@ -19,13 +19,14 @@ from app.account import endpoints as account_endpoints
 from app.account.services import account_services, running_account_services
 from app.audit import endpoints as audit_endpoints
 from app.audit.batcher import AuditWriter
-from app.audit.record import record_denial
+from app.audit.http import record_denial
 from app.auth.tokens import TokenVerifier
-from app.auth0.client import Auth0Client
+from app.auth0.management import Auth0Client
 from app.core.db import create_database
 from app.core.settings import Settings, load_settings
 from app.core.state import AppContext
-from app.http import ops, problems
+from app.core.tasks import Housekeeping, Purge
+from app.http import idempotency, ops, problems
 from app.http.middleware import Metrics, RequestContextMiddleware
 from app.patients import endpoints as patient_endpoints
 from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit, Quota
@@ -123,10 +124,20 @@ def create_app(settings: Settings) -> Starlette:
             per_user_limit=per_user,
             on_denied=record_denial,
         )
+        housekeeping = Housekeeping(
+            database,
+            [
+                *account.purges(),
+                Purge("idempotency keys", idempotency.purge_expired),
+                Purge("rate-limit counters", rate_limiter.purge),
+            ],
+        )
         try:
             async with running_account_services(account, settings.database_url, verifier):
+                housekeeping.start()
                 yield {"ctx": ctx}
         finally:
+            await housekeeping.stop()
             await ctx.audit.aclose()
             await rate_limiter.stop()  # flushes this copy's last counts
             await ctx.auth0.aclose()

@@ -38,8 +38,9 @@ from typing import Any
 
 import asyncpg
 
+from app.audit.events import Actor, Event
 from app.audit.query import AuditFilters, fetch_page
-from app.audit.record import Actor, Event, record_events
+from app.audit.record import record_events
 from app.core.db import asyncpg_dsn
 from app.dev.db import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from app.core.db import asyncpg_dsn
-from app.dev.tenant import SigningKey, TokenMinter
+from app.dev.keys import SigningKey, TokenMinter
 
 PERMISSIONS = ("read:patients", "create:patients", "update:patients", "delete:patients")
 EMAIL_VERIFIED_CLAIM = "https://bff.bench/email_verified"
@@ -86,7 +86,7 @@ class User:
 
     @property
     def scope(self) -> str:
-        """As `app.audit.record.scope_of` computes it from the token."""
+        """As `app.audit.events.scope_of` computes it from the token."""
         return f"org:{self.org_id}" if self.org_id else f"user:{self.sub}"
 
 

@@ -23,7 +23,8 @@ import asyncpg
 import psutil  # type: ignore[import-untyped]
 
 from app.audit.batcher import record_many
-from app.audit.record import Actor, Event, record_events
+from app.audit.events import Actor, Event
+from app.audit.record import record_events
 from app.core.db import asyncpg_dsn
 from app.dev.db import LOCAL_SERVER_URL, drop, provision
 from app.patients.events import read_event

@@ -22,7 +22,7 @@ import asyncpg
 
 from app.core.db import asyncpg_dsn
 from app.dev.db import ProvisionedDatabase, drop, provision
-from app.dev.tenant import SigningKey, TokenMinter
+from app.dev.keys import SigningKey, TokenMinter
 from bench.loadgen import Answer, Call, Summary
 from bench.servers import Server, free_port, http_call
 from bench.tenant import write_config

@@ -40,7 +40,8 @@ import uvicorn
 
 from app.core.db import asyncpg_dsn
 from app.dev.db import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
-from app.dev.tenant import ALL_PERMISSIONS, TenantState, TokenMinter, create_tenant_app
+from app.dev.keys import ALL_PERMISSIONS, TokenMinter
+from app.dev.tenant import TenantState, create_tenant_app
 from app.patients.repository import fold
 
 DOMAIN = "bench-tenant.local"

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from app.dev.db import drop, provision
-from app.dev.tenant import SigningKey, TokenMinter
+from app.dev.keys import SigningKey, TokenMinter
 from bench import data
 from bench.harness import (
     AUDIENCE,

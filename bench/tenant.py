@@ -17,7 +17,8 @@ from typing import Any
 
 import uvicorn
 
-from app.dev.tenant import SigningKey, TenantState, TokenMinter, create_tenant_app
+from app.dev.keys import SigningKey, TokenMinter
+from app.dev.tenant import TenantState, create_tenant_app
 
 
 def write_config(

@@ -1,108 +1,36 @@
-"""Account: shared rate limits, password reset, verification email, sign-in history.
-
-`account_app` (also used by test_revocation, test_logstream and test_admin) runs the app
-with `AccountServices` wired the way the lead wires them into `create_app`'s lifespan.
-"""
+"""Account: shared rate limits, password reset, verification email, sign-in history."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import httpx
 import orjson
 import pytest
 import respx
-from asgi_lifespan import LifespanManager
-from starlette.applications import Starlette
 
 from app.account.services import (
     AccountServices,
     AfterResponse,
-    Rate,
-    RateLimiter,
     account_services,
     email_hash,
-    running_account_services,
 )
-from app.audit.record import Actor, Event, record_event
-from app.auth.revocation import RevocationStore
+from app.audit.events import Actor, Event
+from app.audit.record import record_event
 from app.core.db import asyncpg_dsn
 from app.core.errors import TooManyRequests
 from app.core.settings import Settings
-from app.main import create_app
-from tests.conftest import bearer
-
-PROBLEM = "application/problem+json"
-
-
-@dataclass
-class Running:
-    http: httpx.AsyncClient
-    services: AccountServices
-
-
-@contextlib.asynccontextmanager
-async def account_app(
-    settings: Settings, services: AccountServices | None = None
-) -> AsyncIterator[Running]:
-    """The app with its lifespan plus the account services (the lead's main.py wiring)."""
-    services = services or AccountServices(
-        revocations=RevocationStore(leeway_seconds=settings.token_leeway_seconds)
-    )
-    app: Starlette = create_app(settings)
-    lifespan = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def wired(app: Starlette) -> AsyncIterator[Any]:
-        async with lifespan(app) as state:
-            ctx = cast(dict[str, Any], state)["ctx"]
-            async with running_account_services(services, settings.database_url, ctx.verifier):
-                ctx.account = services
-                yield state
-
-    app.router.lifespan_context = wired
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield Running(http, services)
+from app.ratelimit.buckets import Rate, RateLimiter
+from tests.fixtures.app import account_app
+from tests.helpers import assert_problem, audit_rows, bearer, everything_stored
 
 
 def limited(**rates: Rate) -> AccountServices:
     return AccountServices(limiter=RateLimiter(**rates))
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail", "request_id"} <= body.keys()
-    return body
-
-
-async def audit_rows(owner: asyncpg.Connection, prefix: str = "") -> list[asyncpg.Record]:
-    return list(
-        await owner.fetch(
-            "SELECT action, outcome, outcome_reason, scope, actor, entity_type, entity_id,"
-            " detail::text AS detail FROM audit_events WHERE action LIKE $1 ORDER BY seq",
-            prefix + "%",
-        )
-    )
-
-
-async def everything_stored(owner: asyncpg.Connection) -> str:
-    """Every row the account feature and the audit log hold, as text, for leak checks."""
-    parts = []
-    for table in ("audit_events", "rate_limits", "revocations", "auth0_log_ids"):
-        rows = await owner.fetch(f"SELECT t::text AS row FROM {table} t")
-        parts += [r["row"] for r in rows]
-    return "\n".join(parts)
 
 
 # --- Rate limiter (unit, real database) -------------------------------------------------
@@ -563,4 +491,9 @@ class TestAccountServicesFromSettings:
         assert services.limiter.password_reset_per_ip == Rate(20, 900)
         assert services.limiter.verification_email_per_user == Rate(3, 900)
         assert services.revocations.leeway_seconds == settings.token_leeway_seconds
-        assert len(services.revocations.housekeeping) == 2  # rate limits, log ids
+        assert [p.name for p in services.purges()] == [
+            "revocations",
+            "flow rate limits",
+            "auth0 log ids",
+            "sign-in sessions",
+        ]

@@ -13,8 +13,8 @@ import pytest
 import respx
 
 from app.core.settings import Settings
-from tests.conftest import bearer
-from tests.test_account import account_app, assert_problem, audit_rows
+from tests.fixtures.app import account_app
+from tests.helpers import assert_problem, audit_rows, bearer
 
 USER = "auth0|target-1"
 ROLES_URL = f"/api/admin/users/{quote(USER, safe='')}/roles"

@@ -17,25 +17,12 @@ import pytest
 from databases import Database
 from starlette.requests import Request
 
-from app.audit.chain import (
-    CONTENT_COLUMNS,
-    canonical_detail,
-    content_digest,
-    event_hash,
-    verify_chain,
-)
+from app.audit.chain import CONTENT_COLUMNS, canonical_detail, content_digest, event_hash
+from app.audit.events import Actor, Event, scope_of
+from app.audit.http import actor_from, record_denial, record_failure
 from app.audit.query import fetch_feed
-from app.audit.record import (
-    Actor,
-    Event,
-    actor_from,
-    record_denial,
-    record_event,
-    record_events,
-    record_failure,
-    record_independently,
-    scope_of,
-)
+from app.audit.record import record_event, record_events, record_independently
+from app.audit.verify import verify_chain
 from app.auth.tokens import Principal
 from app.core.db import asyncpg_dsn, create_database, transaction
 from app.core.errors import InsufficientScope, UpstreamUnavailable

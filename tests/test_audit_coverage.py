@@ -17,7 +17,7 @@ import pytest
 import respx
 
 from app.main import all_routes
-from tests.conftest import bearer
+from tests.helpers import bearer
 
 USER = "auth0|auditor"
 USER_RE = r"^/api/v2/users/auth0(%7C|\|)(auditor|target)(/roles)?$"

@@ -22,14 +22,14 @@ import respx
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp
 
-from app.audit.record import Actor, Event, record_events
+from app.audit.events import Actor, Event
+from app.audit.record import record_events
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
 from app.dev.db import ProvisionedDatabase
 from app.main import create_app
-from tests.conftest import bearer
+from tests.helpers import assert_problem, bearer
 
-PROBLEM = "application/problem+json"
 EXPORT = "/api/audit-events/export"
 READ = ["read:audit_events"]
 ACME, GLOBEX = "org:acme", "org:globex"
@@ -77,16 +77,6 @@ def window(**extra: Any) -> dict[str, Any]:
     now = datetime.now(UTC)
     since, until = (now - timedelta(days=1)).isoformat(), (now + timedelta(days=1)).isoformat()
     return {"since": since, "until": until, **extra}
-
-
-def assert_problem(response: httpx.Response, status: int, *fields: str) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["request_id"] == response.headers["x-request-id"]
-    if fields:
-        assert sorted({e["field"] for e in body["errors"]}) == sorted(fields)
-    return body
 
 
 class TestListAuditEvents:

@@ -14,8 +14,10 @@ import pytest
 from databases import Database
 
 from app.audit.batcher import AuditWriter
-from app.audit.chain import content_digest, verify_chain
-from app.audit.record import Actor, Event, prepare, record_events
+from app.audit.chain import content_digest
+from app.audit.events import Actor, Event, prepare
+from app.audit.record import record_events
+from app.audit.verify import verify_chain
 from app.core.db import asyncpg_dsn, transaction
 from app.core.errors import DatabaseUnavailable
 from app.dev.db import ProvisionedDatabase

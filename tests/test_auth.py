@@ -17,7 +17,6 @@ import pytest
 import respx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,8 +24,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.requires import (
     AuthRequirement,
-    BearerTokenBackend,
-    auth_error_response,
     auth_requirement,
     check_requirement,
     principal,
@@ -35,8 +32,9 @@ from app.auth.requires import (
 from app.auth.tokens import Principal, TokenVerifier
 from app.core.errors import AppError, EmailNotVerified, StepUpRequired
 from app.core.settings import Settings
-from app.dev.tenant import SigningKey, TokenMinter
+from app.dev.keys import SigningKey, TokenMinter
 from app.http.problems import EXCEPTION_HANDLERS
+from tests.helpers import assert_problem, bearer
 
 DOMAIN = "tenant.example.com"
 AUDIENCE = "https://api.example.com"
@@ -147,25 +145,13 @@ async def client(ctx: Ctx) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    return body
-
-
 class TestRequires:
     async def test_anonymous_gets_a_bare_challenge(
         self, client: httpx.AsyncClient, ctx: Ctx, jwks: respx.Route
     ) -> None:
         response = await client.get("/patients")
 
-        assert_problem(response, 401)
+        assert_problem(response, 401, request_id=False)
         assert response.headers["www-authenticate"] == BARE_CHALLENGE
         assert ctx.denials == [Denial("/patients", None, 401, "a valid access token is required")]
         assert jwks.call_count == 0
@@ -186,7 +172,7 @@ class TestRequires:
     ) -> None:
         response = await client.get("/me", headers={"Authorization": authorization})
 
-        body = assert_problem(response, 401)
+        body = assert_problem(response, 401, request_id=False)
         assert body["detail"] == description
         assert response.headers["www-authenticate"] == (
             f'Bearer realm="api", error="invalid_token", error_description="{description}"'
@@ -201,7 +187,7 @@ class TestRequires:
             "/me", headers=[("Authorization", f"Bearer {token}"), ("Authorization", "Bearer x")]
         )
 
-        body = assert_problem(response, 401)
+        body = assert_problem(response, 401, request_id=False)
         assert body["detail"] == "send exactly one Authorization header"
         assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
@@ -212,7 +198,7 @@ class TestRequires:
 
         response = await client.get("/me", headers=bearer(token))
 
-        assert assert_problem(response, 401)["detail"] == "token expired"
+        assert assert_problem(response, 401, request_id=False)["detail"] == "token expired"
         assert 'error_description="token expired"' in response.headers["www-authenticate"]
         assert ctx.denials == [Denial("/me", None, 401, "token expired")]
 
@@ -223,7 +209,7 @@ class TestRequires:
 
         response = await client.get("/patients", headers=bearer(token))
 
-        assert_problem(response, 403)
+        assert_problem(response, 403, request_id=False)
         challenge = response.headers["www-authenticate"]
         assert 'error="insufficient_scope"' in challenge and 'scope="read:patients"' in challenge
         assert ctx.denials == [
@@ -239,7 +225,7 @@ class TestRequires:
         full = minter.mint(permissions=["read:patients", "read:users"])
 
         response = await client.get("/admin", headers=bearer(partial))
-        assert_problem(response, 403)
+        assert_problem(response, 403, request_id=False)
         assert 'scope="read:patients read:users"' in response.headers["www-authenticate"]
         assert (await client.get("/admin", headers=bearer(full))).status_code == 200
 
@@ -266,7 +252,7 @@ class TestRequires:
     ) -> None:
         response = await client.get("/verified", headers=bearer(minter.mint(email_verified=claim)))
 
-        body = assert_problem(response, 403)
+        body = assert_problem(response, 403, request_id=False)
         assert body["type"].endswith("/email-not-verified")
         assert body["detail"] == detail
 
@@ -279,7 +265,7 @@ class TestRequires:
     ) -> None:
         response = await client.get("/step-up", headers=bearer(minter.mint(amr=["pwd"])))
 
-        assert_problem(response, 403)
+        assert_problem(response, 403, request_id=False)
         assert 'error="insufficient_user_authentication"' in response.headers["www-authenticate"]
         no_amr = await client.get("/step-up", headers=bearer(minter.mint()))
         assert no_amr.status_code == 403
@@ -322,7 +308,7 @@ class TestRequires:
 
         response = await client.get("/me", headers=bearer(minter.mint()))
 
-        assert_problem(response, 503)
+        assert_problem(response, 503, request_id=False)
         assert int(response.headers["retry-after"]) >= 1
         assert ctx.denials == []
 
@@ -377,63 +363,6 @@ class TestMetadata:
 
         endpoint.__operation__ = "kept"  # type: ignore[attr-defined]
         assert requires()(endpoint).__operation__ == "kept"  # type: ignore[attr-defined]
-
-
-class TestBearerTokenBackend:
-    @pytest.fixture
-    async def backend_client(self, ctx: Ctx) -> AsyncIterator[httpx.AsyncClient]:
-        async def user(request: Request) -> Response:
-            return JSONResponse(
-                {
-                    "authenticated": request.user.is_authenticated,
-                    "user": request.user.display_name,
-                    "scopes": request.auth.scopes,
-                }
-            )
-
-        app = Starlette(
-            routes=[Route("/user", user)],
-            middleware=[
-                Middleware(InjectContext, ctx=ctx),
-                Middleware(
-                    AuthenticationMiddleware,
-                    backend=BearerTokenBackend(),
-                    on_error=auth_error_response,
-                ),
-            ],
-        )
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-
-    @pytest.mark.parametrize("headers", [{}, {"Authorization": "Basic c2VjcmV0"}])
-    async def test_anonymous(
-        self, headers: dict[str, str], backend_client: httpx.AsyncClient, jwks: respx.Route
-    ) -> None:
-        response = await backend_client.get("/user", headers=headers)
-        assert response.json() == {"authenticated": False, "user": "", "scopes": []}
-        assert jwks.call_count == 0
-
-    async def test_valid_token(
-        self, backend_client: httpx.AsyncClient, minter: TokenMinter
-    ) -> None:
-        token = minter.mint("auth0|bob", permissions=["read:users", "read:patients"])
-        response = await backend_client.get("/user", headers=bearer(token))
-        assert response.json() == {
-            "authenticated": True,
-            "user": "auth0|bob",
-            "scopes": ["read:patients", "read:users"],
-        }
-
-    async def test_bad_token_is_a_problem_response(
-        self, backend_client: httpx.AsyncClient, minter: TokenMinter
-    ) -> None:
-        token = minter.mint(exp=int(time.time()) - 3600)
-        response = await backend_client.get("/user", headers=bearer(token))
-
-        assert assert_problem(response, 401)["detail"] == "token expired"
-        assert 'error_description="token expired"' in response.headers["www-authenticate"]
-        assert token not in response.text
 
 
 class TestPolicyFromSettings:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import respx
 
-from app.auth0.client import Auth0Client
+from app.auth0.management import Auth0Client
 from app.core.errors import (
     Conflict,
     NotFound,
@@ -25,7 +25,8 @@ from app.core.errors import (
     ValidationFailed,
 )
 from app.core.settings import Settings
-from app.dev.tenant import TenantState, TokenMinter, create_tenant_app
+from app.dev.keys import TokenMinter
+from app.dev.tenant import TenantState, create_tenant_app
 
 BASE = "http://tenant.test"
 USER = "auth0|abc"

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app.dev.tenant import SigningKey, TenantState, TokenMinter, create_tenant_app
+from app.dev.keys import SigningKey, TokenMinter
+from app.dev.tenant import TenantState, create_tenant_app
 
 
 @pytest.fixture

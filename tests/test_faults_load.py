@@ -15,6 +15,8 @@ import pytest
 from bench.faults import run_scenario
 from bench.faultstack import Report
 
+pytestmark = pytest.mark.slow  # about 10 s each: a service, a tenant and a database per test
+
 SECONDS = 2.0
 # A short breaker cool-down (10 s by default) so recovery fits in the test.
 FAST_BREAKER = {"AUTH0_BREAKER_COOLDOWN_SECONDS": "1"}

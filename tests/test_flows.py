@@ -15,11 +15,11 @@ import pytest
 import respx
 
 from app.dev.db import ProvisionedDatabase
-from tests.conftest import bearer, follows
+from tests.fixtures.interactions import follows
+from tests.helpers import assert_problem, bearer
 
 USER = "auth0|user-1"
 USER_PATH = r"^/api/v2/users/auth0(%7C|\|)user-1$"
-PROBLEM = "application/problem+json"
 
 JWKS = ("auth0", "GET /.well-known/jwks.json")
 M2M = ("auth0", "POST /oauth/token")
@@ -47,14 +47,6 @@ def auth0_user(**extra: object) -> dict[str, object]:
 
 async def audit_rows(owner: asyncpg.Connection, action: str) -> list[asyncpg.Record]:
     return await owner.fetch("SELECT * FROM audit_events WHERE action = $1 ORDER BY seq", action)
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, object] = response.json()
-    assert body["status"] == status
-    return body
 
 
 class TestRegistration:
@@ -566,12 +558,21 @@ class TestCreatePatient:
         # Verify the token (JWKS), store the patient with its audit event; no other Auth0 call.
         assert follows(interactions, [JWKS, ("db", "write:patients"), ("db", "write:audit_events")])
         assert [i for i in interactions if i[0] == "auth0"] == [JWKS]
-        stored = await owner.fetchval(
-            "SELECT count(*) FROM patients WHERE id = $1::uuid", patient_id
+        # What Postgres saw: the row and its event committed by one transaction (the same
+        # xmin), the event recorded no earlier than the row was inserted, and about that row.
+        stored = await owner.fetchrow(
+            "SELECT xmin::text AS tx, created_at FROM patients WHERE id = $1::uuid", patient_id
         )
-        events = await audit_rows(owner, "patient.created")
-        assert stored == 1
-        assert [str(e["patient_id"]) for e in events] == [patient_id]
+        assert stored is not None
+        events = await owner.fetch(
+            "SELECT xmin::text AS tx, recorded_at, patient_id, entity_id FROM audit_events"
+            " WHERE action = 'patient.created'"
+        )
+        assert [(str(e["patient_id"]), e["entity_id"]) for e in events] == [
+            (patient_id, patient_id)
+        ]
+        assert events[0]["tx"] == stored["tx"]
+        assert stored["created_at"] <= events[0]["recorded_at"]
 
     async def test_without_permission_stores_nothing(
         self, client: httpx.AsyncClient, mint: Callable[..., str], owner: asyncpg.Connection

@@ -11,7 +11,9 @@ import respx
 
 from app.core.settings import ConfigError, load_settings
 from app.dev.db import ProvisionedDatabase
-from tests.conftest import bearer, make_settings, running_app
+from tests.fixtures.app import running_app
+from tests.fixtures.settings import make_settings
+from tests.helpers import assert_problem, bearer
 
 FRONTEND = "https://app.example.com"
 
@@ -187,8 +189,7 @@ class TestRateLimits:
             other_route = await http.get("/api/me")
         assert statuses == [200, 200, 200]
         for response in (refused, other_route):
-            assert response.status_code == 429
-            assert response.headers["content-type"] == "application/problem+json"
+            assert_problem(response, 429)
             assert int(response.headers["retry-after"]) >= 1
             assert response.headers["x-request-id"]
             assert response.headers["cache-control"] == "no-store"

@@ -13,8 +13,10 @@ from app.account.logstream import MalformedBatch, classify, parse_batch, validat
 from app.account.services import account_services, email_hash
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
-from tests.conftest import LOG_STREAM_TOKEN, make_settings
-from tests.test_account import account_app, assert_problem, everything_stored
+from tests.fixtures.app import account_app
+from tests.fixtures.settings import make_settings
+from tests.fixtures.tenant import LOG_STREAM_TOKEN
+from tests.helpers import assert_problem, everything_stored
 
 HOOK = "/hooks/auth0/log-stream"
 SECRET = {"Authorization": LOG_STREAM_TOKEN}
@@ -317,8 +319,8 @@ class TestRetention:
         services = account_services(settings)
         conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
         try:
-            for job in services.revocations.housekeeping:  # what the listener runs each minute
-                await job(conn)
+            for purge in services.purges():  # what the housekeeping task runs each minute
+                await purge.run(conn)
         finally:
             await conn.close()
         assert [r["log_id"] for r in await owner.fetch("SELECT log_id FROM auth0_log_ids")] == [

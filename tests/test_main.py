@@ -20,18 +20,7 @@ from app.core.settings import Settings
 from app.dev.db import ProvisionedDatabase
 from app.http.middleware import Metrics, RequestContextMiddleware
 from app.main import create_app
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
-    assert response.status_code == status
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, object] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail", "request_id"} <= body.keys()
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
+from tests.helpers import assert_problem
 
 
 class TestHealthz:
@@ -80,7 +69,7 @@ class TestErrors:
         body = assert_problem(response, 500)
         assert body["request_id"] == "req-500"
         assert "secret internal detail" not in response.text
-        logged = [r for r in caplog.records if r.name == "app.core.errors"]
+        logged = [r for r in caplog.records if r.name == "app.http.middleware"]
         assert logged and getattr(logged[0], "request_id", None) == "req-500"
 
 
@@ -103,7 +92,7 @@ class TestRequestId:
     async def test_access_log_has_fields_and_no_query_or_token(
         self, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
     ) -> None:
-        caplog.set_level(logging.INFO, logger="app.access")
+        caplog.set_level(logging.INFO, logger="app.http.middleware")
         await client.get(
             "/no-such?name=Alice",
             headers={"X-Request-ID": "log-1", "Authorization": "Bearer tok.en.x"},

@@ -9,12 +9,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from databases import Database
 from pydantic import ValidationError
 
 from app.audit.batcher import AuditWriter
-from app.audit.record import Actor
+from app.audit.events import Actor
 from app.core.db import asyncpg_dsn
 from app.core.errors import BadRequest, ValidationFailed
 from app.dev.db import ProvisionedDatabase
@@ -28,7 +29,6 @@ from app.patients.repository import (
     delete_patient,
     fold,
     get_patient,
-    patient_history,
     patient_json,
     update_patient,
 )
@@ -44,6 +44,17 @@ from app.patients.search import (
 SCOPE, OTHER = "org:one", "org:two"
 KEY = b"k" * 32
 ACTOR = Actor(scope=SCOPE, sub="auth0|tester", request_id="req-1")
+
+
+async def versions(conn: asyncpg.Connection, scope: str, patient_id: Any) -> list[dict[str, Any]]:
+    """What `patient_versions` holds for the patient in `scope`, oldest first, as stored."""
+    rows = await conn.fetch(
+        "SELECT version, data, changed_fields, change, replaced_by, request_id"
+        " FROM patient_versions WHERE scope = $1 AND patient_id = $2 ORDER BY version",
+        scope,
+        patient_id,
+    )
+    return [{**dict(r), "data": orjson.loads(r["data"])} for r in rows]
 
 
 def fields(**changes: Any) -> dict[str, Any]:
@@ -179,11 +190,11 @@ class TestStorage:
                 request_id="req-9",
             )
         assert changed == ["given_name"] and new["version"] == 2
-        [old] = await patient_history(conn, SCOPE, row["id"])
+        [old] = await versions(conn, SCOPE, row["id"])
         assert old["version"] == 1 and old["data"]["given_name"] == "Ana"
         assert old["changed_fields"] == ["given_name"] and old["replaced_by"] == "auth0|editor"
         assert old["request_id"] == "req-9"
-        assert await patient_history(conn, OTHER, row["id"]) == []
+        assert await versions(conn, OTHER, row["id"]) == []
 
     async def test_update_refusals(self, conn: asyncpg.Connection) -> None:
         row = await make(conn)
@@ -205,7 +216,7 @@ class TestStorage:
                 await update_patient(
                     conn, SCOPE, row["id"], {"gender": "male"}, expected_version=2, changed_by=None
                 )
-        history = await patient_history(conn, SCOPE, row["id"])
+        history = await versions(conn, SCOPE, row["id"])
         assert [h["change"] for h in history] == ["deleted"]
 
     async def test_concurrent_updates_from_one_version(
@@ -236,7 +247,7 @@ class TestStorage:
             for c in others:
                 await c.close()
         assert sorted(results) == ["ok", "stale", "stale", "stale"]
-        assert len(await patient_history(conn, SCOPE, row["id"])) == 1
+        assert len(await versions(conn, SCOPE, row["id"])) == 1
 
     async def test_the_app_role_cannot_rewrite_history(self, conn: asyncpg.Connection) -> None:
         row = await make(conn)

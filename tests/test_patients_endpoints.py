@@ -16,10 +16,9 @@ import asyncpg
 import httpx
 import pytest
 
-from app.audit.chain import verify_chain
-from tests.conftest import bearer
+from app.audit.verify import verify_chain
+from tests.helpers import assert_problem, bearer
 
-PROBLEM = "application/problem+json"
 ORG_A, ORG_B = "org_alpha", "org_beta"
 ALICE, BOB, CAROL, DAVE, ERIN = (f"auth0|{n}" for n in ("alice", "bob", "carol", "dave", "erin"))
 
@@ -73,17 +72,6 @@ async def create(
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     return created
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert problem["request_id"] == response.headers["x-request-id"]
-    for secret in SECRETS:
-        assert secret not in response.text
-    return problem
 
 
 def fields_of(problem: dict[str, Any]) -> set[str]:
@@ -196,7 +184,7 @@ class TestCreatePatient:
             ssn="123",
         )
         problem = assert_problem(
-            await client.post("/api/patients", json=bad, headers=who["alice"]), 422
+            await client.post("/api/patients", json=bad, headers=who["alice"]), 422, hides=SECRETS
         )
         assert fields_of(problem) == {
             "given_name",
@@ -239,7 +227,7 @@ class TestCreatePatient:
         field: str,
     ) -> None:
         response = await client.post("/api/patients", json=body(**changes), headers=who["alice"])
-        problem = assert_problem(response, 422)
+        problem = assert_problem(response, 422, hides=SECRETS)
         assert fields_of(problem) == {field}
         assert response.headers["cache-control"] == "no-store"
         assert await count(owner) == 0
@@ -262,16 +250,20 @@ class TestCreatePatient:
         field: str,
     ) -> None:
         response = await client.post("/api/patients", json=body(**changes), headers=who["alice"])
-        assert fields_of(assert_problem(response, 400)) == {field}
+        assert fields_of(assert_problem(response, 400, hides=SECRETS)) == {field}
         assert await count(owner) == 0
 
     async def test_malformed_json_and_wrong_media_type(
         self, client: httpx.AsyncClient, who: Tokens, owner: asyncpg.Connection
     ) -> None:
         headers = who["alice"] | {"content-type": "application/json"}
-        assert_problem(await client.post("/api/patients", content=b"{", headers=headers), 400)
+        assert_problem(
+            await client.post("/api/patients", content=b"{", headers=headers), 400, hides=SECRETS
+        )
         headers = who["alice"] | {"content-type": "text/plain"}
-        assert_problem(await client.post("/api/patients", content=b"{}", headers=headers), 415)
+        assert_problem(
+            await client.post("/api/patients", content=b"{}", headers=headers), 415, hides=SECRETS
+        )
         assert await count(owner) == 0
 
     async def test_duplicate_identifier_is_409_with_existing_id(
@@ -281,7 +273,7 @@ class TestCreatePatient:
         response = await client.post(
             "/api/patients", json=body(given_name="Other"), headers=who["bob"]
         )  # same org
-        problem = assert_problem(response, 409)
+        problem = assert_problem(response, 409, hides=SECRETS)
         assert problem["existing_id"] == first["id"]
         assert await count(owner) == 1
         failed = [e for e in await events(owner) if e["outcome"] == "failed"]
@@ -327,7 +319,7 @@ class TestCreatePatient:
             json=body(identifier={"system": "urn:mrn", "value": "other"}),
             headers=who["alice"],
         )
-        assert_problem(response, 500)
+        assert_problem(response, 500, hides=SECRETS)
         assert await count(owner) == 1
         assert len(await events(owner)) == 1
 
@@ -357,7 +349,7 @@ class TestIdempotencyKey:
         response = await client.post(
             "/api/patients", json=body(given_name="Other"), headers=headers
         )
-        assert fields_of(assert_problem(response, 422)) == {"Idempotency-Key"}
+        assert fields_of(assert_problem(response, 422, hides=SECRETS)) == {"Idempotency-Key"}
         assert await count(owner) == 1
 
     async def test_keys_belong_to_one_caller(
@@ -392,7 +384,7 @@ class TestIdempotencyKey:
         headers = who["alice"] | {"Idempotency-Key": "dup"}
         for replayed in (False, True):
             response = await client.post("/api/patients", json=PATIENT, headers=headers)
-            assert assert_problem(response, 409)["existing_id"] == existing["id"]
+            assert assert_problem(response, 409, hides=SECRETS)["existing_id"] == existing["id"]
             assert ("idempotent-replayed" in response.headers) is replayed
         assert await count(owner) == 1
 
@@ -412,7 +404,7 @@ class TestIdempotencyKey:
     ) -> None:
         headers: dict[str, Any] = who["alice"] | {"Idempotency-Key": key.encode()}
         response = await client.post("/api/patients", json=PATIENT, headers=headers)
-        assert fields_of(assert_problem(response, 400)) == {"Idempotency-Key"}
+        assert fields_of(assert_problem(response, 400, hides=SECRETS)) == {"Idempotency-Key"}
         assert await count(owner) == 0
 
 
@@ -447,7 +439,7 @@ class TestGetPatient:
     ) -> None:
         created = await create(client, who["alice"])
         response = await client.get(f"/api/patients/{created['id']}", headers=who["carol"])
-        problem = assert_problem(response, 404)
+        problem = assert_problem(response, 404, hides=SECRETS)
         assert problem["detail"] == "no patient with this id"
         [denied] = await events(owner, "patient.read")
         assert denied["outcome"] == "denied" and denied["actor"] == CAROL
@@ -457,15 +449,21 @@ class TestGetPatient:
         self, client: httpx.AsyncClient, who: Tokens
     ) -> None:
         unknown = "00000000-0000-4000-8000-000000000000"
-        assert_problem(await client.get(f"/api/patients/{unknown}", headers=who["alice"]), 404)
+        assert_problem(
+            await client.get(f"/api/patients/{unknown}", headers=who["alice"]), 404, hides=SECRETS
+        )
         for bad in ("not-a-uuid", "1", "00000000-0000-4000-8000-00000000000Z"):
-            assert_problem(await client.get(f"/api/patients/{bad}", headers=who["alice"]), 404)
+            assert_problem(
+                await client.get(f"/api/patients/{bad}", headers=who["alice"]), 404, hides=SECRETS
+            )
 
     async def test_deleted_is_410(self, client: httpx.AsyncClient, who: Tokens) -> None:
         created = await create(client, who["alice"])
         await client.delete(f"/api/patients/{created['id']}", headers=who["alice"])
         assert_problem(
-            await client.get(f"/api/patients/{created['id']}", headers=who["alice"]), 410
+            await client.get(f"/api/patients/{created['id']}", headers=who["alice"]),
+            410,
+            hides=SECRETS,
         )
 
 
@@ -599,7 +597,7 @@ class TestSearchPatients:
         field: str,
     ) -> None:
         response = await client.get("/api/patients", params=params, headers=who["alice"])
-        assert fields_of(assert_problem(response, 422)) == {field}
+        assert fields_of(assert_problem(response, 422, hides=SECRETS)) == {field}
         assert await count(owner, "audit_events") == 0
 
     async def test_limit_defaults_to_50_and_allows_200(
@@ -633,7 +631,7 @@ class TestSearchPatients:
             ({"cursor": cursor}, "carol"),  # another scope
         ]:
             response = await client.get("/api/patients", params=params, headers=who[caller])
-            assert fields_of(assert_problem(response, 400)) == {"cursor"}
+            assert fields_of(assert_problem(response, 400, hides=SECRETS)) == {"cursor"}
         assert await count(owner, "audit_events") == before
 
     async def test_deleted_patients_are_not_listed(
@@ -693,7 +691,7 @@ class TestUpdatePatient:
         response = await client.patch(
             f"/api/patients/{created['id']}", json={"gender": "other"}, headers=who["alice"]
         )
-        assert fields_of(assert_problem(response, 428)) == {"If-Match"}
+        assert fields_of(assert_problem(response, 428, hides=SECRETS)) == {"If-Match"}
         assert await owner.fetchval("SELECT version FROM patients") == 1
 
     @pytest.mark.parametrize("tag", ["*", "1", 'W/"1", W/"2"', "W/1"])
@@ -706,7 +704,7 @@ class TestUpdatePatient:
             json={"gender": "other"},
             headers=who["alice"] | {"If-Match": tag},
         )
-        assert fields_of(assert_problem(response, 400)) == {"If-Match"}
+        assert fields_of(assert_problem(response, 400, hides=SECRETS)) == {"If-Match"}
         assert await owner.fetchval("SELECT version FROM patients") == 1
 
     async def test_stale_if_match_is_412_with_the_current_etag(
@@ -719,7 +717,7 @@ class TestUpdatePatient:
             response = await client.patch(
                 url, json={"gender": "male"}, headers=who["alice"] | {"If-Match": tag}
             )
-            assert_problem(response, 412)
+            assert_problem(response, 412, hides=SECRETS)
             assert response.headers["etag"] == 'W/"2"'
         assert await owner.fetchval("SELECT gender FROM patients") == "other"
         failed = [e for e in await events(owner, "patient.updated") if e["outcome"] == "failed"]
@@ -773,7 +771,7 @@ class TestUpdatePatient:
         response = await client.patch(
             f"/api/patients/{created['id']}", json=patch, headers=who["alice"] | version_tag(1)
         )
-        assert fields_of(assert_problem(response, 422)) == fields
+        assert fields_of(assert_problem(response, 422, hides=SECRETS)) == fields
         assert await owner.fetchval("SELECT version FROM patients") == 1
 
     async def test_another_scope_is_404_and_audited(
@@ -785,7 +783,7 @@ class TestUpdatePatient:
             json={"gender": "other"},
             headers=who["erin"] | version_tag(1),
         )
-        assert_problem(response, 404)
+        assert_problem(response, 404, hides=SECRETS)
         assert await owner.fetchval("SELECT gender FROM patients") == "female"
         [denied] = [e for e in await events(owner, "patient.updated")]
         assert denied["outcome"] == "denied" and denied["actor"] == ERIN
@@ -800,7 +798,7 @@ class TestUpdatePatient:
             json={"identifier": PATIENT["identifier"]},
             headers=who["alice"] | version_tag(1),
         )
-        assert assert_problem(response, 409)["existing_id"] == first["id"]
+        assert assert_problem(response, 409, hides=SECRETS)["existing_id"] == first["id"]
         assert await count(owner, "patient_versions") == 0
         assert await owner.fetchval("SELECT max(version) FROM patients") == 1
 
@@ -812,7 +810,7 @@ class TestUpdatePatient:
             json={"gender": "male"},
             headers=who["alice"] | version_tag(2),
         )
-        assert_problem(response, 410)
+        assert_problem(response, 410, hides=SECRETS)
 
 
 class TestDeletePatient:
@@ -844,7 +842,9 @@ class TestDeletePatient:
         again = await create(client, who["alice"])  # the identifier is free again
         assert again["id"] != created["id"]
         assert_problem(
-            await client.delete(f"/api/patients/{created['id']}", headers=who["alice"]), 410
+            await client.delete(f"/api/patients/{created['id']}", headers=who["alice"]),
+            410,
+            hides=SECRETS,
         )
 
     async def test_another_scope_is_404_and_nothing_deleted(
@@ -853,7 +853,7 @@ class TestDeletePatient:
         created = await create(client, who["alice"])
         for caller in ("carol", "dave"):
             response = await client.delete(f"/api/patients/{created['id']}", headers=who[caller])
-            assert_problem(response, 404)
+            assert_problem(response, 404, hides=SECRETS)
         assert await owner.fetchval("SELECT deleted_at FROM patients") is None
         denied = await events(owner, "patient.deleted")
         assert [(e["outcome"], e["actor"]) for e in denied] == [("denied", CAROL), ("denied", DAVE)]
@@ -865,7 +865,7 @@ class TestDeletePatient:
         response = await client.delete(
             f"/api/patients/{created['id']}", headers=who["alice"] | version_tag(7)
         )
-        assert_problem(response, 412)
+        assert_problem(response, 412, hides=SECRETS)
         assert await owner.fetchval("SELECT deleted_at FROM patients") is None
 
 

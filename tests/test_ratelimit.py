@@ -37,6 +37,8 @@ from app.ratelimit import (
     client_key,
     retry_after,
 )
+from tests.fixtures.redis import import_redis
+from tests.helpers import assert_problem
 
 WINDOW = 60.0
 
@@ -299,12 +301,9 @@ class TestHttp:
         return httpx.AsyncClient(transport=transport, base_url="http://t")
 
     def assert_429(self, response: httpx.Response, detail: str) -> None:
-        assert response.status_code == 429
-        assert response.headers["content-type"] == "application/problem+json"
+        body = assert_problem(response, 429, request_id=False)
         assert int(response.headers["retry-after"]) >= 1
-        body = response.json()
         assert body["type"].endswith("/rate-limited")
-        assert body["status"] == 429
         assert detail in body["detail"]
 
     async def test_per_ip_refusal(self) -> None:
@@ -530,23 +529,17 @@ class TestPostgres:
 # --- Shared through Redis (when the package and a server are there) -----------------------
 
 
-def _redis_store() -> RedisCounters:
-    pytest.importorskip("redis")
-    return RedisCounters.from_url("redis://127.0.0.1:6379/0", timeout=1.0)
-
-
 @pytest.fixture
-async def redis_stores() -> AsyncIterator[tuple[RedisCounters, RedisCounters]]:
-    redis_exceptions = pytest.importorskip("redis.exceptions")
+async def redis_stores(redis_url: str) -> AsyncIterator[tuple[RedisCounters, RedisCounters]]:
+    """Two copies' stores on the test Redis, under a prefix of their own (deleted after)."""
     prefix = f"bff:test:{uuid.uuid4().hex}:"
-    stores = (_redis_store(), _redis_store())
+    stores = (
+        RedisCounters.from_url(redis_url, timeout=1.0),
+        RedisCounters.from_url(redis_url, timeout=1.0),
+    )
     for store in stores:
         store.prefix = prefix
     client = stores[0].client
-    try:
-        await client.ping()
-    except redis_exceptions.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
     yield stores
     keys = [key async for key in client.scan_iter(match=prefix + "*")]
     if keys:
@@ -582,7 +575,7 @@ class TestRedis:
         await copy_b.stop()
 
     async def test_redis_down_still_limits_locally(self) -> None:
-        pytest.importorskip("redis")
+        import_redis()
         store = RedisCounters.from_url("redis://127.0.0.1:9/0", timeout=0.5)
         limiter = GlobalRateLimiter(sync_interval=NEVER)
         per_ip = limiter.limit("ip", Quota(5, WINDOW))
@@ -593,13 +586,16 @@ class TestRedis:
         await limiter.stop()
 
     async def test_redis_url_selects_redis(
-        self, redis_stores: tuple[RedisCounters, RedisCounters], database: ProvisionedDatabase
+        self,
+        redis_stores: tuple[RedisCounters, RedisCounters],
+        redis_url: str,
+        database: ProvisionedDatabase,
     ) -> None:
         key = f"198.51.100.7-{uuid.uuid4().hex}"
         limiter = GlobalRateLimiter(sync_interval=NEVER)
         per_ip = limiter.limit("ip", Quota(5, WINDOW))
         async with app_pool(database) as pool:
-            await limiter.start(pool, redis_url="redis://127.0.0.1:6379/0")
+            await limiter.start(pool, redis_url=redis_url)
             per_ip.check(key)
             assert await limiter.sync()
             await limiter.stop()

@@ -16,8 +16,8 @@ from app.auth.revocation import APPLICATION_NAME, RevocationStore, compact, toke
 from app.auth.tokens import Principal
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
-from tests.conftest import bearer
-from tests.test_account import account_app, assert_problem, audit_rows
+from tests.fixtures.app import account_app
+from tests.helpers import assert_problem, audit_rows, bearer
 
 LOGOUT = "/api/logout"
 PROBE = "/api/me/logins"  # any route that needs a valid token

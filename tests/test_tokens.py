@@ -31,7 +31,7 @@ from jose import jwk, jwt
 from app.auth.tokens import FETCHES_PER_COOLDOWN, Principal, TokenVerifier
 from app.core.errors import Unauthorized, UpstreamUnavailable
 from app.core.settings import Settings
-from app.dev.tenant import SigningKey, TokenMinter
+from app.dev.keys import SigningKey, TokenMinter
 
 DOMAIN = "tenant.example.com"
 ISSUER = f"https://{DOMAIN}/"

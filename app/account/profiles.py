@@ -38,7 +38,9 @@ class _NoNulls(BaseModel):
         return value
 
 
-class Address(_NoNulls):
+class ProfileAddress(_NoNulls):
+    """The caller's own address, as kept in Auth0 `user_metadata` (not a patient's)."""
+
     line: list[Annotated[str, StringConstraints(max_length=200)]] | None = Field(None, max_length=4)
     city: Annotated[str, StringConstraints(max_length=100)] | None = None
     postal_code: Annotated[str, StringConstraints(max_length=20)] | None = None
@@ -49,7 +51,7 @@ class UserMetadata(_NoNulls):
     """The only `user_metadata` keys a frontend may set; each is sent to Auth0 whole."""
 
     phone_number: str | None = None
-    address: Address | None = None
+    address: ProfileAddress | None = None
     date_of_birth: dt.date | None = None
 
     @field_validator("phone_number")
@@ -115,14 +117,16 @@ class Profile(BaseModel):
     updated_at: str | None = None
 
 
-class PatientPage(BaseModel):
+class ProfilePatientsPage(BaseModel):
+    """The first page of the caller's patients, shown with the profile."""
+
     items: list[dict[str, Any]]
     next_cursor: str | None
 
 
 class ProfileAndPatients(BaseModel):
     profile: Profile
-    patients: PatientPage
+    patients: ProfilePatientsPage
 
 
 _SAFE_METADATA = set(UserMetadata.model_fields)
@@ -186,8 +190,9 @@ RETURNING first_seen_at
 TOUCH_REGISTRATION = "UPDATE registrations SET last_seen_at = $2 WHERE auth0_user_id = $1"
 PURGE_SESSIONS = """
 DELETE FROM sign_in_sessions WHERE session_key IN (
-    SELECT session_key FROM sign_in_sessions WHERE expires_at < now() LIMIT 100)
+    SELECT session_key FROM sign_in_sessions WHERE expires_at < now() LIMIT $1)
 """
+_PURGE_BATCH = 1000
 
 
 async def register(
@@ -217,5 +222,13 @@ async def note_sign_in(conn: asyncpg.Connection, principal: Principal) -> dt.dat
     )
     if first_seen is not None:
         await conn.execute(TOUCH_REGISTRATION, principal.sub, first_seen)
-        await conn.execute(PURGE_SESSIONS)
     return first_seen
+
+
+async def purge_sessions(conn: asyncpg.Connection) -> None:
+    """Forget sign-in sessions whose tokens have all expired (a periodic purge), in batches
+    so no statement holds many row locks."""
+    for _ in range(100):
+        status: str = await conn.execute(PURGE_SESSIONS, _PURGE_BATCH, timeout=30)
+        if int(status.rsplit(" ", 1)[-1]) < _PURGE_BATCH:
+            return

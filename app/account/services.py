@@ -1,112 +1,35 @@
-"""Account services: shared rate limits, keyed email hashes, calls made after the response,
-sign-in history, and `AccountServices`, which bundles them with the revocation store.
-
-Rate limits live in Postgres so that every copy of the service counts the same hits. Each
-bucket is a generic cell rate algorithm (GCRA) in a single upsert: one row and one round
-trip per check, no counters to reset, no race between copies (the row lock orders them).
+"""Account services: keyed email hashes, calls made after the response, and
+`AccountServices`, which bundles them with the flows' rate limits (`app.ratelimit.buckets`)
+and the revocation store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import hmac
 import logging
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
 
-from app.account.logstream import SIGN_IN_ACTIONS, purge_ingested_log_ids
+from app.account.logstream import purge_ingested_log_ids
+from app.account.profiles import purge_sessions
 from app.auth.revocation import RevocationStore
 from app.auth.tokens import TokenVerifier
-from app.core.errors import TooManyRequests
 from app.core.settings import Settings
+from app.core.tasks import Purge
+from app.ratelimit.buckets import Rate, RateLimiter
 
-logger = logging.getLogger("app.account.services")
-
-
-# --- Rate limits -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """`count` hits per `per_seconds`, as a burst, refilled evenly."""
-
-    count: int
-    per_seconds: float
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or self.per_seconds <= 0:
-            raise ValueError("a rate needs count >= 1 and per_seconds > 0")
-
-    @property
-    def emission_seconds(self) -> float:
-        return self.per_seconds / self.count
-
-
-# One statement for every bucket of a request; rows are locked in bucket order so two
-# requests sharing buckets cannot deadlock. A refused hit leaves the bucket as it was.
-TAKE = """
-INSERT INTO rate_limits AS r (bucket, tat, emission, period, allowed)
-SELECT b.bucket, now() + b.emission_s * interval '1 second',
-       b.emission_s * interval '1 second', b.period_s * interval '1 second', true
-FROM unnest($1::text[], $2::float8[], $3::float8[]) AS b(bucket, emission_s, period_s)
-ORDER BY b.bucket
-ON CONFLICT (bucket) DO UPDATE SET
-    allowed = greatest(r.tat, now()) + EXCLUDED.emission <= now() + EXCLUDED.period,
-    tat = CASE WHEN greatest(r.tat, now()) + EXCLUDED.emission <= now() + EXCLUDED.period
-               THEN greatest(r.tat, now()) + EXCLUDED.emission ELSE r.tat END,
-    emission = EXCLUDED.emission,
-    period = EXCLUDED.period
-RETURNING r.bucket, r.allowed,
-    extract(epoch FROM r.tat + r.emission - r.period - now())::float8 AS retry_after
-"""
-PURGE_RATE_LIMITS = "DELETE FROM rate_limits WHERE tat < now()"
-
-
-class RateLimiter:
-    """The service's limits, shared by every copy through the `rate_limits` table."""
-
-    def __init__(
-        self,
-        *,
-        password_reset_per_ip: Rate = Rate(20, 900),
-        password_reset_per_email: Rate = Rate(5, 900),
-        verification_email_per_user: Rate = Rate(3, 900),
-    ) -> None:
-        self.password_reset_per_ip = password_reset_per_ip
-        self.password_reset_per_email = password_reset_per_email
-        self.verification_email_per_user = verification_email_per_user
-
-    async def take(self, conn: asyncpg.Connection, buckets: Sequence[tuple[str, Rate]]) -> None:
-        """Count one hit in each bucket, or raise `TooManyRequests` with the longest wait.
-
-        Buckets that allowed the hit keep it even when another refused: a client that
-        keeps trying from one IP with many addresses still uses up its IP's budget.
-        """
-        if not buckets:
-            return
-        rows = await conn.fetch(
-            TAKE,
-            [name for name, _ in buckets],
-            [rate.emission_seconds for _, rate in buckets],
-            [rate.per_seconds for _, rate in buckets],
-        )
-        waits = [row["retry_after"] for row in rows if not row["allowed"]]
-        if waits:
-            raise TooManyRequests(math.ceil(max(waits)), "too many requests; try again later")
-
-    @staticmethod
-    async def purge(conn: asyncpg.Connection) -> None:
-        """Delete buckets that are full again (equivalent to never used)."""
-        await conn.execute(PURGE_RATE_LIMITS, timeout=30)
+logger = logging.getLogger(__name__)
 
 
 # --- Email addresses, never stored in clear -----------------------------------------------
+
+# Derives the key of `email_hash` from the service's secret (`Settings.derived_key`).
+EMAIL_HASH_KEY = "email-hash"
 
 
 def normalise_email(email: str) -> str:
@@ -162,40 +85,6 @@ class AfterResponse:
             await asyncio.wait(pending)
 
 
-# --- Sign-in history ---------------------------------------------------------------------
-
-# Actions shown as sign-in history: the service's own and the Auth0 log types mapped to them
-# (app/account/logstream.py). The first condition repeats the partial index's predicate (0004).
-HISTORY_ACTIONS = ("user.signed_in", "user.signed_out", *SIGN_IN_ACTIONS)
-_HISTORY = """
-SELECT seq, occurred_at, action, outcome, outcome_reason, host(source_ip) AS ip, user_agent,
-    client_id, detail->>'type' AS type, detail->>'client_name' AS client_name
-FROM audit_events
-WHERE actor = $1
-  AND (action IN ('user.signed_in', 'user.signed_out') OR action LIKE 'idp.%')
-  AND action = ANY($2::text[])
-"""
-HISTORY_FIRST_PAGE = _HISTORY + "ORDER BY occurred_at DESC, seq DESC LIMIT $3"
-HISTORY_NEXT_PAGE = (
-    _HISTORY + "AND (occurred_at, seq) < ($4, $5) ORDER BY occurred_at DESC, seq DESC LIMIT $3"
-)
-
-
-async def sign_in_history(
-    conn: asyncpg.Connection,
-    sub: str,
-    *,
-    limit: int,
-    after: tuple[dt.datetime, int] | None = None,
-) -> list[asyncpg.Record]:
-    """The user's sign-in events across every scope, newest first (keyset by time, seq)."""
-    if after is None:
-        return list(await conn.fetch(HISTORY_FIRST_PAGE, sub, list(HISTORY_ACTIONS), limit))
-    return list(
-        await conn.fetch(HISTORY_NEXT_PAGE, sub, list(HISTORY_ACTIONS), limit, after[0], after[1])
-    )
-
-
 # --- The bundle the app holds -------------------------------------------------------------
 
 
@@ -208,13 +97,19 @@ class AccountServices:
     after_response: AfterResponse = field(default_factory=AfterResponse)
     log_id_retention_days: int = 90
 
-    def __post_init__(self) -> None:
+    def purges(self) -> list[Purge]:
+        """The account part's periodic purges (run by app/core/tasks.py)."""
         retention = self.log_id_retention_days
 
         async def purge_log_ids(conn: asyncpg.Connection) -> None:
             await purge_ingested_log_ids(conn, older_than_days=retention)
 
-        self.revocations.housekeeping += [RateLimiter.purge, purge_log_ids]
+        return [
+            Purge("revocations", self.revocations.purge),
+            Purge("flow rate limits", RateLimiter.purge),
+            Purge("auth0 log ids", purge_log_ids),
+            Purge("sign-in sessions", purge_sessions),
+        ]
 
     async def start(self, database_url: str) -> None:
         await self.revocations.start(database_url)

@@ -26,11 +26,11 @@ from typing import Any
 import asyncpg
 from databases import Database
 
-from app.audit.record import ACTOR_COLUMNS, PER_EVENT_COLUMNS, Actor, Event, Prepared, prepare
+from app.audit.events import ACTOR_COLUMNS, PER_EVENT_COLUMNS, Actor, Event, Prepared, prepare
 from app.core.db import connection
 from app.core.errors import DATABASE_OUTAGES, DatabaseUnavailable
 
-logger = logging.getLogger("app.audit.record")
+logger = logging.getLogger(__name__)
 
 _APPEND_BATCH = """
 SELECT audit_events_append_batch($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],

@@ -1,4 +1,4 @@
-"""The audit log's hash chain: the canonical encoding of an event, and the verifier.
+"""The audit log's hash chain: the canonical encoding of an event and its link hash.
 
 Within one scope, events are linked in `seq` order. Each event's `hash` is
 
@@ -9,8 +9,9 @@ big-endian integers, `content` is `content_digest` of the event's other stored f
 `prev_hash` is the previous event's hash in the scope (nothing for a scope's first event,
 whose `prev_hash` is NULL). The application computes the content digest when it writes;
 the database assigns `seq` and `recorded_at` and links (`audit_events_append` in
-migrations/0002_audit.sql, the same formula). `verify_chain` recomputes both from what is
-stored, so an edited, removed or inserted row shows as the first broken link.
+migrations/0002_audit.sql, the same formula). `app.audit.verify.verify_chain` recomputes
+both from what is stored, so an edited, removed or inserted row shows as the first broken
+link.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ import math
 import struct
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
-import asyncpg
 import orjson
 
 CONTENT_DOMAIN = b"bff-audit-event/v1\x00"
@@ -252,76 +251,3 @@ def canonical_detail(detail: Mapping[str, Any]) -> bytes:
     `10000000000000000`); normalised, the value read back gives the bytes the writer hashed.
     """
     return orjson.dumps(_normalise(detail), option=orjson.OPT_SORT_KEYS)
-
-
-@dataclass(frozen=True, slots=True)
-class ChainReport:
-    """The outcome of walking a scope's chain over a time window.
-
-    `count` is the number of events found intact (before the break, when broken).
-    """
-
-    status: Literal["intact", "broken"]
-    count: int
-    first_seq: int | None = None
-    last_seq: int | None = None
-    broken_seq: int | None = None
-    broken_id: uuid.UUID | None = None
-    reason: str | None = None
-
-
-_WINDOW = """
-SELECT min(seq) AS first, max(seq) AS last FROM audit_events
-WHERE scope = $1 AND recorded_at >= $2 AND recorded_at < $3
-"""
-_BEFORE = "SELECT hash FROM audit_events WHERE scope = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1"
-_CHAIN = f"""
-SELECT seq, recorded_at, prev_hash, hash,
-    {", ".join(name for name, _ in CONTENT_COLUMNS if name != "detail")}, detail::text AS detail
-FROM audit_events WHERE scope = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq
-"""
-_AFTER = "SELECT EXISTS (SELECT 1 FROM audit_events WHERE scope = $1 AND seq > $2)"
-_HEAD = "SELECT last_seq, last_hash FROM audit_chain_heads WHERE scope = $1"
-
-
-async def verify_chain(
-    conn: asyncpg.Connection, scope: str, since: datetime, until: datetime, *, batch: int = 2000
-) -> ChainReport:
-    """Recompute the chain of `scope` over the events recorded in [since, until).
-
-    Checks every event's hash against its contents, its `prev_hash` against the event
-    before it (including the one just before the window), and, when the window reaches the
-    end of the chain, that its last event is the scope's recorded head (so a removed tail
-    shows). Runs in a read-only repeatable-read transaction of its own, so `conn` must not
-    be inside a transaction; memory stays flat whatever the count (a cursor, in batches).
-    """
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        window = await conn.fetchrow(_WINDOW, scope, since, until)
-        first, final = window["first"], window["last"]
-        if first is None:
-            return ChainReport("intact", 0)
-        expected: bytes | None = await conn.fetchval(_BEFORE, scope, first)
-        count, last_seq = 0, first
-        async for row in conn.cursor(_CHAIN, scope, first, final, prefetch=batch):
-            values = dict(row.items())
-            try:
-                values["detail"] = canonical_detail(orjson.loads(row["detail"]))
-            except ValueError:  # a number jsonb accepts but we never write
-                values["detail"] = row["detail"].encode()
-            problem = None
-            if event_hash(values) != row["hash"]:
-                problem = "the event's hash does not match its contents"
-            elif row["prev_hash"] != expected:
-                problem = "the event's prev_hash does not match the event before it"
-            if problem:
-                return ChainReport(
-                    "broken", count, first, row["seq"], row["seq"], row["id"], problem
-                )
-            expected, last_seq, count = row["hash"], row["seq"], count + 1
-        if not await conn.fetchval(_AFTER, scope, last_seq):
-            head = await conn.fetchrow(_HEAD, scope)
-            if head is None or (head["last_seq"], head["last_hash"]) != (last_seq, expected):
-                reason = "the chain does not end at the scope's recorded head: events removed"
-                missing = head["last_seq"] if head is not None else last_seq
-                return ChainReport("broken", count, first, last_seq, missing, None, reason)
-        return ChainReport("intact", count, first, last_seq)

@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from app.audit.chain import verify_chain
+from app.audit.events import Actor, Event
+from app.audit.http import actor_from
 from app.audit.query import (
     MAX_WINDOW,
     AuditFilters,
@@ -25,7 +26,7 @@ from app.audit.query import (
     fetch_page,
     fetch_patient_events,
 )
-from app.audit.record import Actor, Event, actor_from, record_event, record_independently
+from app.audit.record import record_event, record_independently
 from app.audit.schemas import (
     FILTERS,
     AccessReportQuery,
@@ -38,11 +39,13 @@ from app.audit.schemas import (
     Filtered,
     VerifyQuery,
 )
+from app.audit.verify import verify_chain
 from app.auth.requires import principal, requires
 from app.core.db import connection, transaction
 from app.core.errors import BadRequest, ValidationFailed
-from app.http.bodies import JSONResponse, open_cursor, parse_query, sign_cursor
+from app.http.bodies import JSONResponse, parse_query
 from app.http.context import context
+from app.http.cursors import open_cursor, sign_cursor
 from app.http.openapi import Resp, operation
 
 TAGS = ["audit"]

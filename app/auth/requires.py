@@ -1,4 +1,4 @@
-"""Route permissions: `requires(...)` on an endpoint, and a Starlette authentication backend.
+"""Route permissions: `requires(...)` on an endpoint.
 
     @requires("read:patients")
     async def list_patients(request: Request) -> Response:
@@ -21,16 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from starlette.authentication import (
-    AuthCredentials,
-    AuthenticationBackend,
-    AuthenticationError,
-    BaseUser,
-)
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from app.auth.tokens import Principal, TokenVerifier
+from app.auth.tokens import Principal
 from app.core.errors import (
     AppError,
     EmailNotVerified,
@@ -41,10 +35,9 @@ from app.core.errors import (
 )
 from app.core.settings import Settings
 from app.http.context import context
-from app.http.problems import problem_response, request_id_of
 from app.ratelimit import Limit
 
-logger = logging.getLogger("app.auth.requires")
+logger = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 DenialHook = Callable[[Request, Principal | None, AppError], Awaitable[None]]
@@ -166,60 +159,3 @@ async def _report_denial(request: Request, found: Principal | None, error: AppEr
         await hook(request, found, error)
     except Exception:
         logger.exception("recording a denied request failed")
-
-
-class PrincipalUser(BaseUser):
-    """A `Principal` as Starlette's `request.user`."""
-
-    def __init__(self, principal: Principal) -> None:
-        self.principal = principal
-
-    @property
-    def is_authenticated(self) -> bool:
-        return True
-
-    @property
-    def display_name(self) -> str:
-        return self.principal.sub
-
-    @property
-    def identity(self) -> str:
-        return self.principal.sub
-
-
-class TokenRejected(AuthenticationError):
-    """Carries our `AppError` through Starlette's `AuthenticationMiddleware`."""
-
-    def __init__(self, error: AppError) -> None:
-        super().__init__(error.detail)
-        self.error = error
-
-
-class BearerTokenBackend(AuthenticationBackend):
-    """Starlette authentication with the same verifier (the app itself uses `requires`).
-
-    Anonymous when no Bearer credentials are sent, so routes with another Authorization
-    scheme (the log-stream webhook's shared secret) pass through untouched. Use with
-    `AuthenticationMiddleware(app, backend=..., on_error=auth_error_response)`. Without a
-    verifier it uses `conn.state.ctx.verifier` (built by the lifespan).
-    """
-
-    def __init__(self, verifier: TokenVerifier | None = None) -> None:
-        self.verifier = verifier
-
-    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
-        values = conn.headers.getlist("authorization")
-        if not values or (len(values) == 1 and values[0].partition(" ")[0].lower() != "bearer"):
-            return None
-        verifier: TokenVerifier = self.verifier or conn.state.ctx.verifier
-        try:
-            found = await verifier.verify_access_token(bearer_token(conn))
-        except AppError as error:
-            raise TokenRejected(error) from None
-        return AuthCredentials(sorted(found.permissions)), PrincipalUser(found)
-
-
-def auth_error_response(conn: HTTPConnection, exc: Exception) -> Response:
-    """`on_error` for `AuthenticationMiddleware`: the same problem+json as elsewhere."""
-    error = exc.error if isinstance(exc, TokenRejected) else Unauthorized()
-    return problem_response(error, request_id_of(conn.scope))

@@ -9,8 +9,8 @@ LISTENs on that channel and holds the set of live revocations in memory, so the 
 Nothing is missed: the listener LISTENs before it (re)loads the table, so a revocation that
 commits while it loads arrives either in the load or as a notification. A dropped or silent
 connection (checked every `keepalive_seconds`) is replaced, and the table is read again.
-The same connection purges expired rows every `purge_seconds` and runs any other
-housekeeping it is given, so the feature needs no scheduler and no extra pool connection.
+Expired revocations leave memory at every check; `purge` also deletes them from the
+table, as one of the periodic purges (app/core/tasks.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import asyncpg
@@ -29,12 +29,12 @@ import orjson
 
 from app.auth.tokens import Principal
 from app.core.db import asyncpg_dsn
+from app.core.tasks import cancelled
 
-logger = logging.getLogger("app.auth.revocation")
+logger = logging.getLogger(__name__)
 
 Kind = Literal["jti", "token", "sid"]
 Entry = tuple[Kind, str, str, float]  # kind, sub, value, expires (unix seconds)
-Housekeeping = Callable[[asyncpg.Connection], Awaitable[None]]
 
 CHANNEL = "bff_revocations"
 APPLICATION_NAME = "auth0-bff-revocations"  # names the listener in pg_stat_activity
@@ -87,18 +87,14 @@ class RevocationStore:
         session_seconds: float = 86_400.0,
         channel: str = CHANNEL,
         keepalive_seconds: float = 5.0,
-        purge_seconds: float = 60.0,
         reconnect_max_seconds: float = 5.0,
-        housekeeping: Sequence[Housekeeping] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.leeway_seconds = leeway_seconds
         self.session_seconds = session_seconds
         self.channel = channel
         self.keepalive_seconds = keepalive_seconds
-        self.purge_seconds = purge_seconds
         self.reconnect_max_seconds = reconnect_max_seconds
-        self.housekeeping = list(housekeeping)
         self.reloads = 0
         self._clock = clock
         self._revoked: dict[str, dict[tuple[str, str], float]] = {}
@@ -106,7 +102,6 @@ class RevocationStore:
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_purge = 0.0
 
     # --- The check (hot path: no I/O, no allocation when the user has no revocations) ---
 
@@ -198,10 +193,7 @@ class RevocationStore:
     async def stop(self) -> None:
         """Stop listening and close the connection; the in-memory set is kept."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
         await self._close()
 
     async def _connect(self) -> None:
@@ -249,7 +241,7 @@ class RevocationStore:
         self._remember(entries)
 
     async def _supervise(self) -> None:
-        """Keep a live, listening connection; housekeeping runs on it between checks."""
+        """Keep a live, listening connection, checked every `keepalive_seconds`."""
         delay = 0.2
         while True:
             if self._conn is None or self._conn.is_closed():
@@ -281,20 +273,13 @@ class RevocationStore:
         try:
             # A connection that died without a FIN (a network partition) fails here.
             await conn.fetchval("SELECT 1", timeout=max(1.0, self.keepalive_seconds))
-            if self._clock() - self._last_purge >= self.purge_seconds:
-                self._last_purge = self._clock()
-                await self.purge(conn)
+            self._forget_expired()
         except Exception as exc:  # a broken connection is replaced, whatever broke it
             logger.warning("revocation listener check failed (%s)", type(exc).__name__)
             conn.terminate()
             self._lost.set()
 
     async def purge(self, conn: asyncpg.Connection) -> None:
-        """Drop expired revocations here and in the table, then run the housekeeping."""
+        """Drop expired revocations here and in the table (a periodic purge)."""
         self._forget_expired()
         await conn.execute(PURGE_EXPIRED, timeout=30)
-        for job in self.housekeeping:
-            try:
-                await job(conn)
-            except asyncpg.PostgresError:
-                logger.exception("housekeeping job %s failed", getattr(job, "__name__", job))

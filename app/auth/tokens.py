@@ -12,6 +12,9 @@ The JWKS is fetched lazily, kept for min(Cache-Control max-age, JWKS_MAX_AGE_SEC
 refetched on an unknown `kid`, one fetch at a time and at most `FETCHES_PER_COOLDOWN` (3)
 times in any JWKS_COOLDOWN_SECONDS whatever the traffic. Already verified tokens are remembered in a
 bounded LRU keyed by a digest of the token until `exp` minus the leeway.
+
+Past 300 lines because the verifier, its token cache and its JWKS fetch policy share one
+lock and one clock; parsing the JWKS and choosing keys is app/auth/jwks.py.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from app.auth.jwks import MAX_JWKS_BYTES, SUPPORTED_ALGORITHMS, BadJWKS, cache_m
 from app.core.errors import Unauthorized, UpstreamUnavailable
 from app.core.settings import Settings
 
-logger = logging.getLogger("app.auth.tokens")
+logger = logging.getLogger(__name__)
 
 MAX_TOKEN_LENGTH = 8 * 1024
 # JWKS fetches allowed in any `jwks_cooldown_seconds` (one at a time). More than one, so a

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from app.core.errors import UpstreamUnavailable
 
-logger = logging.getLogger("app.auth0.client")
+logger = logging.getLogger(__name__)
 
 
 class CircuitBreaker:

@@ -1,11 +1,12 @@
-"""Auth0 Management and Authentication API calls: M2M token, retries, breaker, profile cache.
+"""The transport to Auth0: M2M token, breaker, timeout, retries and wait budget, per call.
 
 Why a thin httpx client and not auth0-python (6.8.0): its low-level `AsyncAuth0` takes
 `base_url`, `async_token`, `httpx_client` and `max_retries`, but its retry loop retries every
 method on 408, 409, 429 and 5xx (a retried POST can send a second email), sleeps with an
 `asyncio.sleep` we cannot inject, has no total wait budget and cannot "drop the M2M token and
 retry once" on 401. With `max_retries=0` all it would add is URL building and pydantic models
-we would turn back into dicts, for eight endpoints. So the whole policy lives here.
+we would turn back into dicts, for eight endpoints. So the whole policy lives here; the calls
+themselves are in `app.auth0.management`.
 
 Why our own token cache (one shared fetch task) and not authlib's `AsyncOAuth2Client`: it is a
 second `httpx.AsyncClient` (its own pool beside the app's shared one), times expiry by a wall
@@ -21,16 +22,12 @@ we passed on), 404 -> `NotFound`, 409 -> `Conflict`, 429 / 5xx / network error /
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import math
-import random
-import time
-from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import orjson
@@ -39,35 +36,31 @@ from app.auth0.breaker import CircuitBreaker
 from app.core.errors import Conflict, NotFound, UpstreamError, UpstreamUnavailable, ValidationFailed
 from app.core.settings import Settings
 
-logger = logging.getLogger("app.auth0.client")
+logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 4  # the wait budget normally ends retries first; this bounds zero-wait loops
 BACKOFF_SECONDS = 0.2  # first wait after a 5xx or network error, doubled per attempt
 JITTER_SECONDS = 0.25  # at most this much is added at random so callers do not retry in step
-PROFILE_CACHE_SIZE = 4096
-PAGE_SIZE = 100
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
 
-def user_path(user_id: str) -> str:
-    """The Management API path of a user; subs contain `|`, so every character is encoded."""
-    return f"/api/v2/users/{quote(user_id, safe='')}"
+class Auth0Transport:
+    """Sends calls to the tenant over the app's shared `httpx.AsyncClient`; one per process.
 
-
-class Auth0Client:
-    """One per process; shares the app's `httpx.AsyncClient`. `stats` counts what it did."""
+    `stats` counts what it did (requests, retries, token fetches, breaker events).
+    """
 
     def __init__(
         self,
         settings: Settings,
         http: httpx.AsyncClient,
         *,
-        sleep: Sleep = asyncio.sleep,
-        clock: Clock = time.monotonic,
-        wall_clock: Clock = time.time,
-        rand: Callable[[], float] = random.random,
+        sleep: Sleep,
+        clock: Clock,
+        wall_clock: Clock,
+        rand: Callable[[], float],
     ) -> None:
         self.settings = settings
         self.http = http
@@ -84,124 +77,12 @@ class Auth0Client:
             clock=clock,
             stats=self.stats,
         )
-        self._profiles: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
-        self._profile_writes = 0
 
     async def aclose(self) -> None:
-        """Forget the token and cached profiles; the shared HTTP client is the lifespan's."""
+        """Forget the token; the shared HTTP client is the lifespan's."""
         if self._token_fetch is not None:
             self._token_fetch.cancel()
         self._token = None
-        self._profiles.clear()
-
-    # --- Management API ------------------------------------------------------------------
-
-    async def get_user(self, user_id: str) -> dict[str, Any]:
-        """The user's full Auth0 record (callers filter it), served from a short cache."""
-        cached = self._profiles.get(user_id)
-        if cached is not None and self._clock() < cached[0]:
-            self._profiles.move_to_end(user_id)
-            self.stats["profile_cache_hits"] += 1
-            return copy.deepcopy(cached[1])
-        self.stats["profile_cache_misses"] += 1
-        writes = self._profile_writes
-        response = await self._request("GET", user_path(user_id), retryable=True)
-        user = _dict(_json(response))
-        # An update that ran while we read may have made this answer stale: don't keep it.
-        if writes == self._profile_writes and self.settings.profile_cache_seconds > 0:
-            expires = self._clock() + self.settings.profile_cache_seconds
-            self._profiles[user_id] = (expires, copy.deepcopy(user))
-            self._profiles.move_to_end(user_id)
-            while len(self._profiles) > PROFILE_CACHE_SIZE:
-                self._profiles.popitem(last=False)
-        return user
-
-    async def update_user(self, user_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """PATCH the user and return Auth0's updated record.
-
-        Retried like a GET: Auth0 sets the given fields (and merges `user_metadata` at the top
-        level), so sending the same body twice leaves the same result.
-        """
-        self._forget_profile(user_id)
-        try:
-            response = await self._request(
-                "PATCH", user_path(user_id), json=dict(fields), retryable=True
-            )
-        finally:
-            self._forget_profile(user_id)
-        return _dict(_json(response))
-
-    async def send_verification_email(self, user_id: str) -> dict[str, Any]:
-        """Start Auth0's verification-email job; never retried (it would send two emails)."""
-        body = {"user_id": user_id}
-        response = await self._request("POST", "/api/v2/jobs/verification-email", json=body)
-        return _dict(_json(response))
-
-    async def get_user_roles(self, user_id: str) -> list[dict[str, Any]]:
-        """Every role assigned directly to the user, across all pages."""
-        roles: list[dict[str, Any]] = []
-        for page in range(1000):
-            params: dict[str, str | int] = {"per_page": PAGE_SIZE, "page": page}
-            params["include_totals"] = "true"
-            response = await self._request(
-                "GET", user_path(user_id) + "/roles", params=params, retryable=True
-            )
-            body = _json(response)
-            if isinstance(body, list):  # a tenant that ignores paging sends everything at once
-                return _dicts(body)
-            items, total = _dicts(_dict(body).get("roles")), body.get("total")
-            roles += items
-            if not items or not isinstance(total, int) or len(roles) >= total:
-                break
-        return roles
-
-    async def assign_roles(self, user_id: str, role_ids: Sequence[str]) -> None:
-        """Assign roles by id; a POST, so never retried (our caller sees 503 and decides)."""
-        body = {"roles": list(role_ids)}
-        await self._request("POST", user_path(user_id) + "/roles", json=body)
-
-    async def remove_roles(self, user_id: str, role_ids: Sequence[str]) -> None:
-        """Remove roles by id; retried, since removing an absent role is a no-op in Auth0."""
-        body = {"roles": list(role_ids)}
-        await self._request("DELETE", user_path(user_id) + "/roles", json=body, retryable=True)
-
-    async def is_org_member(self, org_id: str, user_id: str) -> bool:
-        """Whether the user belongs to the organization (an unknown organization: False).
-
-        Walks the member list by checkpoint pagination (`take`/`from`, the only paging that
-        reaches past 1000 members), asking for user ids only, and stops at the first match.
-        """
-        path = f"/api/v2/organizations/{quote(org_id, safe='')}/members"
-        params: dict[str, str | int] = {"fields": "user_id", "include_fields": "true"}
-        params["take"] = PAGE_SIZE
-        seen: set[str] = set()
-        while True:
-            try:
-                response = await self._request("GET", path, params=params, retryable=True)
-            except NotFound:
-                return False
-            body = _json(response)
-            members = _dicts(body if isinstance(body, list) else _dict(body).get("members"))
-            if any(member.get("user_id") == user_id for member in members):
-                return True
-            cursor = body.get("next") if isinstance(body, dict) else None
-            if not isinstance(cursor, str) or not cursor:
-                return False
-            if cursor in seen:
-                raise UpstreamError("Auth0 sent a member list that does not end")
-            seen.add(cursor)
-            params["from"] = cursor
-
-    # --- Authentication API --------------------------------------------------------------
-
-    async def request_password_reset(self, email: str) -> None:
-        """Ask Auth0 to email a password-reset link; a POST that sends mail, never retried."""
-        body = {
-            "client_id": self.settings.auth0_client_id,
-            "email": email,
-            "connection": self.settings.auth0_db_connection,
-        }
-        await self._request("POST", "/dbconnections/change_password", json=body, m2m=False)
 
     # --- M2M token -----------------------------------------------------------------------
 
@@ -229,10 +110,10 @@ class Auth0Client:
         }
         # JSON, which Auth0 accepts as well as a form. Repeating the grant only mints another
         # token, so it is safe to retry.
-        response = await self._request(
+        response = await self.request(
             "POST", "/oauth/token", json=grant, retryable=True, m2m=False, our_input=False
         )
-        body = _dict(_json(response))
+        body = json_object(json_body(response))
         token, lifetime = body.get("access_token"), body.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(lifetime, int | float):
             raise UpstreamError("Auth0 sent an unusable token response")
@@ -254,13 +135,9 @@ class Auth0Client:
         if self._token == token:
             self._token = None
 
-    def _forget_profile(self, user_id: str) -> None:
-        self._profiles.pop(user_id, None)
-        self._profile_writes += 1
-
     # --- One call: token, breaker, timeout, retries --------------------------------------
 
-    async def _request(
+    async def request(
         self,
         method: str,
         path: str,
@@ -348,6 +225,28 @@ class Auth0Client:
         return _backoff(attempt)
 
 
+def json_body(response: httpx.Response) -> Any:
+    """The decoded body; `UpstreamError` (502) when it is not JSON."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("Auth0 sent an answer that is not JSON") from None
+
+
+def json_object(value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object; `UpstreamError` (502) otherwise."""
+    if not isinstance(value, dict):
+        raise UpstreamError("Auth0 sent an answer of an unexpected shape")
+    return value
+
+
+def json_objects(value: Any) -> list[dict[str, Any]]:
+    """`value` when it is a list of JSON objects; `UpstreamError` (502) otherwise."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise UpstreamError("Auth0 sent an answer of an unexpected shape")
+    return value
+
+
 def _backoff(attempt: int) -> float:
     return BACKOFF_SECONDS * 2.0 ** (attempt - 1)
 
@@ -368,22 +267,3 @@ def _client_error(status: int, our_input: bool) -> Exception:
     if our_input and status == 409:
         return Conflict("Auth0 reports a conflicting change")
     return UpstreamError(f"Auth0 answered with an unexpected status {status}")
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("Auth0 sent an answer that is not JSON") from None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise UpstreamError("Auth0 sent an answer of an unexpected shape")
-    return value
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise UpstreamError("Auth0 sent an answer of an unexpected shape")
-    return value

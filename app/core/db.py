@@ -24,7 +24,7 @@ from databases import Database
 
 from app.core.errors import DatabaseUnavailable
 
-logger = logging.getLogger("app.core.db")
+logger = logging.getLogger(__name__)
 
 # The repository's `migrations/`; an installed copy (the Docker image) names it in MIGRATIONS_DIR.
 MIGRATIONS_DIR = Path(

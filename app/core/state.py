@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from app.audit.batcher import AuditWriter
     from app.auth.requires import DenialHook
     from app.auth.tokens import TokenVerifier
-    from app.auth0.client import Auth0Client
+    from app.auth0.management import Auth0Client
     from app.ratelimit import Limit
 
 

@@ -20,7 +20,8 @@ from app.core.db import migrate
 from app.core.logs import configure_logging
 from app.core.settings import Settings
 from app.dev.db import ProvisionedDatabase, embedded_server, provision
-from app.dev.tenant import ALL_PERMISSIONS, TenantState, TokenMinter, create_tenant_app
+from app.dev.keys import ALL_PERMISSIONS, TokenMinter
+from app.dev.tenant import TenantState, create_tenant_app
 from app.http.server import GracefulServer
 from app.main import create_app
 

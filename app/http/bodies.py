@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from typing import Any, TypeVar
 
 import orjson
@@ -75,27 +72,3 @@ def parse_query(request: Request, model: type[ModelT]) -> ModelT:
     except ValidationError as exc:
         errors = field_errors(exc)
         raise ValidationFailed("the query string is invalid", errors=errors) from None
-
-
-def sign_cursor(key: bytes, payload: dict[str, Any]) -> str:
-    """An opaque cursor: the payload and its HMAC, so a caller cannot forge or alter it."""
-    body = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-    mac = hmac.new(key, body, hashlib.sha256).digest()[:16]
-    return base64.urlsafe_b64encode(mac + body).rstrip(b"=").decode()
-
-
-def open_cursor(key: bytes, cursor: str) -> dict[str, Any]:
-    """The payload of a cursor we signed; 400 for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        mac, body = raw[:16], raw[16:]
-        good = hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:16])
-        payload = orjson.loads(body) if good else None
-    except (ValueError, orjson.JSONDecodeError):
-        payload = None
-    if not isinstance(payload, dict):
-        raise BadRequest(
-            "the cursor is not valid",
-            errors=[{"field": "cursor", "message": "not a cursor from this API"}],
-        )
-    return payload

@@ -19,8 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.errors import AppError, PayloadTooLarge
 from app.http.problems import problem_response
 
-logger = logging.getLogger("app.access")
-error_logger = logging.getLogger("app.core.errors")
+logger = logging.getLogger(__name__)  # the access log, and unexpected errors
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -151,7 +150,7 @@ class RequestContextMiddleware:
                 await self._send_error(send, PayloadTooLarge(_too_large(limit)), request_id)
         except Exception:
             status = 500
-            error_logger.exception(
+            logger.exception(
                 "unhandled exception",
                 extra={"request_id": request_id, "method": scope["method"], "path": scope["path"]},
             )

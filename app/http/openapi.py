@@ -2,14 +2,19 @@
 handler, the pydantic models it names, and the `requires(...)` permissions on it.
 
 Nothing here is kept by hand beside the handlers; a test checks every served route is listed.
+Two types with one name would share one component schema, so building refuses them
+(`SchemaNameClash`) rather than describe one model with the other's fields.
+
+Past 300 lines because the generator is one walk (routes, then operations, then the
+schemas they name) that reads best whole; the docs page lives in app/http/ops.py.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from enum import Enum
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
@@ -93,19 +98,70 @@ def operation(
     return decorate
 
 
+class SchemaNameClash(Exception):
+    """Two different types would share one name in `components.schemas`, so one of them
+    would silently describe the other's responses."""
+
+
 class _Schemas:
+    """`components.schemas`: each name belongs to one type, the first that claims it."""
+
     def __init__(self) -> None:
         self.components: dict[str, Any] = {}
+        self._owners: dict[str, type | None] = {}
 
     def ref(self, model: type[BaseModel], mode: str = "validation") -> dict[str, Any]:
         schema = model.model_json_schema(
             ref_template="#/components/schemas/{model}",
             mode="serialization" if mode == "serialization" else "validation",
         )
+        named = _named_types(model)
         for name, definition in schema.pop("$defs", {}).items():
-            self.components.setdefault(name, definition)
-        self.components.setdefault(model.__name__, schema)
+            self._claim(name, named.get(name), definition)
+        self._claim(model.__name__, model, schema)
         return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    def _claim(self, name: str, owner: type | None, schema: dict[str, Any]) -> None:
+        if name not in self.components:
+            self.components[name], self._owners[name] = schema, owner
+            return
+        known = self._owners[name]
+        if owner is not None and known is not None:
+            clash = owner is not known
+        else:  # a type the walk could not name: only an identical schema may share the name
+            clash = self.components[name] != schema
+        if clash:
+            raise SchemaNameClash(
+                f"two types are named {name!r} in the OpenAPI components: "
+                f"{_qualified(known)} and {_qualified(owner)}; rename one"
+            )
+
+
+def _named_types(model: type[BaseModel]) -> dict[str, type | None]:
+    """The models and enums reachable from `model`'s fields, by name (None: ambiguous)."""
+    found: dict[str, type | None] = {}
+    seen: set[type] = set()
+
+    def walk(annotation: Any) -> None:
+        if isinstance(annotation, type) and annotation not in seen:
+            seen.add(annotation)
+            if issubclass(annotation, BaseModel | Enum):
+                name = annotation.__name__
+                found[name] = annotation if found.get(name, annotation) is annotation else None
+            if issubclass(annotation, BaseModel):
+                for info in annotation.model_fields.values():
+                    walk(info.annotation)
+                for computed in annotation.model_computed_fields.values():
+                    walk(computed.return_type)
+        for arg in get_args(annotation):
+            walk(arg)
+
+    walk(model)
+    return found
+
+
+def _qualified(owner: type | None) -> str:
+    return f"{owner.__module__}.{owner.__qualname__}" if owner else "a type not named here"
 
 
 def _routes(routes: Sequence[BaseRoute]) -> list[Route]:
@@ -251,42 +307,3 @@ def _default_description(status: int) -> str:
         428: "Precondition Required",
         502: "Unexpected answer from Auth0",
     }.get(status, _STANDARD_ERRORS.get(status, "Response"))
-
-
-def render_docs_page(spec: dict[str, Any]) -> str:
-    """A readable, self-contained API page (no scripts, no CDN): works offline."""
-    esc = html.escape
-    rows = []
-    for path, methods in spec["paths"].items():
-        for method, op in methods.items():
-            params = ", ".join(
-                f"{esc(p['name'])} ({p['in']}{', required' if p.get('required') else ''})"
-                for p in op.get("parameters", [])
-            )
-            statuses = " ".join(
-                f'<span class="s{code[0]}">{esc(code)}</span>' for code in op["responses"]
-            )
-            perms = ", ".join(op.get("x-permissions", []))
-            auth = "token" if op.get("security") else "public"
-            rows.append(
-                f"<tr><td class=m>{esc(method.upper())}</td><td><code>{esc(path)}</code></td>"
-                f"<td>{esc(op['summary'])}</td><td>{esc(perms or auth)}</td>"
-                f"<td>{params}</td><td>{statuses}</td></tr>"
-            )
-    title = esc(spec["info"]["title"])
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body{{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222}}
-table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4rem;
-text-align:left;vertical-align:top}}.m{{font-weight:bold}}code{{font-size:13px}}
-span{{display:inline-block;padding:0 .3rem;margin:1px;border-radius:3px;background:#eee}}
-.s2{{background:#d4f4d4}}.s4{{background:#fde2c8}}.s5{{background:#f8d0d0}}
-</style></head><body>
-<h1>{title} <small>{esc(spec["info"]["version"])}</small></h1>
-<p>The machine-readable description is <a href="/openapi.json">/openapi.json</a>.
-Errors are <code>application/problem+json</code>.</p>
-<table><tr><th>Method</th><th>Path</th><th>Summary</th><th>Permission</th>
-<th>Parameters</th><th>Responses</th></tr>
-{"".join(rows)}
-</table></body></html>"""

@@ -1,7 +1,9 @@
-"""Operations endpoints: liveness, readiness, metrics and the API description."""
+"""Operations endpoints: liveness, readiness, metrics, and the API description as OpenAPI
+(`/openapi.json`) and as a readable page (`/docs`)."""
 
 from __future__ import annotations
 
+import html
 from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -13,7 +15,7 @@ from starlette.routing import Route
 from app.core.db import is_ready
 from app.http.bodies import JSONResponse
 from app.http.context import context
-from app.http.openapi import Resp, build_openapi, operation, render_docs_page
+from app.http.openapi import Resp, build_openapi, operation
 
 API_TITLE = "Auth0 BFF"
 API_VERSION = "0.1.0"
@@ -83,6 +85,45 @@ async def openapi_json(request: Request) -> Response:
 )
 async def docs(request: Request) -> Response:
     return HTMLResponse(render_docs_page(openapi_document(request)))
+
+
+def render_docs_page(spec: dict[str, Any]) -> str:
+    """A readable, self-contained API page (no scripts, no CDN): works offline."""
+    esc = html.escape
+    rows = []
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            params = ", ".join(
+                f"{esc(p['name'])} ({p['in']}{', required' if p.get('required') else ''})"
+                for p in op.get("parameters", [])
+            )
+            statuses = " ".join(
+                f'<span class="s{code[0]}">{esc(code)}</span>' for code in op["responses"]
+            )
+            perms = ", ".join(op.get("x-permissions", []))
+            auth = "token" if op.get("security") else "public"
+            rows.append(
+                f"<tr><td class=m>{esc(method.upper())}</td><td><code>{esc(path)}</code></td>"
+                f"<td>{esc(op['summary'])}</td><td>{esc(perms or auth)}</td>"
+                f"<td>{params}</td><td>{statuses}</td></tr>"
+            )
+    title = esc(spec["info"]["title"])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222}}
+table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4rem;
+text-align:left;vertical-align:top}}.m{{font-weight:bold}}code{{font-size:13px}}
+span{{display:inline-block;padding:0 .3rem;margin:1px;border-radius:3px;background:#eee}}
+.s2{{background:#d4f4d4}}.s4{{background:#fde2c8}}.s5{{background:#f8d0d0}}
+</style></head><body>
+<h1>{title} <small>{esc(spec["info"]["version"])}</small></h1>
+<p>The machine-readable description is <a href="/openapi.json">/openapi.json</a>.
+Errors are <code>application/problem+json</code>.</p>
+<table><tr><th>Method</th><th>Path</th><th>Summary</th><th>Permission</th>
+<th>Parameters</th><th>Responses</th></tr>
+{"".join(rows)}
+</table></body></html>"""
 
 
 routes = [

@@ -1,60 +1,39 @@
 """HTTP handlers: patients (API.md "Patients"; create is seed diagram 4).
 
-Each handler: the token is verified by `requires`, then one transaction does the work and
-writes its audit event last, then the reply. An attempt on a patient outside the caller's
-scope (404), a deleted one (410), a stale version (412) or a duplicate identifier (409) is
-recorded on a connection of its own, so the rollback cannot erase it. Every response carries
-`Cache-Control: no-store`: these bodies are personal data.
+Each handler: `requires` verifies the token, the handler parses the request, one call to
+app/patients/service.py does the work and records it, then the reply. Every response
+carries `Cache-Control: no-store`: these bodies are personal data.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import random
 import re
-from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.audit.record import Actor, actor_from, prepare, record_event, scope_of
+from app.audit.events import Actor, scope_of
+from app.audit.http import actor_from
 from app.auth.requires import Endpoint, principal, requires
-from app.core.db import connection, transaction
 from app.core.errors import AppError, BadRequest, PreconditionRequired
 from app.core.state import AppContext
 from app.http import idempotency
 from app.http.bodies import JSONResponse, parse_body, parse_query
 from app.http.context import context
 from app.http.openapi import Problem, Resp, operation
-from app.patients.events import (
-    created_event,
-    patient_event,
-    read_event,
-    refusal_event,
-    refusals_recorded,
-)
+from app.patients import service
 from app.patients.repository import (
-    DuplicateIdentifier,
-    create_patient,
-    create_patient_recorded,
-    delete_patient,
     etag,
     patient_json,
-    read_patient,
-    update_patient,
 )
 from app.patients.schemas import PatientCreate, PatientOut, PatientPage, PatientPatch, PatientSearch
 from app.patients.search import PatientFilters, read_page_audited
 
-logger = logging.getLogger("app.patients.repository")
-
 CURSOR_PURPOSE = "patient-cursor"
 _ETAG = re.compile(r'\s*(?:W/)?"([^"]*)"\s*')
-# About one create in a hundred also clears expired idempotency keys.
-_PURGE_CHANCE = 0.01
 
 
 def _problem(description: str) -> Resp:
@@ -96,9 +75,9 @@ def _if_match(request: Request, *, required: bool) -> int | None:
     return int(tag) if tag.isdigit() and len(tag) < 10 else 0  # 0 matches no version
 
 
-def _caller(request: Request) -> tuple[AppContext, str, Actor, str]:
+def _caller(request: Request) -> tuple[AppContext, str, Actor]:
     found = principal(request)
-    return context(request), scope_of(found), actor_from(request, found), found.sub
+    return context(request), scope_of(found), actor_from(request, found)
 
 
 @operation(
@@ -112,7 +91,7 @@ def _caller(request: Request) -> tuple[AppContext, str, Actor, str]:
 @_no_store
 async def search_patients(request: Request) -> Response:
     query = parse_query(request, PatientSearch)
-    ctx, scope, actor, _ = _caller(request)
+    ctx, scope, actor = _caller(request)
     filters = PatientFilters(query.name, query.birth_date, query.identifier_pair())
     page = await read_page_audited(
         ctx.database,
@@ -151,68 +130,11 @@ async def search_patients(request: Request) -> Response:
 @requires("create:patients")
 @_no_store
 async def create(request: Request) -> Response:
-    ctx, scope, actor, sub = _caller(request)
+    ctx, scope, actor = _caller(request)
     key = idempotency.key_from(request)
     body = await parse_body(request, PatientCreate)
-    fields = body.fields()
-    request_hash = idempotency.fingerprint(
-        "POST /api/patients", scope, body.model_dump(mode="json")
-    )
-    if key is None:  # the usual case: one statement, its own transaction
-        patient_id = uuid4()
-        event = created_event(patient_id, fields)
-        async with connection(ctx.database) as conn:
-            row = await create_patient_recorded(
-                conn, patient_id, scope, sub, fields, prepare(actor, [event])
-            )
-        if row is not None:
-            headers = {"Location": f"/api/patients/{row['id']}", "ETag": etag(row["version"])}
-            return JSONResponse(patient_json(row), status_code=201, headers=headers)
-        # The identifier is taken (or was, a moment ago): the full path below finds out,
-        # answers 409 and records the refusal.
-    refusal: DuplicateIdentifier | None = None
-    async with transaction(ctx.database) as conn:
-        if key is not None:
-            stored = await idempotency.claim(conn, sub, key, request_hash)
-            if stored is not None:
-                return await _replay(conn, actor, stored)
-        try:
-            row = await create_patient(conn, scope, sub, fields)
-        except DuplicateIdentifier as duplicate:
-            refusal = duplicate
-            existing = {"existing_id": duplicate.extra["existing_id"]}
-            result = idempotency.StoredResponse(409, existing)
-            event = refusal_event("patient.created", "C", duplicate.existing_id, duplicate)
-        else:
-            headers = {"Location": f"/api/patients/{row['id']}", "ETag": etag(row["version"])}
-            result = idempotency.StoredResponse(201, patient_json(row), headers)
-            event = created_event(row["id"], fields)
-        if key is not None:
-            await idempotency.complete(conn, sub, key, result)
-        await record_event(conn, actor, event)  # last: it holds the scope's chain until commit
-    if key is not None and random.random() < _PURGE_CHANCE:  # noqa: S311 (not security)
-        await _purge(ctx)
-    if refusal is not None:
-        raise refusal
-    return JSONResponse(result.body, status_code=201, headers=result.headers)
-
-
-async def _replay(conn: Any, actor: Actor, stored: idempotency.StoredResponse) -> Response:
-    replayed = {"Idempotent-Replayed": "true"}
-    if stored.status == 409:
-        existing = stored.body.get("existing_id")
-        raise DuplicateIdentifier(UUID(existing) if existing else None, headers=replayed)
-    # The replay shows the patient again: a read, recorded before it is sent.
-    await record_event(conn, actor, read_event(UUID(stored.body["id"]), "idempotent_replay"))
-    return JSONResponse(stored.body, status_code=stored.status, headers=stored.headers | replayed)
-
-
-async def _purge(ctx: AppContext) -> None:
-    try:
-        async with connection(ctx.database) as conn:
-            await idempotency.purge_expired(conn)
-    except Exception:
-        logger.warning("purging expired idempotency keys failed", exc_info=True)
+    created = await service.create_patient(ctx.database, actor, scope, body, idempotency_key=key)
+    return JSONResponse(created.body, status_code=201, headers=created.headers)
 
 
 @operation(
@@ -226,12 +148,9 @@ async def _purge(ctx: AppContext) -> None:
 @requires("read:patients")
 @_no_store
 async def get_one(request: Request) -> Response:
-    ctx, scope, actor, _ = _caller(request)
+    ctx, scope, actor = _caller(request)
     patient_id: UUID = request.path_params["patient_id"]
-    async with refusals_recorded(ctx.database, actor, "patient.read", "R", patient_id):
-        async with connection(ctx.database) as conn:
-            row = await read_patient(conn, scope, patient_id)
-        await ctx.audit.record(actor, [read_event(patient_id, "get")])
+    row = await service.read_patient(ctx.database, ctx.audit, actor, scope, patient_id)
     return JSONResponse(patient_json(row), headers={"ETag": etag(row["version"])})
 
 
@@ -251,27 +170,13 @@ async def get_one(request: Request) -> Response:
 @requires("update:patients")
 @_no_store
 async def update(request: Request) -> Response:
-    ctx, scope, actor, sub = _caller(request)
+    ctx, scope, actor = _caller(request)
     patient_id: UUID = request.path_params["patient_id"]
     expected = _if_match(request, required=True) or 0
     changes = (await parse_body(request, PatientPatch)).changes()
-    async with (
-        refusals_recorded(ctx.database, actor, "patient.updated", "U", patient_id),
-        transaction(ctx.database) as conn,
-    ):
-        row, changed = await update_patient(
-            conn,
-            scope,
-            patient_id,
-            changes,
-            expected_version=expected,
-            changed_by=sub,
-            request_id=actor.request_id,
-        )
-        detail = {"fields": changed, "version": row["version"]}
-        await record_event(
-            conn, actor, patient_event("patient.updated", "U", patient_id, detail=detail)
-        )
+    row = await service.update_patient(
+        ctx.database, actor, scope, patient_id, changes, expected_version=expected
+    )
     return JSONResponse(patient_json(row), headers={"ETag": etag(row["version"])})
 
 
@@ -289,25 +194,10 @@ async def update(request: Request) -> Response:
 @requires("delete:patients")
 @_no_store
 async def delete(request: Request) -> Response:
-    ctx, scope, actor, sub = _caller(request)
+    ctx, scope, actor = _caller(request)
     patient_id: UUID = request.path_params["patient_id"]
     expected = _if_match(request, required=False)
-    async with (
-        refusals_recorded(ctx.database, actor, "patient.deleted", "D", patient_id),
-        transaction(ctx.database) as conn,
-    ):
-        row = await delete_patient(
-            conn,
-            scope,
-            patient_id,
-            expected_version=expected,
-            deleted_by=sub,
-            request_id=actor.request_id,
-        )
-        detail = {"version": row["version"]}
-        await record_event(
-            conn, actor, patient_event("patient.deleted", "D", patient_id, detail=detail)
-        )
+    await service.delete_patient(ctx.database, actor, scope, patient_id, expected_version=expected)
     return Response(status_code=204)
 
 

@@ -19,7 +19,8 @@ from uuid import UUID
 
 from databases import Database
 
-from app.audit.record import Actor, Crud, Event, record_independently
+from app.audit.events import Actor, Crud, Event
+from app.audit.record import record_independently
 from app.core.errors import AppError
 from app.patients.repository import (
     DuplicateIdentifier,
@@ -28,7 +29,7 @@ from app.patients.repository import (
     VersionMismatch,
 )
 
-logger = logging.getLogger("app.patients.repository")
+logger = logging.getLogger(__name__)
 
 REFUSALS: dict[type[AppError], tuple[Any, str]] = {
     PatientNotFound: ("denied", "not found in the caller's scope"),

@@ -1,12 +1,15 @@
 """Patient storage: create, read, versioned update, soft delete, and prior versions.
 
-Every query takes the caller's scope (`app.audit.record.scope_of`) and filters by it in SQL, so a
-patient of another scope is indistinguishable from one that does not exist. Changes take the
+Every query takes the caller's scope (`app.audit.events.scope_of`) and filters by it in SQL,
+so a patient of another scope is indistinguishable from one that does not exist. Changes take the
 row lock (`SELECT ... FOR UPDATE`) and compare the version the client read, so of two
 concurrent updates from the same version exactly one wins. Each version replaced by an update
 or a delete is copied to `patient_versions`, the only place old values are kept.
 
 Search, cursors and audited page reads are in `app.patients.search`.
+
+Past 300 lines because it holds every statement on `patients` and `patient_versions`
+(STYLE: SQL in the module that owns the table) and the errors they raise.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from app.audit.record import Prepared, append_one_arguments, append_one_call
+from app.audit.events import Actor, Event
+from app.audit.record import record_change
 from app.core.errors import Conflict, Gone, NotFound, PreconditionFailed
 
 Patient = dict[str, Any]
@@ -43,31 +47,22 @@ _VALUES = """identifier_system = $3, identifier_value = $4, given_name = $5, fam
     given_name_folded = $7, family_name_folded = $8, birth_date = $9, gender = $10,
     phone = $11, email = $12, address = $13::jsonb, active = $14"""
 
-INSERT_PATIENT = f"""
-INSERT INTO patients (scope, created_by, identifier_system, identifier_value, given_name,
-    family_name, given_name_folded, family_name_folded, birth_date, gender, phone, email,
-    address, active)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14)
-ON CONFLICT (scope, identifier_system, identifier_value)
+# What an insert writes, in the order of its parameters: $1 scope, $2 created_by, then the
+# `_values` of the editable fields ($3 .. $14); the insert with a chosen id adds it as $15.
+_INSERTED = """scope, created_by, identifier_system, identifier_value, given_name, family_name,
+    given_name_folded, family_name_folded, birth_date, gender, phone, email, address, active"""
+_INSERTED_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14"
+_ON_DUPLICATE = """ON CONFLICT (scope, identifier_system, identifier_value)
     WHERE deleted_at IS NULL AND identifier_value IS NOT NULL
-    DO NOTHING
-RETURNING {COLUMNS}
-"""
-# The same insert with the id chosen by the caller, and its audit event appended for the
-# row inserted, if any (`create_patient_recorded`).
-_INSERT_RECORDED = f"""
-WITH created AS (
-    INSERT INTO patients (id, scope, created_by, identifier_system, identifier_value,
-        given_name, family_name, given_name_folded, family_name_folded, birth_date, gender,
-        phone, email, address, active)
-    VALUES ($15, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14)
-    ON CONFLICT (scope, identifier_system, identifier_value)
-        WHERE deleted_at IS NULL AND identifier_value IS NOT NULL
-        DO NOTHING
-    RETURNING {COLUMNS}
-)
-SELECT created.*, {append_one_call(16)} AS recorded FROM created
-"""
+    DO NOTHING"""
+INSERT_PATIENT = f"""
+INSERT INTO patients ({_INSERTED}) VALUES ({_INSERTED_VALUES})
+{_ON_DUPLICATE}
+RETURNING {COLUMNS}"""
+INSERT_PATIENT_WITH_ID = f"""
+INSERT INTO patients (id, {_INSERTED}) VALUES ($15, {_INSERTED_VALUES})
+{_ON_DUPLICATE}
+RETURNING {COLUMNS}"""
 SELECT_BY_IDENTIFIER = """
 SELECT id FROM patients
 WHERE scope = $1 AND identifier_system = $2 AND identifier_value = $3 AND deleted_at IS NULL
@@ -88,11 +83,6 @@ INSERT_VERSION = """
 INSERT INTO patient_versions (patient_id, version, scope, data, changed_fields, change,
     valid_from, replaced_by, request_id)
 VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9)
-"""
-SELECT_VERSIONS = """
-SELECT version, data::text AS data, changed_fields, change, valid_from, valid_until,
-    replaced_by, request_id
-FROM patient_versions WHERE scope = $1 AND patient_id = $2 ORDER BY version
 """
 
 
@@ -214,25 +204,18 @@ async def create_patient_recorded(
     scope: str,
     created_by: str,
     fields: Mapping[str, Any],
-    record: Prepared,
+    actor: Actor,
+    event: Event,
 ) -> asyncpg.Record | None:
-    """Insert a patient with the given id and record it, in one statement, so in one round
-    trip and one transaction (call it outside a transaction: the statement is its own).
+    """Insert a patient with the given id and record `event` for it, in one statement, so in
+    one round trip and one transaction (call it outside a transaction: the statement is its
+    own).
 
-    `record` is the prepared `patient.created` event (`app.audit.record.prepare`); it is appended
-    only for a row inserted. None, and nothing written,
-    when a live patient of the scope has the identifier: then `create_patient` in a
-    transaction tells a duplicate from a race, and records the refusal.
+    None, and nothing written, when a live patient of the scope has the identifier: then
+    `create_patient` in a transaction tells a duplicate from a race, and records the refusal.
     """
-    row: asyncpg.Record | None = await conn.fetchrow(
-        _INSERT_RECORDED,
-        scope,
-        created_by,
-        *_values(fields),
-        patient_id,
-        *append_one_arguments(record),
-    )
-    return row
+    arguments = (scope, created_by, *_values(fields), patient_id)
+    return await record_change(conn, INSERT_PATIENT_WITH_ID, arguments, actor, event)
 
 
 async def get_patient(
@@ -335,30 +318,3 @@ async def _archive(
         actor,
         request_id,
     )
-
-
-async def patient_history(
-    conn: asyncpg.Connection, scope: str, patient_id: UUID
-) -> list[dict[str, Any]]:
-    """Every replaced version of a patient in `scope`, oldest first, with its values.
-
-    For the access report only (`read:audit_events`): this is the one place old patient
-    values can be read. Each entry: `version`, `data` (the editable fields as they were),
-    `changed_fields` (what the next version changed), `change` ("updated" or "deleted"),
-    `valid_from`, `valid_until`, `replaced_by` (the sub), `request_id` (joins the audit log).
-    The current version is `get_patient`.
-    """
-    rows = await conn.fetch(SELECT_VERSIONS, scope, patient_id)
-    return [
-        {
-            "version": r["version"],
-            "data": orjson.loads(r["data"]),
-            "changed_fields": list(r["changed_fields"]),
-            "change": r["change"],
-            "valid_from": r["valid_from"],
-            "valid_until": r["valid_until"],
-            "replaced_by": r["replaced_by"],
-            "request_id": r["request_id"],
-        }
-        for r in rows
-    ]

@@ -2,7 +2,7 @@
 
 Pages are newest first on `(created_at, id)`, continued by a cursor holding the last row's
 position, so rows inserted meanwhile never shift a page (no offsets). The cursor is signed
-(`app.http.bodies.sign_cursor`) and bound by an HMAC to the scope and filters it was issued for.
+(`app.http.cursors.sign_cursor`) and bound by an HMAC to the scope and filters it was issued for.
 
 A name matches as a prefix of the given or the family name, ignoring case and accents: both
 sides are compared in their `fold`ed form, stored in indexed columns (`text_pattern_ops`), and
@@ -27,10 +27,10 @@ import orjson
 from databases import Database
 
 from app.audit.batcher import AuditWriter
-from app.audit.record import Actor
+from app.audit.events import Actor
 from app.core.db import connection
 from app.core.errors import BadRequest
-from app.http.bodies import open_cursor, sign_cursor
+from app.http.cursors import open_cursor, sign_cursor
 from app.patients.events import read_event, searched_event
 from app.patients.repository import COLUMNS, Patient, fold, patient_json
 

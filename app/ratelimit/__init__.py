@@ -48,18 +48,17 @@ limiting never stops and nothing is raised into a request. A statement that comm
 whose answer was lost is counted twice, which errs on the strict side. Memory is bounded:
 each limit tracks at most `max_keys` keys, evicting the least recently used, and drops keys
 idle for two windows at every sync. Keys longer than 128 characters are stored as a digest.
+
+Modules: `quota` (a limit and its windows), `sync` (the task), `stores` (Postgres, Redis),
+`middleware` (per-IP limits on every request), and `buckets`: the account flows' limits on
+rare, costly calls, checked exactly in Postgres on the request path instead.
 """
 
 from app.core.settings import Quota
 from app.ratelimit.middleware import ClientRateLimitMiddleware, client_key
-from app.ratelimit.quota import (
-    MAX_KEY_LENGTH,
-    RETENTION_GRACE_MS,
-    GlobalRateLimiter,
-    Limit,
-    retry_after,
-)
+from app.ratelimit.quota import MAX_KEY_LENGTH, Limit, retry_after
 from app.ratelimit.stores import CounterStore, PostgresCounters, RedisCounters, Row
+from app.ratelimit.sync import RETENTION_GRACE_MS, GlobalRateLimiter
 
 __all__ = [
     "MAX_KEY_LENGTH",

@@ -11,19 +11,20 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-import re
 from collections.abc import Callable
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, SecretStr
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.account.endpoints.me import EMAIL_HASH_KEY
 from app.account.logstream import MalformedBatch, ingest, parse_batch, validate_records
-from app.account.services import email_hash
-from app.audit.record import Crud, Event, actor_from, record_failure, record_independently
+from app.account.roles import RolesChange, UserRoles, change_roles, is_user_id, user_roles
+from app.account.services import EMAIL_HASH_KEY, email_hash
+from app.audit.events import Crud, Event
+from app.audit.http import actor_from, record_failure
+from app.audit.record import record_independently
 from app.auth.requires import AuthRequirement, Endpoint, authenticate, check_requirement, principal
 from app.auth.tokens import Principal
 from app.core.errors import (
@@ -38,16 +39,12 @@ from app.http.bodies import JSONResponse, parse_body
 from app.http.context import context
 from app.http.openapi import Problem, Resp, operation
 
-logger = logging.getLogger("app.admin")
+logger = logging.getLogger(__name__)
 NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _problem(description: str) -> Resp:
     return Resp(Problem, description, media_type="application/problem+json")
-
-
-# Auth0 user ids are `provider|id` (some ids hold more `|`); printable ASCII, no slash.
-_USER_ID = re.compile(r"^(?=.*\|)[\x21-\x2e\x30-\x7e]{3,255}$")
 
 
 # --- Roles ---------------------------------------------------------------------------------
@@ -97,7 +94,7 @@ def requires_audited(permission: str, action: str, crud: Crud) -> Callable[[Endp
 
 def user_id_of(request: Request) -> str:
     user_id = str(request.path_params["user_id"])
-    if not _USER_ID.fullmatch(user_id):
+    if not is_user_id(user_id):
         raise ValidationFailed(
             "the user id is not an Auth0 user id",
             errors=[{"field": "user_id", "message": "expected an Auth0 user id like auth0|…"}],
@@ -128,31 +125,6 @@ async def check_same_org(request: Request, caller: Principal, user_id: str, even
         raise NotFound("no such user in your organization")
 
 
-RoleId = Annotated[str, Field(pattern=r"^rol_[A-Za-z0-9]{1,64}$")]
-
-
-class RolesChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    roles: list[RoleId] = Field(min_length=1, max_length=50)
-
-    @field_validator("roles")
-    @classmethod
-    def _unique(cls, roles: list[str]) -> list[str]:
-        return list(dict.fromkeys(roles))
-
-
-class Role(BaseModel):
-    id: str
-    name: str | None
-    description: str | None
-
-
-class UserRoles(BaseModel):
-    user_id: str
-    roles: list[Role]
-
-
 @operation(
     "A user's Auth0 roles",
     tags=["admin"],
@@ -170,18 +142,11 @@ async def get_roles(request: Request) -> Response:
     event = Event("user.roles.read", "R", entity_type="user", entity_id=user_id)
     await check_same_org(request, caller, user_id, event)
     try:
-        roles = await ctx.auth0.get_user_roles(user_id)
+        body = await user_roles(ctx.auth0, user_id)
     except AppError as error:
         await record_failure(request, caller, event, error)
         raise
     await record_independently(ctx.database, actor_from(request, caller), event)
-    body = {
-        "user_id": user_id,
-        "roles": [
-            {"id": r.get("id"), "name": r.get("name"), "description": r.get("description")}
-            for r in roles
-        ],
-    }
     return JSONResponse(body, headers=NO_STORE)
 
 
@@ -195,10 +160,7 @@ async def _change_roles(request: Request, action: str) -> Response:
     )
     await check_same_org(request, caller, user_id, event)
     try:
-        if action == "user.roles.assigned":
-            await ctx.auth0.assign_roles(user_id, change.roles)
-        else:
-            await ctx.auth0.remove_roles(user_id, change.roles)
+        await change_roles(ctx.auth0, user_id, change.roles, assign=action == "user.roles.assigned")
     except AppError as error:
         await record_failure(request, caller, event, error)
         raise

@@ -19,17 +19,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.account.services import AccountServices, email_hash, sign_in_history
-from app.audit.record import Event, actor_from, record_event, record_failure, record_independently
+from app.account.history import sign_in_history
+from app.account.services import EMAIL_HASH_KEY, AccountServices, email_hash
+from app.audit.events import Event
+from app.audit.http import actor_from, record_failure
+from app.audit.record import record_event, record_independently
 from app.auth.requires import principal, requires
 from app.auth.tokens import Principal
 from app.core.db import connection, transaction
 from app.core.errors import AppError, BadRequest
-from app.http.bodies import JSONResponse, open_cursor, parse_body, parse_query, sign_cursor
+from app.http.bodies import JSONResponse, parse_body, parse_query
 from app.http.context import context
+from app.http.cursors import open_cursor, sign_cursor
 from app.http.openapi import Problem, Resp, operation
 
-logger = logging.getLogger("app.account.services")
+logger = logging.getLogger(__name__)
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -37,7 +41,6 @@ def _problem(description: str) -> Resp:
     return Resp(Problem, description, media_type="application/problem+json")
 
 
-EMAIL_HASH_KEY = "email-hash"
 CURSOR_KEY = "cursor:me-logins"
 
 

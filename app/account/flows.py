@@ -1,0 +1,143 @@
+"""The account flows of seed 000 as operations: sign-up (diagram 1), sign-in (2), update
+profile (3), and profile with patients (5). Each takes the verified caller and its audit
+actor, talks to Auth0 and the database in the diagram's order, and records its event; the
+handlers in app/account/endpoints/flows.py only parse and reply."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from databases import Database
+
+from app.account.profiles import (
+    COUNT_PATIENTS,
+    SELECT_REGISTRATION,
+    Me,
+    Profile,
+    ProfileUpdate,
+    note_sign_in,
+    register,
+    safe_profile,
+)
+from app.audit.batcher import AuditWriter
+from app.audit.events import Actor, Event, scope_of
+from app.audit.record import record_event, record_independently
+from app.auth.tokens import Principal
+from app.auth0.management import Auth0Client
+from app.core.db import transaction
+from app.core.errors import AppError, ValidationFailed
+from app.patients.search import read_page_audited
+
+logger = logging.getLogger(__name__)
+
+PROFILE_PAGE_SIZE = 20
+
+
+async def sign_up(database: Database, actor: Actor, caller: Principal) -> tuple[datetime, bool]:
+    """Register the caller (idempotent): when it was registered, and whether just now."""
+    email = caller.claims.get("email")
+    async with transaction(database) as conn:
+        registered_at, created = await register(
+            conn, caller.sub, email if isinstance(email, str) else None
+        )
+        if created:
+            event = Event("user.registered", "C", entity_type="user", entity_id=caller.sub)
+            await record_event(conn, actor, event)
+    return registered_at, created
+
+
+async def sign_in(database: Database, actor: Actor, caller: Principal) -> Me:
+    """The caller's stored data; the first request of a session records `user.signed_in`."""
+    async with transaction(database) as conn:
+        if await note_sign_in(conn, caller) is not None:
+            event = Event(
+                "user.signed_in",
+                "E",
+                entity_type="user",
+                entity_id=caller.sub,
+                detail={"amr": list(caller.amr)},
+            )
+            await record_event(conn, actor, event)
+        row = await conn.fetchrow(SELECT_REGISTRATION, caller.sub)
+        count = await conn.fetchval(COUNT_PATIENTS, scope_of(caller))
+    return Me(
+        user_id=caller.sub,
+        registered=row is not None,
+        registered_at=row["registered_at"] if row else None,
+        last_seen_at=row["last_seen_at"] if row else None,
+        patient_count=count,
+        permissions=sorted(caller.permissions),
+        org_id=caller.org_id,
+    )
+
+
+async def update_profile(
+    database: Database,
+    auth0: Auth0Client,
+    actor: Actor,
+    caller: Principal,
+    update: ProfileUpdate,
+) -> Profile:
+    """Change the caller's Auth0 profile, then record it; the profile as Auth0 now has it.
+
+    A refusal or an outage at Auth0 is recorded as failed and re-raised. Once Auth0 has the
+    change the answer is a success even if its record cannot be written: that is logged as
+    critical with all a reconciler needs.
+    """
+    fields = update.changed_fields()
+    if not fields:
+        raise ValidationFailed(
+            "send at least one field to change",
+            errors=[{"field": "body", "message": "no fields to update"}],
+        )
+    event = Event(
+        "profile.updated", "U", entity_type="user", entity_id=caller.sub, detail={"fields": fields}
+    )
+    try:
+        user = await auth0.update_user(caller.sub, update.to_auth0())
+    except AppError as error:
+        failed = Event(
+            "profile.updated",
+            "U",
+            outcome="failed",
+            reason=f"auth0: {error.status}",
+            entity_type="user",
+            entity_id=caller.sub,
+            detail={"fields": fields},
+        )
+        await record_independently(database, actor, failed)
+        raise
+    try:
+        async with transaction(database) as conn:
+            await record_event(conn, actor, event)
+    except Exception:
+        logger.critical(
+            "profile updated in Auth0 but its audit event could not be written",
+            extra={
+                "request_id": actor.request_id,
+                "user_id": caller.sub,
+                "fields": fields,
+                "action": "profile.updated",
+            },
+            exc_info=True,
+        )
+    return safe_profile(user)
+
+
+async def profile_and_patients(
+    database: Database,
+    audit: AuditWriter,
+    auth0: Auth0Client,
+    actor: Actor,
+    caller: Principal,
+    *,
+    cursor_key: bytes,
+) -> dict[str, Any]:
+    """The caller's Auth0 profile and first page of patients (the page recorded first)."""
+    user = await auth0.get_user(caller.sub)
+    page = await read_page_audited(
+        database, audit, actor, scope_of(caller), cursor_key=cursor_key, limit=PROFILE_PAGE_SIZE
+    )
+    return {"profile": safe_profile(user), "patients": page}

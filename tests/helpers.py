@@ -1,0 +1,69 @@
+"""What tests call to check a response or what was stored; fixtures live in `tests/fixtures/`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+import httpx
+
+PROBLEM = "application/problem+json"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_problem(
+    response: httpx.Response,
+    status: int,
+    *fields: str,
+    title: str | None = None,
+    detail: str | None = None,
+    request_id: bool = True,
+    hides: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Assert `response` is a problem+json error with `status`, and return its body.
+
+    Always: the status code, the content type, and a body with `type`, `title`, `detail` and
+    the same `status`. `fields`: exactly the fields its `errors` name. `title`/`detail`: equal
+    to these. `request_id` (unless the app under test has no request-id middleware): the body's
+    `request_id` is the response's `X-Request-Id`. `hides`: none of these strings appear.
+    """
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys(), body
+    if request_id:
+        assert body["request_id"] == response.headers["x-request-id"]
+    if title is not None:
+        assert body["title"] == title
+    if detail is not None:
+        assert body["detail"] == detail
+    if fields:
+        assert sorted({e["field"] for e in body["errors"]}) == sorted(fields)
+    for value in hides:
+        assert value not in response.text
+    return body
+
+
+async def audit_rows(owner: asyncpg.Connection, prefix: str = "") -> list[asyncpg.Record]:
+    """The audit events whose action starts with `prefix`, oldest first."""
+    return list(
+        await owner.fetch(
+            "SELECT action, outcome, outcome_reason, scope, actor, entity_type, entity_id,"
+            " detail::text AS detail FROM audit_events WHERE action LIKE $1 ORDER BY seq",
+            prefix + "%",
+        )
+    )
+
+
+async def everything_stored(owner: asyncpg.Connection) -> str:
+    """Every row the account feature and the audit log hold, as text, for leak checks."""
+    parts = []
+    for table in ("audit_events", "rate_limits", "revocations", "auth0_log_ids"):
+        rows = await owner.fetch(f"SELECT t::text AS row FROM {table} t")
+        parts += [r["row"] for r in rows]
+    return "\n".join(parts)
