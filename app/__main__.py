@@ -1,4 +1,5 @@
-"""Command line: `python -m app migrate | serve | dev | audit partitions`.
+"""Command line: `python -m app migrate | serve | dev | audit partitions | audit digest |
+audit verify-export`.
 
 Every failure a user can cause (bad configuration, no database) ends in one readable line on
 stderr and a non-zero exit, never a traceback.
@@ -12,13 +13,20 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.core.db import connect_raw, migrate
 from app.core.errors import DatabaseUnavailable
-from app.core.settings import ConfigError, Settings, describe_validation_error, load_settings
+from app.core.settings import (
+    ConfigError,
+    Settings,
+    describe_validation_error,
+    load_settings,
+    parse_signing_keys,
+)
 
 
 class DatabaseSettings(BaseSettings):
@@ -31,6 +39,19 @@ class DatabaseSettings(BaseSettings):
     @property
     def owner_url(self) -> str:
         return self.migrations_database_url or self.database_url
+
+
+class SigningSettings(DatabaseSettings):
+    """What `audit digest` needs: the application's database and the signing key."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
+    audit_signing_key: SecretStr
+
+    @field_validator("audit_signing_key")
+    @classmethod
+    def _keys(cls, value: SecretStr) -> SecretStr:
+        parse_signing_keys(value.get_secret_value().strip())  # never quotes the key
+        return value
 
 
 class PortUnavailable(Exception):
@@ -84,6 +105,57 @@ def cmd_audit_partitions(args: argparse.Namespace) -> int:
     created = asyncio.run(run())
     print(f"created {created} audit partition(s) covering the next {args.months} month(s)")
     return 0
+
+
+def cmd_audit_digest(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from app.audit.digests import IssuedDigest, issue_digest
+    from app.audit.signing import KeyRing
+
+    try:
+        settings = SigningSettings()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    ring = KeyRing.from_setting(settings.audit_signing_key.get_secret_value().strip())
+
+    async def run() -> IssuedDigest | None:
+        conn = await connect_raw(settings.database_url)
+        try:
+            return await issue_digest(conn, ring)
+        finally:
+            await conn.close()
+
+    try:
+        issued = asyncio.run(run())
+    except asyncpg.PostgresError as exc:
+        return _fail(f"the digest was not stored: {exc}")
+    assert issued is not None  # no interval: always issued
+    print(
+        f"issued audit digest {issued.number} at {issued.issued_at.isoformat()} with key "
+        f"{issued.kid}: {issued.heads} chain head(s), events up to seq {issued.watermark}"
+    )
+    return 0
+
+
+def cmd_audit_verify_export(args: argparse.Namespace) -> int:
+    from app.audit.offline import ExportInvalid, verify_export
+
+    try:
+        verdict = verify_export(args.events, args.digests, args.keys)
+    except ExportInvalid as exc:
+        return _fail(str(exc))
+    print(verdict.message)
+    return 0 if verdict.intact else 1
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    commands = {
+        "partitions": cmd_audit_partitions,
+        "digest": cmd_audit_digest,
+        "verify-export": cmd_audit_verify_export,
+    }
+    return commands[args.audit_command](args)
 
 
 async def _check_database(settings: Settings) -> None:
@@ -154,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     partitions = audit_sub.add_parser("partitions", help="create monthly partitions ahead")
     partitions.add_argument("--months", type=int, default=3)
+    audit_sub.add_parser(
+        "digest", help="sign and store a digest of the audit chain heads now (AUDIT_SIGNING_KEY)"
+    )
+    verify = audit_sub.add_parser(
+        "verify-export",
+        help="check an exported audit log against its signed digests, offline (docs/audit.md)",
+    )
+    verify.add_argument("--events", type=Path, required=True, help="the NDJSON export")
+    verify.add_argument("--digests", type=Path, required=True, help="digests, one per line")
+    verify.add_argument("--keys", type=Path, required=True, help="the pinned JWKS")
     return parser
 
 
@@ -161,7 +243,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "serve": cmd_serve,
     "dev": cmd_dev,
-    "audit": cmd_audit_partitions,
+    "audit": cmd_audit,
 }
 
 

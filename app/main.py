@@ -17,15 +17,20 @@ from starlette.types import Receive, Scope, Send
 
 from app.account import endpoints as account_endpoints
 from app.account.services import account_services, running_account_services
+from app.audit import digest_endpoints
 from app.audit import endpoints as audit_endpoints
 from app.audit.batcher import AuditWriter
+from app.audit.digests import DigestIssuer
 from app.audit.http import record_denial
+from app.audit.signing import KeyRing
 from app.auth.tokens import TokenVerifier
 from app.auth0.management import Auth0Client
 from app.core.db import create_database
 from app.core.settings import Settings, load_settings
 from app.core.state import AppContext
 from app.core.tasks import Housekeeping, Purge
+from app.fhir import endpoints as fhir_endpoints
+from app.fhir.http import OperationOutcomes
 from app.http import idempotency, ops, problems
 from app.http.middleware import Metrics, RequestContextMiddleware
 from app.patients import endpoints as patient_endpoints
@@ -36,23 +41,27 @@ def all_routes() -> list[BaseRoute]:
     return [
         *ops.routes,
         *patient_endpoints.routes,
-        *audit_endpoints.routes,
+        *audit_endpoints.routes_with(fhir_endpoints.EXPORT_FORMATS),
+        *digest_endpoints.routes,
         *account_endpoints.routes,
+        *fhir_endpoints.routes,
     ]
 
 
 def middleware(
     settings: Settings, metrics: Metrics, per_ip: Limit | None = None
 ) -> list[Middleware]:
-    """Outermost first: the request envelope sees everything, CORS answers preflights."""
+    """Outermost first: the request envelope sees everything, CORS answers preflights.
+    Outside them all, errors under /fhir become OperationOutcomes (app/fhir/http.py)."""
     stack = [
+        Middleware(OperationOutcomes),
         Middleware(
             RequestContextMiddleware,
             metrics=metrics,
             max_body_bytes=settings.max_body_bytes,
             trusted_proxies=settings.trusted_proxies,
             hsts_seconds=settings.hsts_seconds,
-        )
+        ),
     ]
     if settings.cors_allowed_origins:
         # Bearer tokens travel in a header, never a cookie: no credentials mode needed.
@@ -132,12 +141,21 @@ def create_app(settings: Settings) -> Starlette:
                 Purge("rate-limit counters", rate_limiter.purge),
             ],
         )
+        digests = None
+        if settings.audit_digests and settings.audit_signing_key is not None:
+            ring = KeyRing.from_setting(settings.audit_signing_key.get_secret_value())
+            interval = settings.audit_digest_interval_seconds
+            digests = DigestIssuer(database, ring, interval_seconds=interval)
         try:
             async with running_account_services(account, settings.database_url, verifier):
                 housekeeping.start()
+                if digests is not None:
+                    digests.start()
                 yield {"ctx": ctx}
         finally:
             await housekeeping.stop()
+            if digests is not None:
+                await digests.stop()
             await ctx.audit.aclose()
             await rate_limiter.stop()  # flushes this copy's last counts
             await ctx.auth0.aclose()

@@ -42,6 +42,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--users", type=int, default=1_000, help="users = scopes = tokens")
     parser.add_argument("--cold-tokens", type=int, help="never-seen tokens to mint (30000)")
     parser.add_argument(
+        "--audit-events",
+        type=int,
+        metavar="N",
+        help="grow the audit log by N synthetic events before measuring "
+        "(2000000; --quick: 100000; 0: no growth)",
+    )
+    parser.add_argument(
+        "--audit-indexes",
+        choices=("grow", "rebuild"),
+        default="grow",
+        help="grow: the indexes in place while the events load, so they split as under "
+        "traffic (default); rebuild: dropped and built after the load (faster, but packed "
+        "tighter than a production log's)",
+    )
+    parser.add_argument(
+        "--open-loop",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="then read at a fixed rate of SHARE x our read's saturation throughput, ours "
+        "and the floor (0.5; 0: skip)",
+    )
+    parser.add_argument("--open-loop-connections", type=int, default=64, metavar="N",
+                        help="connections of the fixed-rate load (64)")  # fmt: skip
+    parser.add_argument(
         "--admin-url",
         default=os.environ.get("BENCH_ADMIN_URL"),
         help="a Postgres on loopback where databases may be created "
@@ -70,6 +95,10 @@ def finish_options(args: argparse.Namespace) -> argparse.Namespace:
     args.connections = args.connections or ([64] if quick else [32, 64])
     if args.cold_tokens is None:
         args.cold_tokens = 3_000 if quick else 30_000
+    if args.audit_events is None:
+        args.audit_events = 100_000 if quick else 2_000_000
+    if args.audit_events < 0 or args.open_loop < 0 or args.open_loop_connections < 1:
+        raise SystemExit("--audit-events and --open-loop take no negative values")
     unknown = set(args.scenarios) - set(ALL_SCENARIOS)
     unknown |= set(args.targets) - {"floor", "ours", "peer"}
     if unknown:

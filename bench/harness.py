@@ -21,6 +21,7 @@ from typing import Any
 
 from bench import data
 from bench.load import WrkResult, run_wrk
+from bench.openloop import FixedRateResult, fixed_rate, get_calls, read_tokens
 from bench.servers import (
     LOOPBACK,
     Server,
@@ -107,6 +108,42 @@ class Measurement:
 
 
 @dataclass
+class OpenLoopSample:
+    """One fixed-rate run of a read (bench/openloop.py) and the CPU it cost."""
+
+    result: FixedRateResult
+    app_cpu_s: float
+    db_cpu_s: float
+
+
+@dataclass
+class OpenLoopCell:
+    """The read of one target at a fixed rate: half of our saturation throughput (by
+    default), the same rate for every target of the same workers."""
+
+    target: str
+    workers: int
+    rate: float
+    connections: int
+    samples: list[OpenLoopSample] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        if name in ("app_us", "db_us", "generator_us"):
+            values = [
+                {"app_us": s.app_cpu_s, "db_us": s.db_cpu_s,
+                 "generator_us": s.result.generator_cpu_s}[name] / s.result.requests * 1e6
+                for s in self.samples
+                if s.result.requests
+            ]  # fmt: skip
+        else:
+            values = [getattr(s.result, name) for s in self.samples]
+        return statistics.median(values) if values else 0.0
+
+    def total(self, name: str) -> int:
+        return sum(getattr(s.result, name) for s in self.samples)
+
+
+@dataclass
 class TenantCounts:
     target: str
     workers: int
@@ -124,6 +161,7 @@ class Run:
     warm_tokens: Path | None = None
     cold_tokens: list[Path] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
+    open_loop: list[OpenLoopCell] = field(default_factory=list)
     tenant_counts: list[TenantCounts] = field(default_factory=list)
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     first_token: str = ""
@@ -131,6 +169,9 @@ class Run:
     profile: Any = None
     server_version: str = "?"
     git: str = "?"
+    audit_grown: Any = None  # bench.auditgrow.Grown, when the log was grown
+    audit_before: Any = None  # bench.auditgrow.LogSize when the measurements started
+    audit_after: Any = None  # and when they ended
 
 
 def log(message: str) -> None:
@@ -249,6 +290,68 @@ def measure(run: Run, server: Server, cell: Measurement, scenario: Scenario, rou
     )
 
 
+def open_loop_rate(run: Run, workers: int) -> float | None:
+    """The share `--open-loop` of our read's measured saturation throughput (at the open
+    loop's connection count if wrk ran it, else at the most connections measured)."""
+    ours = [
+        m
+        for m in run.measurements
+        if (m.target, m.scenario, m.workers) == ("ours", "read", workers) and m.samples
+    ]
+    if not ours:
+        return None
+    wanted = run.args.open_loop_connections
+    cell = next((m for m in ours if m.connections == wanted), None)
+    cell = cell or max(ours, key=lambda m: m.connections)
+    return cell.median("rps") * run.args.open_loop or None
+
+
+def measure_open_loop(run: Run, servers: dict[str, Server], workers: int) -> None:
+    """Ours and the floor reading at the same fixed rate (half our saturation by default),
+    over `--open-loop-connections`, for the cell duration, `--rounds` times, alternating."""
+    args = run.args
+    assert run.warm_tokens is not None and run.db is not None
+    rate = open_loop_rate(run, workers)
+    targets = [
+        t
+        for t in ("ours", "floor")
+        if t in servers
+        and any(
+            (m.target, m.scenario, m.workers) == (t, "read", workers) and m.samples
+            for m in run.measurements
+        )
+    ]
+    if rate is None or not targets:
+        log("  open loop skipped: no measured read of ours")
+        return
+    conns = args.open_loop_connections
+    tokens = read_tokens(run.warm_tokens)
+    cells = {t: OpenLoopCell(t, workers, rate, conns) for t in targets}
+    run.open_loop.extend(cells.values())
+    log(f"open loop: {rate:.0f} req/s ({args.open_loop:g} of ours at saturation), {conns} "
+        f"connections, {args.duration:g} s each")  # fmt: skip
+    for round_ in range(args.rounds):
+        for target in targets if round_ % 2 == 0 else targets[::-1]:
+            server = servers[target]
+            calls = get_calls(READ_PATH, tokens, scope_header=target == "floor")
+            app_before = cpu_times(server.pids())
+            db_before = cpu_times(postgres_backends(run.db.name))
+            result = fixed_rate(server.url, calls, rate, conns, args.duration)
+            sample = OpenLoopSample(
+                result,
+                cpu_delta(app_before, cpu_times(server.pids())),
+                cpu_delta(db_before, cpu_times(postgres_backends(run.db.name))),
+            )
+            cells[target].samples.append(sample)
+            log(
+                f"  r{round_ + 1} {target:5} read at {rate:5.0f} req/s w{workers} c{conns:<3} "
+                f"{result.rate:7.0f} req/s  p50 {result.p50_ms:6.1f}  p99 {result.p99_ms:6.1f} "
+                f"ms  p99 from due {result.p99_due_ms:6.1f} ms  late {result.late}  "
+                f"errors {result.errors}  generator "
+                f"{result.generator_cpu_s / max(result.requests, 1) * 1e6:.0f} us/req"
+            )
+
+
 def bench_workers(run: Run, workers: int) -> None:
     """All targets up at once, every cell measured once per round, cells interleaved so
     that ours, the peer and the floor are measured next to each other in time."""
@@ -273,6 +376,8 @@ def bench_workers(run: Run, workers: int) -> None:
             for scenario, cell in cells:
                 if not cell.skipped:
                     measure(run, servers[scenario.target], cell, scenario, round_)
+        if run.args.open_loop > 0:
+            measure_open_loop(run, servers, workers)
     finally:
         for target, server in servers.items():
             lifetime = time.monotonic() - server.started_at if server.started_at else 0.0
@@ -285,12 +390,17 @@ def bench_workers(run: Run, workers: int) -> None:
 
 
 def execute(run: Run) -> None:
+    from bench.auditgrow import log_size_at
     from bench.prepare import prepare
 
     with contextlib.ExitStack() as stack:
         prepare(run, stack)
+        run.audit_before = log_size_at(run.db.owner_url)
+        log(f"audit log before measuring: {run.audit_before.text()}")
         for workers in run.args.workers:
             bench_workers(run, workers)
+        run.audit_after = log_size_at(run.db.owner_url)
+        log(f"audit log after measuring: {run.audit_after.text()}")
         if run.args.profile:
             from bench.profile import profile_read
 
@@ -304,5 +414,11 @@ def results_json(run: Run) -> dict[str, Any]:
         "run_id": run.run_id,
         "options": {k: v for k, v in vars(run.args).items() if k != "admin_url"},
         "measurements": [asdict(m) for m in run.measurements],
+        "open_loop": [asdict(c) for c in run.open_loop],
+        "audit_log": {
+            "grown": asdict(run.audit_grown) if run.audit_grown else None,
+            "before": asdict(run.audit_before) if run.audit_before else None,
+            "after": asdict(run.audit_after) if run.audit_after else None,
+        },
         "tenant_counts": [asdict(t) for t in run.tenant_counts],
     }

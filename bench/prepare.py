@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from app.dev.db import drop, provision
 from app.dev.keys import SigningKey, TokenMinter
-from bench import data
+from bench import auditgrow, data
 from bench.harness import (
     AUDIENCE,
     CLIENT_ID,
@@ -86,6 +86,18 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
     run.server_version = asyncio.run(data.load(run.db.owner_url, users, args.patients))
     log(f"loaded {args.patients} patients in {len(users)} scopes in "
         f"{time.monotonic() - started:.1f}s")  # fmt: skip
+    if args.audit_events:
+        log(f"growing the audit log by {args.audit_events:,} events (COPY, as the owner)")
+        run.audit_grown = asyncio.run(
+            auditgrow.grow(
+                run.db.owner_url,
+                args.audit_events,
+                exclude_scopes={user.scope for user in users},
+                indexes=args.audit_indexes,
+                log=log,
+            )
+        )
+        log(run.audit_grown.text())
 
     warm = warm_future.result()
     run.warm_tokens = run.run_dir / "tokens.tsv"

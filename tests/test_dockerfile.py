@@ -14,7 +14,7 @@ from pathlib import Path
 
 from app.dev.db import ProvisionedDatabase
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_copy_sources_exist() -> None:

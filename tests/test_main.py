@@ -174,12 +174,12 @@ class TestMetrics:
 
 
 class TestOpenAPI:
-    async def test_the_export_documents_both_of_its_formats(
+    async def test_the_export_documents_each_of_its_formats(
         self, client: httpx.AsyncClient
     ) -> None:
         spec = (await client.get("/openapi.json")).json()
         content = spec["paths"]["/api/audit-events/export"]["get"]["responses"]["200"]["content"]
-        assert set(content) == {"application/x-ndjson", "text/csv"}
+        assert set(content) == {"application/x-ndjson", "text/csv", "application/fhir+ndjson"}
         assert content["text/csv"]["schema"] == {"type": "string"}
 
     async def test_lists_every_route_the_app_serves(

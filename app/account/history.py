@@ -7,7 +7,7 @@ import datetime as dt
 
 import asyncpg
 
-from app.account.logstream import SIGN_IN_ACTIONS
+from app.account.logtypes import SIGN_IN_ACTIONS
 
 # Actions shown as sign-in history: the service's own and the Auth0 log types mapped to them
 # (app/account/logstream.py). The first condition repeats the partial index's predicate (0004).

@@ -6,23 +6,29 @@ the Content-Type says. Each log becomes one audit event, once: its id goes into
 `auth0_log_ids` in the same transaction, and an id already there is a duplicate.
 
 - A body that is not JSON in one of those formats is malformed: 400, nothing stored.
-- A record that is JSON but not a usable log (no id, no type, a bad date or address) is
-  rejected and reported by its index; the valid records of the batch are stored.
+- A body of more than LOG_STREAM_MAX_ITEMS entries is refused whole (413), before any is
+  validated: one request cannot buy unbounded work or an unbounded report.
+- A record that is JSON but not a usable log (no id, no type, a bad address, a date older
+  than 90 days or more than a day ahead) is rejected and reported by its index; the valid
+  records of the batch are stored. Validation gives the event loop back every couple of
+  milliseconds, so a large batch never stalls the other requests.
 
-Actions are `idp.*` (action codes are `[a-z_]` segments, so "auth0" cannot be one), e.g.
-`idp.login.failed`; the original Auth0 type code (`s`, `f`, `fp`, `fu`, `ss`, `slo`, ...) is
-kept in `detail.type`; the event's `occurred_at` is the log's own `date`. Unknown codes are kept as
-`idp.log.other`. Fields Auth0 does not document as stable are ignored, and the free-text
+Each log's audit action comes from its Auth0 type code (app/account/logtypes.py); the
+original code is kept in `detail.type`, and the event's `occurred_at` is the log's own
+`date`. Fields Auth0 does not document as stable are ignored, and the free-text
 `description` and `user_name` are never stored: they can hold email addresses. A user name
 is kept only as a keyed hash, the same one the password-reset audit uses.
 
-A little over 300 lines, a sixth of them Auth0's table of log types: parsing, mapping and
-storing a batch read best in one place.
+Past 300 lines because parsing, validating and storing a batch are one pipeline with one
+set of limits; Auth0's log-type table is app/account/logtypes.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,65 +46,21 @@ from pydantic import (
     field_validator,
 )
 
+from app.account.logtypes import classify
 from app.audit.batcher import record_many
-from app.audit.events import Actor, Event, Outcome
+from app.audit.events import Actor, Event
 from app.core.db import transaction
 from app.core.errors import field_errors
 
 _PRINTABLE = r"^[\x21-\x7e]+$"
-
-# Auth0 log type code -> (action, outcome, reason for a non-success outcome).
-EVENT_TYPES: dict[str, tuple[str, Outcome, str | None]] = {
-    "s": ("idp.login.success", "success", None),
-    "scoa": ("idp.login.success", "success", None),
-    "f": ("idp.login.failed", "failed", "sign-in failed"),
-    "fp": ("idp.login.failed", "failed", "wrong password"),
-    "fu": ("idp.login.failed", "failed", "unknown email or username"),
-    "fc": ("idp.login.failed", "failed", "connector failure"),
-    "fco": ("idp.login.failed", "failed", "origin not allowed"),
-    "fcoa": ("idp.login.failed", "failed", "cross-origin sign-in failed"),
-    "limit_wc": ("idp.login.blocked", "denied", "account blocked after failed attempts"),
-    "limit_sul": ("idp.login.blocked", "denied", "user blocked after failed attempts"),
-    "limit_mu": ("idp.login.blocked", "denied", "IP address blocked"),
-    "pwd_leak": ("idp.login.breached_password", "denied", "breached password"),
-    "ss": ("idp.signup.success", "success", None),
-    "fs": ("idp.signup.failed", "failed", "sign-up failed"),
-    "slo": ("idp.logout.success", "success", None),
-    "flo": ("idp.logout.failed", "failed", "sign-out failed"),
-    "gd_auth_succeed": ("idp.mfa.success", "success", None),
-    "gd_auth_failed": ("idp.mfa.failed", "failed", "wrong second factor"),
-    "gd_auth_rejected": ("idp.mfa.failed", "denied", "second factor rejected"),
-    "gd_otp_rate_limit_exceed": ("idp.mfa.failed", "denied", "too many second-factor codes"),
-    "gd_enrollment_complete": ("idp.mfa.enrolled", "success", None),
-    "ssa": ("idp.silent_auth.success", "success", None),
-    "fsa": ("idp.silent_auth.failed", "failed", "silent authentication failed"),
-    "scp": ("idp.password_change.success", "success", None),
-    "fcp": ("idp.password_change.failed", "failed", "password change failed"),
-    "scpr": ("idp.password_reset.requested", "success", None),
-    "fcpr": ("idp.password_reset.failed", "failed", "password reset request failed"),
-    "sv": ("idp.email_verification.success", "success", None),
-    "fv": ("idp.email_verification.failed", "failed", "email verification failed"),
-    "svr": ("idp.email_verification.requested", "success", None),
-    "fvr": ("idp.email_verification.failed", "failed", "verification email failed"),
-    "seacft": ("idp.token_exchange.success", "success", None),
-    "feacft": ("idp.token_exchange.failed", "failed", "code exchange failed"),
-    "sertft": ("idp.refresh_token.success", "success", None),
-    "fertft": ("idp.refresh_token.failed", "failed", "refresh token exchange failed"),
-}
-OTHER_ACTION = "idp.log.other"
-# The actions that are sign-in history (GET /api/me/logins), besides the service's own.
-SIGN_IN_ACTIONS = (
-    "idp.login.success",
-    "idp.login.failed",
-    "idp.login.blocked",
-    "idp.login.breached_password",
-    "idp.signup.success",
-    "idp.signup.failed",
-    "idp.logout.success",
-    "idp.logout.failed",
-    "idp.mfa.success",
-    "idp.mfa.failed",
-)
+# The window of log dates accepted: Auth0 redelivers for hours, not months, and a log id is
+# remembered (to drop redeliveries) for AUTH0_LOG_ID_RETENTION_DAYS, 90 by default.
+MAX_LOG_AGE = dt.timedelta(days=90)
+MAX_LOG_AHEAD = dt.timedelta(days=1)
+# Validation yields to the event loop after this long; one record takes tens of microseconds.
+VALIDATION_SLICE_SECONDS = 0.002
+# Whitespace around and between lines: collapses blank lines without a Python-level loop.
+_LINE_BREAKS = re.compile(rb"\s*[\r\n]\s*")
 
 INSERT_LOG_IDS = """
 INSERT INTO auth0_log_ids (log_id)
@@ -111,6 +73,14 @@ PURGE_LOG_IDS = "DELETE FROM auth0_log_ids WHERE ingested_at < now() - $1 * inte
 
 class MalformedBatch(Exception):
     """The body is not a batch in any format Auth0 sends; the message says where."""
+
+
+class TooManyItems(Exception):
+    """The batch holds more entries than one request may carry."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a batch may hold at most {limit} entries")
+        self.limit = limit
 
 
 def _blank_to_none(value: Any) -> Any:
@@ -176,8 +146,9 @@ class Rejected:
     errors: list[dict[str, str]]
 
 
-def parse_batch(body: bytes) -> list[Any]:
-    """The items of a JSON array, a JSON object or JSON lines; `MalformedBatch` otherwise."""
+def parse_batch(body: bytes, *, max_items: int | None = None) -> list[Any]:
+    """The items of a JSON array, a JSON object or JSON lines; `MalformedBatch` otherwise,
+    `TooManyItems` past `max_items` (JSON lines are counted before any is parsed)."""
     text = body.strip()
     if not text:
         raise MalformedBatch("the body is empty")
@@ -186,13 +157,20 @@ def parse_batch(body: bytes) -> list[Any]:
     except orjson.JSONDecodeError:
         pass  # several lines, perhaps
     else:
-        if isinstance(document, list):
-            return document
         if isinstance(document, dict):
-            return [document]
-        raise MalformedBatch("expected a JSON array, a JSON object or JSON lines")
+            document = [document]
+        if not isinstance(document, list):
+            raise MalformedBatch("expected a JSON array, a JSON object or JSON lines")
+        if max_items is not None and len(document) > max_items:
+            raise TooManyItems(max_items)
+        return document
+    lines = text.splitlines()
+    if max_items is not None and len(lines) > max_items:
+        lines = _LINE_BREAKS.split(text)  # without blank lines, which are not entries
+        if len(lines) > max_items:
+            raise TooManyItems(max_items)
     items = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -202,42 +180,60 @@ def parse_batch(body: bytes) -> list[Any]:
     return items
 
 
-def validate_records(items: Sequence[Any]) -> tuple[list[LogRecord], list[Rejected]]:
-    """Split items into usable records and rejected ones (by index, with field errors)."""
+def validate_record(index: int, item: Any, now: dt.datetime) -> LogRecord | Rejected:
+    """One item as a usable record, or its rejection (by index, with field errors)."""
+    given_id = item.get("log_id") if isinstance(item, dict) else None
+    given_id = given_id if isinstance(given_id, str) and len(given_id) <= 128 else None
+    if not isinstance(item, dict):
+        return Rejected(index, None, [{"field": "record", "message": "expected an object"}])
+    try:
+        record = LogRecord.model_validate(item)
+    except ValidationError as exc:
+        return Rejected(index, given_id, field_errors(exc))
+    inner = record.data.log_id
+    if record.log_id is None and inner is None:
+        errors = [{"field": "log_id", "message": "Field required"}]
+    elif record.log_id is not None and inner is not None and inner != record.log_id:
+        errors = [{"field": "data.log_id", "message": "differs from log_id"}]
+    elif not now - MAX_LOG_AGE <= record.data.date <= now + MAX_LOG_AHEAD:
+        errors = [{"field": "data.date", "message": "older than 90 days or a day ahead"}]
+    else:
+        return record
+    return Rejected(index, given_id, errors)
+
+
+def validate_records(
+    items: Sequence[Any], *, now: dt.datetime | None = None
+) -> tuple[list[LogRecord], list[Rejected]]:
+    """Split items into usable records and rejected ones, in one go (small batches)."""
+    now = now or dt.datetime.now(dt.UTC)
+    outcomes = [validate_record(index, item, now) for index, item in enumerate(items)]
+    valid = [o for o in outcomes if isinstance(o, LogRecord)]
+    return valid, [o for o in outcomes if isinstance(o, Rejected)]
+
+
+async def validate_batch(
+    items: Sequence[Any],
+    *,
+    now: dt.datetime | None = None,
+    slice_seconds: float = VALIDATION_SLICE_SECONDS,
+) -> tuple[list[LogRecord], list[Rejected]]:
+    """`validate_records`, yielding to the event loop every `slice_seconds`."""
+    now = now or dt.datetime.now(dt.UTC)
     valid: list[LogRecord] = []
     rejected: list[Rejected] = []
+    await asyncio.sleep(0)  # the caller may just have parsed the batch
+    deadline = time.perf_counter() + slice_seconds
     for index, item in enumerate(items):
-        given_id = item.get("log_id") if isinstance(item, dict) else None
-        given_id = given_id if isinstance(given_id, str) and len(given_id) <= 128 else None
-        if not isinstance(item, dict):
-            errors = [{"field": "record", "message": "expected an object"}]
-            rejected.append(Rejected(index, None, errors))
-            continue
-        try:
-            record = LogRecord.model_validate(item)
-        except ValidationError as exc:
-            rejected.append(Rejected(index, given_id, field_errors(exc)))
-            continue
-        inner = record.data.log_id
-        if record.log_id is None and inner is None:
-            errors = [{"field": "log_id", "message": "Field required"}]
-        elif record.log_id is not None and inner is not None and inner != record.log_id:
-            errors = [{"field": "data.log_id", "message": "differs from log_id"}]
+        outcome = validate_record(index, item, now)
+        if isinstance(outcome, LogRecord):
+            valid.append(outcome)
         else:
-            valid.append(record)
-            continue
-        rejected.append(Rejected(index, given_id, errors))
+            rejected.append(outcome)
+        if time.perf_counter() >= deadline:
+            await asyncio.sleep(0)
+            deadline = time.perf_counter() + slice_seconds
     return valid, rejected
-
-
-def classify(code: str) -> tuple[str, Outcome, str | None]:
-    """The audit action and outcome of an Auth0 log type; unknown codes by their letter."""
-    known = EVENT_TYPES.get(code)
-    if known is not None:
-        return known
-    if code.startswith("f"):
-        return OTHER_ACTION, "failed", f"Auth0 log type {code}"
-    return OTHER_ACTION, "success", None
 
 
 def audit_entry(

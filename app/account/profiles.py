@@ -11,15 +11,35 @@ import re
 from typing import Annotated, Any
 
 import asyncpg
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from app.auth.tokens import Principal
+
+# The bidirectional embedding, override and isolate controls (U+202A-U+202E, U+2066-U+2069):
+# a name holding them displays other than it reads. The joiners ZWJ and ZWNJ stay allowed.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def _no_bidi_controls(value: str) -> str:
+    if _BIDI_CONTROLS.search(value):
+        raise ValueError("must not contain bidirectional text controls")
+    return value
+
 
 Name = Annotated[
     str,
     StringConstraints(
         strip_whitespace=True, min_length=1, max_length=150, pattern=r"^[^\x00-\x1f\x7f]+$"
     ),
+    AfterValidator(_no_bidi_controls),
 ]
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()./-]{5,30}$")
 

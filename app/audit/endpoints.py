@@ -2,11 +2,16 @@
 
 Every handler reads the caller's scope only (`scope_of(principal)`), and records its own
 read of the log before it answers.
+
+Past 300 lines because its five handlers share the window, filter and cursor helpers at
+the top; the digest endpoints are app/audit/digest_endpoints.py.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -20,11 +25,14 @@ from app.audit.http import actor_from
 from app.audit.query import (
     MAX_WINDOW,
     AuditFilters,
+    RowEncoder,
+    csv_lines,
     event_item,
     export_events,
     fetch_feed,
     fetch_page,
     fetch_patient_events,
+    ndjson_lines,
 )
 from app.audit.record import record_event, record_independently
 from app.audit.schemas import (
@@ -40,7 +48,7 @@ from app.audit.schemas import (
     VerifyQuery,
 )
 from app.audit.verify import verify_chain
-from app.auth.requires import principal, requires
+from app.auth.requires import Endpoint, principal, requires
 from app.core.db import connection, transaction
 from app.core.errors import BadRequest, ValidationFailed
 from app.http.bodies import JSONResponse, parse_query
@@ -173,24 +181,58 @@ async def _checkpoint(request: Request, query: AuditEventsQuery) -> Response:
     return JSONResponse(body, headers={"Link": link})
 
 
-@operation(
-    "Export the audit log (oldest first), streamed",
-    tags=TAGS,
-    query=ExportQuery,
-    responses={
-        200: Resp(
-            AuditEventOut,
-            "NDJSON, one event per line (`format=ndjson`), or CSV with a header row "
-            "(`format=csv`) whose cells are escaped against formula injection",
-            media_type="application/x-ndjson",
-            many=True,
-            also=("text/csv",),
-        )
-    },
-)
-@requires("read:audit_events")
-async def export_audit_events(request: Request) -> Response:
+@dataclass(frozen=True, slots=True)
+class ExportFormat:
+    """One `format=` of the export: its media type, file name suffix and first bytes, and
+    `lines(request, filters)`, which makes the encoder of a batch of rows. A part above the
+    audit log offers its own through `routes_with` (app/fhir: `fhir-ndjson`)."""
+
+    media_type: str
+    suffix: str
+    lines: Callable[[Request, AuditFilters], RowEncoder]
+    header: bytes = b""
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "ndjson": ExportFormat("application/x-ndjson", "ndjson", lambda _r, _f: ndjson_lines),
+    "csv": ExportFormat(
+        "text/csv; charset=utf-8", "csv", lambda _r, _f: csv_lines, csv_lines((), header=True)
+    ),
+}
+
+
+def export_endpoint(formats: Mapping[str, ExportFormat]) -> Endpoint:
+    """The export handler, offering `formats`."""
+    media_types = sorted({f.media_type.split(";")[0] for f in formats.values()})
+
+    @operation(
+        "Export the audit log (oldest first), streamed",
+        tags=TAGS,
+        query=ExportQuery,
+        responses={
+            200: Resp(
+                AuditEventOut,
+                "NDJSON, one event per line (`format=ndjson`), CSV with a header row "
+                "(`format=csv`) whose cells are escaped against formula injection, or FHIR "
+                "AuditEvent resources, one per line (`format=fhir-ndjson`, see docs/audit.md)",
+                media_type="application/x-ndjson",
+                many=True,
+                also=tuple(m for m in media_types if m != "application/x-ndjson"),
+            )
+        },
+    )
+    @requires("read:audit_events")
+    async def export_audit_events(request: Request) -> Response:
+        return await _export(request, formats)
+
+    return export_audit_events
+
+
+async def _export(request: Request, formats: Mapping[str, ExportFormat]) -> Response:
     query = parse_query(request, ExportQuery)
+    export = formats.get(query.format)
+    if export is None:
+        raise _invalid(("format", "not offered by this service"))
     actor = _actor(request)
     filters = _filters(query, actor.scope)
     database = context(request).database
@@ -207,13 +249,15 @@ async def export_audit_events(request: Request) -> Response:
         },
     )
     await record_independently(database, actor, event)
-    media = "text/csv; charset=utf-8" if query.format == "csv" else "application/x-ndjson"
-    name = f"audit-events.{query.format}"
+    name = f"audit-events.{export.suffix}"
     return StreamingResponse(
-        export_events(database, filters, query.format),
-        media_type=media,
+        export_events(database, filters, export.lines(request, filters), header=export.header),
+        media_type=export.media_type,
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+export_audit_events = export_endpoint(EXPORT_FORMATS)
 
 
 @operation(
@@ -291,3 +335,14 @@ routes: list[BaseRoute] = [
     Route("/api/audit-events/verify", verify_audit_events, methods=["GET"]),
     Route("/api/patients/{patient_id:uuid}/access-report", patient_access_report, methods=["GET"]),
 ]
+
+
+def routes_with(export_formats: Mapping[str, ExportFormat]) -> list[BaseRoute]:
+    """`routes`, with the export offering `export_formats` too (app/main.py wires them)."""
+    export = export_endpoint({**EXPORT_FORMATS, **export_formats})
+    return [
+        Route(route.path, export, methods=["GET"])
+        if isinstance(route, Route) and route.endpoint is export_audit_events
+        else route
+        for route in routes
+    ]

@@ -23,7 +23,8 @@ Crud = Literal["C", "R", "U", "D", "E"]
 Outcome = Literal["success", "denied", "failed"]
 
 ACTION_PATTERN = re.compile(r"[a-z_]+(\.[a-z_]+)+")
-MAX_DETAIL_BYTES = 4096
+# Room for the ids of a full page of patients (200 at 39 bytes each) beside the rest.
+MAX_DETAIL_BYTES = 16_384
 _CRUD = frozenset("CRUDE")
 _OUTCOMES = frozenset({"success", "denied", "failed"})
 CRUD_OF_METHOD: dict[str, Crud] = {

@@ -1,5 +1,5 @@
 """The audit facts of an HTTP request: its actor, and the records of refused and failed
-requests (`record_denial` is the app's `DenialHook`, app/auth/requires.py)."""
+requests (`record_denial` is the app's `DenialHook`, app/core/state.py)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _route_facts(request: Request) -> tuple[str, uuid.UUID | None]:
 async def record_denial(request: Request, principal: Principal | None, error: AppError) -> None:
     """Record a refused request (403) independently of the request's own transaction.
 
-    Fits `app.auth.requires.DenialHook`. A 401 (no principal) is not recorded: anonymous
+    Fits `app.core.state.DenialHook`. A 401 (no principal) is not recorded: anonymous
     traffic must
     not be able to write to the audit log; the access log and metrics count it.
     """

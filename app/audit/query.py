@@ -10,7 +10,7 @@ import csv
 import hashlib
 import io
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -27,6 +27,7 @@ EVENT_COLUMNS = (
     "id",
     "recorded_at",
     "occurred_at",
+    "scope",  # part of what the hash covers: an exported event verifies on its own
     "action",
     "crud",
     "outcome",
@@ -65,6 +66,7 @@ class AuditFilters:
     patient_id: uuid.UUID | None = None
     outcome: Literal["success", "denied", "failed"] | None = None
     request_id: str | None = None
+    crud: Literal["C", "R", "U", "D", "E"] | None = None
 
     def fingerprint(self) -> str:
         """A short digest of the filters, to bind a cursor to the query it came from."""
@@ -73,7 +75,7 @@ class AuditFilters:
 
     def used(self) -> list[str]:
         """The names of the optional filters in use (for the audit.read event)."""
-        optional = ("actor", "action", "patient_id", "outcome", "request_id")
+        optional = ("actor", "action", "patient_id", "outcome", "request_id", "crud")
         return [name for name in optional if getattr(self, name) is not None]
 
 
@@ -96,11 +98,19 @@ def _where(filters: AuditFilters) -> tuple[str, list[Any]]:
     elif filters.action is not None:
         add("action = $?", filters.action)
     if filters.patient_id is not None:
-        add("patient_id = $?", filters.patient_id)
+        # Every event that named the patient, through its link (migrations/0008).
+        add(
+            "(seq, recorded_at) IN (SELECT l.seq, l.recorded_at FROM audit_event_patients l"
+            " WHERE l.patient_ids @> ARRAY[$?::uuid] AND l.recorded_at >= $2"
+            " AND l.recorded_at < $3)",
+            filters.patient_id,
+        )
     if filters.outcome is not None:
         add("outcome = $?", filters.outcome)
     if filters.request_id is not None:
         add("request_id = $?", filters.request_id)
+    if filters.crud is not None:
+        add("crud = $?", filters.crud)
     return " AND ".join(clauses), args
 
 
@@ -173,10 +183,12 @@ async def fetch_feed(
 async def fetch_patient_events(
     conn: asyncpg.Connection, scope: str, patient_id: uuid.UUID, *, after_seq: int, limit: int
 ) -> tuple[list[asyncpg.Record], int | None]:
-    """Events about one patient in one scope, oldest first; the seq to continue after."""
+    """Every event of one scope that named a patient (about it, or showing it among others),
+    oldest first; the seq to continue after."""
     rows = await conn.fetch(
-        f"{_SELECT} FROM audit_events WHERE patient_id = $1 AND scope = $2 AND seq > $3 "
-        "ORDER BY seq LIMIT $4",
+        f"{_SELECT} FROM audit_events WHERE scope = $2 AND (seq, recorded_at) IN ("
+        "SELECT l.seq, l.recorded_at FROM audit_event_patients l"
+        " WHERE l.patient_ids @> ARRAY[$1::uuid] AND l.seq > $3) ORDER BY seq LIMIT $4",
         patient_id,
         scope,
         after_seq,
@@ -186,6 +198,14 @@ async def fetch_patient_events(
         return rows, None
     rows = rows[:limit]
     return rows, rows[-1]["seq"]
+
+
+async def fetch_event(conn: asyncpg.Connection, scope: str, seq: int) -> asyncpg.Record | None:
+    """One event of the scope by its seq (an index lookup in each partition)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"{_SELECT} FROM audit_events WHERE scope = $1 AND seq = $2", scope, seq
+    )
+    return row
 
 
 def event_item(row: asyncpg.Record) -> dict[str, Any]:
@@ -225,18 +245,27 @@ def ndjson_lines(rows: Iterable[asyncpg.Record]) -> bytes:
     return b"".join(orjson.dumps(event_item(row)) + b"\n" for row in rows)
 
 
+RowEncoder = Callable[[Sequence[asyncpg.Record]], bytes]
+
+
 async def export_events(
-    database: Database, filters: AuditFilters, fmt: Literal["ndjson", "csv"], *, batch: int = 1000
+    database: Database,
+    filters: AuditFilters,
+    lines: RowEncoder,
+    *,
+    header: bytes = b"",
+    batch: int = 1000,
 ) -> AsyncIterator[bytes]:
-    """The filtered events, oldest first, as NDJSON or CSV chunks of `batch` events.
+    """The filtered events, oldest first: `header`, then `lines` of each batch of events
+    (`ndjson_lines`, `csv_lines`, or a caller's own format).
 
     A server-side cursor in a read-only repeatable-read transaction: one consistent
     snapshot, and at most one batch in memory whatever the count.
     """
     where, args = _where(filters)
     sql = f"{_SELECT} FROM audit_events WHERE {where} ORDER BY recorded_at, seq"
-    if fmt == "csv":
-        yield csv_lines((), header=True)
+    if header:
+        yield header
     async with (
         connection(database) as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
@@ -244,4 +273,4 @@ async def export_events(
         await _plan_for_values(conn)
         cursor = await conn.cursor(sql, *args)
         while rows := await cursor.fetch(batch):
-            yield csv_lines(rows) if fmt == "csv" else ndjson_lines(rows)
+            yield lines(rows)

@@ -54,7 +54,9 @@ class AuditEventsQuery(Filtered):
 
 
 class ExportQuery(Filtered):
-    format: Literal["ndjson", "csv"] = "ndjson"
+    format: Literal["ndjson", "csv", "fhir-ndjson"] = Field(
+        "ndjson", description="`fhir-ndjson`: FHIR AuditEvent resources after IHE BALP"
+    )
 
 
 class VerifyQuery(Window):
@@ -73,6 +75,7 @@ class AuditEventOut(BaseModel):
     id: uuid.UUID
     recorded_at: datetime
     occurred_at: datetime
+    scope: str = Field(description="The tenant the event belongs to (org_id, else the sub)")
     action: str
     crud: Literal["C", "R", "U", "D", "E"]
     outcome: Literal["success", "denied", "failed"]
@@ -115,3 +118,43 @@ class ChainVerification(BaseModel):
     broken_seq: int | None = None
     broken_id: uuid.UUID | None = None
     reason: str | None = None
+
+
+class DigestsQuery(Window):
+    """Digests issued in [since, until); both optional (from the first, up to now)."""
+
+    limit: int = Field(50, ge=1, le=200, description="Page size")
+    cursor: str | None = Field(None, max_length=1024, description="`next_cursor` of a page")
+
+
+class DigestOut(BaseModel):
+    number: int = Field(description="Place in the chain of digests: 1, 2, ...")
+    issued_at: datetime
+    kid: str = Field(description="The signing key's id in GET /.well-known/audit-keys")
+    after_seq: int
+    watermark: int = Field(description="Every event with seq <= watermark is covered")
+    heads: int = Field(description="How many chain heads the digest signs")
+    prev_hash: str | None = Field(description="Hex SHA-256 of the previous digest's JWS")
+    hash: str = Field(description="Hex SHA-256 of this digest's JWS")
+    jws: str = Field(
+        description="The digest: a compact JWS (EdDSA) whose payload is the authority; "
+        "the other fields are read from it for convenience (docs/audit.md)"
+    )
+
+
+class DigestPage(BaseModel):
+    items: list[DigestOut]
+    next_cursor: str | None
+
+
+class AuditKey(BaseModel):
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str
+    use: Literal["sig"] = "sig"
+    alg: Literal["EdDSA"] = "EdDSA"
+
+
+class AuditKeySet(BaseModel):
+    keys: list[AuditKey]

@@ -34,13 +34,13 @@ from app.core.errors import (
     Unauthorized,
 )
 from app.core.settings import Settings
+from app.core.state import DenialHook
 from app.http.context import context
 from app.ratelimit import Limit
 
 logger = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-DenialHook = Callable[[Request, Principal | None, AppError], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,7 @@ class RevocationStore:
         self,
         *,
         leeway_seconds: float = 30.0,
-        session_seconds: float = 86_400.0,
+        session_seconds: float = 30 * 86_400.0,
         channel: str = CHANNEL,
         keepalive_seconds: float = 5.0,
         reconnect_max_seconds: float = 5.0,

@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import logging
 import math
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -51,6 +52,21 @@ MALFORMED = "malformed token"
 # base64url to base64 for a strict decoder; "+", "/" and "=" become "!", which it refuses.
 _FROM_URLSAFE = bytes.maketrans(b"-_+/=", b"+/!!!")
 _TYPES = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+_LATEST_TIME = 2**53  # the largest integer a JSON number carries exactly
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_METHOD_LENGTH = 64  # an `amr` entry: "pwd", "mfa", "otp", ...
+# String claims stored in the database, and their columns' limits: the user id
+# (registrations, sign-in sessions), session and token ids (sign-in sessions), the
+# organization (Auth0 ids are at most 50), the client, and the email kept at sign-up.
+_STORED_CLAIMS = {
+    "sub": 255,
+    "sid": 255,
+    "jti": 255,
+    "org_id": 50,
+    "azp": 255,
+    "client_id": 255,
+    "email": 320,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +120,7 @@ class TokenVerifier:
         self._issuer = settings.issuer
         self._audience = settings.auth0_audience
         self._leeway = settings.token_leeway_seconds
+        self._max_lifetime = settings.max_token_lifetime_seconds
         self._cooldown = settings.jwks_cooldown_seconds
         self._algorithms = frozenset(settings.auth0_algorithms) & SUPPORTED_ALGORITHMS
         if unsupported := set(settings.auth0_algorithms) - SUPPORTED_ALGORITHMS:
@@ -213,6 +230,10 @@ class TokenVerifier:
             raise Unauthorized("missing exp claim")
         if now >= exp + self._leeway:
             raise Unauthorized("token expired")
+        # Further ahead than any token the tenant issues: it could never be revoked for long
+        # enough, and dates that far out are not even representable.
+        if exp > now + self._max_lifetime + self._leeway:
+            raise Unauthorized("invalid exp claim")
         nbf = _numeric(claims, "nbf")
         if nbf is not None and nbf > now + self._leeway:
             raise Unauthorized("token not yet valid")
@@ -222,15 +243,19 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("missing sub claim")
+        for name, limit in _STORED_CLAIMS.items():
+            _check_fits(claims, name, limit)
         scope = claims.get("scope")
         scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
-        listed = claims.get("permissions")
-        permissions = (
-            frozenset(p for p in listed if isinstance(p, str))
-            if isinstance(listed, list)
-            else scopes
-        )
+        permissions = _permissions(claims.get("permissions"))
+        # A user may ask for any scope the API defines (RBAC only filters `permissions`);
+        # a machine-to-machine client gets only the scopes the tenant admin granted it.
+        if claims.get("gty") == "client-credentials":
+            permissions |= scopes
         amr = claims.get("amr")
+        methods = tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else ()
+        if any(len(a) > _MAX_METHOD_LENGTH or _CONTROL.search(a) for a in methods):
+            raise Unauthorized("invalid amr claim")  # recorded with each sign-in
         email_verified = claims.get(self.settings.auth0_email_verified_claim)
         return Principal(
             sub=sub,
@@ -242,7 +267,7 @@ class TokenVerifier:
             jti=_string(claims.get("jti")),
             exp=int(exp),
             iat=None if iat is None else int(iat),
-            amr=tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else (),
+            amr=methods,
             email_verified=email_verified if isinstance(email_verified, bool) else None,
             claims=claims,
         )
@@ -330,10 +355,29 @@ def _numeric(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    # bool is an int in Python; infinity would make a token that never expires.
-    if type(value) not in (int, float) or not math.isfinite(value):
+    # bool is an int in Python; infinity would make a token that never expires, and a time
+    # before 1970 or past 2**53 seconds is no time a tenant writes.
+    if type(value) not in (int, float) or not 0 <= value <= _LATEST_TIME:
         raise Unauthorized(f"invalid {name} claim")
     return float(value)
+
+
+def _permissions(listed: Any) -> frozenset[str]:
+    """The `permissions` claim: absent grants nothing; anything but a list of strings is
+    refused rather than read as "no permissions", so a broken tenant rule shows."""
+    if listed is None:
+        return frozenset()
+    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        raise Unauthorized("invalid permissions claim")
+    return frozenset(listed)
+
+
+def _check_fits(claims: dict[str, Any], name: str, limit: int) -> None:
+    """A string claim the service stores must fit its column: at most `limit` characters and
+    no control characters (Postgres refuses NUL), else the token is refused before any query."""
+    value = claims.get(name)
+    if isinstance(value, str) and (len(value) > limit or _CONTROL.search(value)):
+        raise Unauthorized(f"invalid {name} claim")
 
 
 def _string(value: Any) -> str | None:

@@ -1,5 +1,6 @@
-"""The Auth0 calls the service makes: users, roles, organization members, the verification
-email job (Management API) and the password-change request (Authentication API).
+"""The Auth0 calls the service makes: users, tenant roles, organization members and their
+roles, the verification email job (Management API) and the password-change request
+(Authentication API).
 
 Each call says whether it may be retried (`app.auth0.client` owns the policy): reads, PATCH
 and DELETE of roles repeat safely; a POST that sends an email or assigns roles never does.
@@ -37,6 +38,15 @@ PAGE_SIZE = 100
 def user_path(user_id: str) -> str:
     """The Management API path of a user; subs contain `|`, so every character is encoded."""
     return f"/api/v2/users/{quote(user_id, safe='')}"
+
+
+def org_path(org_id: str) -> str:
+    return f"/api/v2/organizations/{quote(org_id, safe='')}"
+
+
+def member_roles_path(org_id: str, user_id: str) -> str:
+    """A member's roles within one organization (not the tenant-wide roles of the user)."""
+    return f"{org_path(org_id)}/members/{quote(user_id, safe='')}/roles"
 
 
 class Auth0Client:
@@ -118,14 +128,15 @@ class Auth0Client:
     # --- Roles ---------------------------------------------------------------------------
 
     async def get_user_roles(self, user_id: str) -> list[dict[str, Any]]:
-        """Every role assigned directly to the user, across all pages."""
+        """Every tenant role assigned directly to the user, across all pages."""
+        return await self._all_roles(user_path(user_id) + "/roles")
+
+    async def _all_roles(self, path: str) -> list[dict[str, Any]]:
         roles: list[dict[str, Any]] = []
         for page in range(1000):
             params: dict[str, str | int] = {"per_page": PAGE_SIZE, "page": page}
             params["include_totals"] = "true"
-            response = await self.transport.request(
-                "GET", user_path(user_id) + "/roles", params=params, retryable=True
-            )
+            response = await self.transport.request("GET", path, params=params, retryable=True)
             body = json_body(response)
             if isinstance(body, list):  # a tenant that ignores paging sends everything at once
                 return json_objects(body)
@@ -147,7 +158,7 @@ class Auth0Client:
             "DELETE", user_path(user_id) + "/roles", json=body, retryable=True
         )
 
-    # --- Organizations -------------------------------------------------------------------
+    # --- Organizations ---------------------------------------------------------------------
 
     async def is_org_member(self, org_id: str, user_id: str) -> bool:
         """Whether the user belongs to the organization (an unknown organization: False).
@@ -155,7 +166,7 @@ class Auth0Client:
         Walks the member list by checkpoint pagination (`take`/`from`, the only paging that
         reaches past 1000 members), asking for user ids only, and stops at the first match.
         """
-        path = f"/api/v2/organizations/{quote(org_id, safe='')}/members"
+        path = org_path(org_id) + "/members"
         params: dict[str, str | int] = {"fields": "user_id", "include_fields": "true"}
         params["take"] = PAGE_SIZE
         seen: set[str] = set()
@@ -177,6 +188,22 @@ class Auth0Client:
                 raise UpstreamError("Auth0 sent a member list that does not end")
             seen.add(cursor)
             params["from"] = cursor
+
+    async def get_member_roles(self, org_id: str, user_id: str) -> list[dict[str, Any]]:
+        """The roles the user holds in the organization only, across all pages."""
+        return await self._all_roles(member_roles_path(org_id, user_id))
+
+    async def assign_member_roles(self, org_id: str, user_id: str, role_ids: Sequence[str]) -> None:
+        """Assign roles to the user within the organization; a POST, never retried."""
+        body = {"roles": list(role_ids)}
+        await self.transport.request("POST", member_roles_path(org_id, user_id), json=body)
+
+    async def remove_member_roles(self, org_id: str, user_id: str, role_ids: Sequence[str]) -> None:
+        """Remove roles from the user within the organization; retried (absent: a no-op)."""
+        body = {"roles": list(role_ids)}
+        await self.transport.request(
+            "DELETE", member_roles_path(org_id, user_id), json=body, retryable=True
+        )
 
     # --- Authentication API --------------------------------------------------------------
 

@@ -1,16 +1,105 @@
-"""Structured JSON-line logging. Callers pass identifiers in `extra`, never tokens or PHI."""
+"""Structured JSON-line logging. Callers pass identifiers in `extra`, never tokens or PHI.
+
+The formatter is also the last line of defence for what callers cannot control: the text of
+exceptions. A Postgres error's message and its DETAIL carry the values of the row it failed
+on ("Failing row contains (..., jane.doe@example.com, ...)", "Key (email)=(...)"), and
+asyncpg's client-side errors quote the argument they could not encode. So wherever such an
+exception reaches a log line (a traceback, a `%s` argument, an `extra` value), it is written
+as its class, SQLSTATE and the names of the constraint, table and column only.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+import traceback
+from types import TracebackType
 from typing import Any
 
+import asyncpg
 import orjson
+from pydantic import ValidationError
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# What of a Postgres error names the schema, never the data.
+_SCHEMA_NAMES = ("constraint", "table", "column")
+
+
+def describe_exception(exc: BaseException) -> str:
+    """The exception's message as it may be logged: database and validation errors lose
+    everything that could quote a value."""
+    if isinstance(exc, asyncpg.PostgresError):  # server errors, and arguments asyncpg refused
+        parts = [f"SQLSTATE {exc.sqlstate}"]
+        for label in _SCHEMA_NAMES:
+            name = getattr(exc, f"{label}_name", None)
+            if name:
+                parts.append(f"{label} {name}")
+        return ", ".join(parts)
+    if isinstance(exc, ValidationError):
+        fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors(include_input=False)})
+        return f"{exc.error_count()} validation error(s) for {exc.title}: {', '.join(fields)}"
+    return str(exc)
+
+
+def format_exception(
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> str:
+    """A traceback like Python's, its chain included, each message by `describe_exception`."""
+    if exc is None:
+        return "".join(traceback.format_tb(tb)) + (exc_type.__name__ if exc_type else "")
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link = ""
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            current, link = current.__cause__, _CAUSE
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, link = current.__context__, _CONTEXT
+        else:
+            current = None
+    parts: list[str] = []
+    for error, link in reversed(chain):
+        parts.append("Traceback (most recent call last):\n")
+        parts += traceback.format_tb(error.__traceback__)
+        message = describe_exception(error)
+        parts.append(
+            f"{_qualified_name(error)}: {message}\n" if message else f"{_qualified_name(error)}\n"
+        )
+        if link:
+            parts.append(link)
+    return "".join(parts).rstrip("\n")
+
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def _qualified_name(error: BaseException) -> str:
+    cls = type(error)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _safe(value: Any) -> Any:
+    return describe_exception(value) if isinstance(value, BaseException) else value
+
+
+def _message(record: logging.LogRecord) -> str:
+    """`record.getMessage()`, with exceptions among the message and its arguments made safe."""
+    message = str(_safe(record.msg))
+    args = record.args
+    if not args:
+        return message
+    if isinstance(args, dict):
+        return message % {key: _safe(value) for key, value in args.items()}
+    return message % tuple(_safe(value) for value in args)
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,14 +109,17 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _message(record),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = _safe(value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+    def formatException(self, ei: Any) -> str:
+        return format_exception(*ei)
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -2,21 +2,41 @@
 
 Required values have no default, so a missing one stops start-up with a line naming it.
 Secrets are `SecretStr`: they print as `**********` in reprs, logs and tracebacks.
+
+Past 300 lines because every setting is declared here, once, with its validation (STYLE:
+configuration once); nothing else reads the environment.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
+MAX_TOKEN_LIFETIME = 30 * 86_400  # Auth0's longest access-token lifetime
+HSTS_ONE_YEAR = 365 * 86_400
+# An Auth0 role id, as the Management API writes it.
+ROLE_ID = re.compile(r"rol_[A-Za-z0-9]{1,64}")
+# An audit signing key's id (the JWS `kid`), and its private half in base64url.
+AUDIT_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +74,29 @@ class ConfigError(Exception):
     """Start-up configuration is missing or invalid; the message is one line for humans."""
 
 
+def parse_signing_keys(text: str) -> list[tuple[str, bytes]]:
+    """`AUDIT_SIGNING_KEY`: `KID:SEED[,KID:SEED...]` as (kid, 32-byte Ed25519 private key)
+    pairs, the signing key first. A mistake names the entry and its kid, never key bytes."""
+    keys: list[tuple[str, bytes]] = []
+    for position, entry in enumerate(text.split(","), 1):
+        kid, colon, seed = entry.strip().partition(":")
+        seed = seed.rstrip("=")
+        if not colon or not AUDIT_KEY_ID.fullmatch(kid):
+            raise ValueError(f"entry {position} is not KID:SEED (KID: 1-64 of A-Z a-z 0-9 . _ -)")
+        raw = b""
+        if _BASE64URL.fullmatch(seed):
+            try:
+                raw = base64.urlsafe_b64decode(seed + "=" * (-len(seed) % 4))
+            except (binascii.Error, ValueError):
+                raw = b""
+        if len(raw) != 32:
+            raise ValueError(f"key {kid}: SEED must be a 32-byte Ed25519 private key in base64url")
+        if any(kid == known for known, _ in keys):
+            raise ValueError(f"key id {kid} is listed twice")
+        keys.append((kid, raw))
+    return keys
+
+
 def _check_postgres_url(value: str, name: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in _POSTGRES_SCHEMES:
@@ -71,7 +114,11 @@ def _csv(value: Any) -> Any:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # a rejected value may be a secret
     )
 
     # --- Database -------------------------------------------------------------------------
@@ -104,6 +151,12 @@ class Settings(BaseSettings):
     jwks_max_age_seconds: int = Field(default=600, ge=1)
     jwks_cooldown_seconds: float = Field(default=30.0, ge=0)
     token_cache_size: int = Field(default=10_000, ge=0)
+    max_token_lifetime_seconds: int = Field(
+        default=MAX_TOKEN_LIFETIME,
+        ge=60,
+        description="A token whose exp is further ahead than this is refused (Auth0's own "
+        "maximum access-token lifetime is 30 days).",
+    )
 
     # --- Service --------------------------------------------------------------------------
     app_secret_key: SecretStr | None = Field(
@@ -113,6 +166,9 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    metrics_token: SecretStr | None = Field(
+        default=None, description="When set, /metrics needs it as a bearer token."
+    )
 
     # --- Account (password reset, verification email, sessions, log streams) --------------
     require_verified_email_for: Annotated[list[str], NoDecode] = [
@@ -127,13 +183,24 @@ class Settings(BaseSettings):
     rate_limit_password_reset_email_seconds: float = Field(default=900, gt=0)
     rate_limit_verification_email_count: int = Field(default=3, ge=1)
     rate_limit_verification_email_seconds: float = Field(default=900, gt=0)
-    revoked_session_seconds: float = Field(default=86_400, ge=0)
+    revoked_session_seconds: float = Field(default=MAX_TOKEN_LIFETIME, ge=0)
     auth0_log_id_retention_days: int = Field(default=90, ge=1)
+    log_stream_max_items: int = Field(default=1000, ge=1, le=100_000)
+
+    # --- Admin ----------------------------------------------------------------------------
+    assignable_roles: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Auth0 role ids the admin endpoints may assign or remove; empty: none.",
+    )
 
     # --- Browser-facing hardening ---------------------------------------------------------
     cors_allowed_origins: Annotated[list[str], NoDecode] = []
     trusted_proxies: Annotated[list[str], NoDecode] = []
-    hsts_seconds: int = Field(default=0, ge=0)
+    hsts_seconds: int = Field(
+        default=HSTS_ONE_YEAR,
+        ge=0,
+        description="Strict-Transport-Security max-age; `python -m app dev` sets 0.",
+    )
 
     # --- Rate limits (app/ratelimit/) -------------------------------------------------------------
     rate_limit_per_ip: str = Field(
@@ -146,6 +213,31 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(
         default=None, description="Share rate-limit counters through Redis instead of Postgres."
     )
+
+    # --- Audit digests (app/audit/digests.py, docs/audit.md) ------------------------------
+    audit_digests: bool = Field(
+        default=False,
+        description="Sign a digest of the audit chain heads every "
+        "AUDIT_DIGEST_INTERVAL_SECONDS with AUDIT_SIGNING_KEY (`python -m app dev` does).",
+    )
+    audit_digest_interval_seconds: int = Field(default=300, ge=10, le=86_400)
+    audit_signing_key: SecretStr | None = Field(
+        default=None,
+        validate_default=True,
+        description="Ed25519 keys as KID:SEED (SEED: the 32-byte private key in base64url), "
+        "comma-separated: the first signs, the others are published for rotation.",
+    )
+
+    @field_validator("audit_signing_key")
+    @classmethod
+    def _audit_signing_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        text = value.get_secret_value().strip() if value is not None else ""
+        if not text:
+            if info.data.get("audit_digests"):
+                raise ValueError("required when AUDIT_DIGESTS is on (KID:SEED, docs/audit.md)")
+            return None
+        parse_signing_keys(text)  # a readable ValueError that never quotes the key
+        return SecretStr(text)
 
     @field_validator("rate_limit_per_ip", "rate_limit_per_user")
     @classmethod
@@ -167,11 +259,25 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "require_verified_email_for",
         "require_mfa_for",
+        "assignable_roles",
         mode="before",
     )
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _csv(value)
+
+    @field_validator("assignable_roles")
+    @classmethod
+    def _role_ids(cls, value: list[str]) -> list[str]:
+        bad = [role for role in value if not ROLE_ID.fullmatch(role)]
+        if bad:
+            raise ValueError(f"ASSIGNABLE_ROLES lists Auth0 role ids like rol_0123abcd; got {bad}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @field_validator("cors_allowed_origins")
     @classmethod
@@ -246,6 +352,17 @@ class Settings(BaseSettings):
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         return self
 
+    @model_validator(mode="after")
+    def _sessions_outlive_tokens(self) -> Settings:
+        # A signed-out session's other tokens (another tab, a refresh) stay valid until their
+        # exp: forgetting the revocation sooner would let them back in.
+        if self.revoked_session_seconds < self.max_token_lifetime_seconds:
+            raise ValueError(
+                f"REVOKED_SESSION_SECONDS ({self.revoked_session_seconds:g}) must be at least "
+                f"MAX_TOKEN_LIFETIME_SECONDS ({self.max_token_lifetime_seconds})"
+            )
+        return self
+
     # --- Derived values -------------------------------------------------------------------
     @property
     def issuer(self) -> str:
@@ -288,7 +405,8 @@ def describe_validation_error(exc: ValidationError) -> str:
             missing.append(name)
         else:
             message = str(error["msg"]).removeprefix("Value error, ")
-            invalid.append(f"{name}: {message}")
+            # A rule across settings (no `loc`) names them in its message.
+            invalid.append(f"{name}: {message}" if error["loc"] else message)
     parts = []
     if missing:
         parts.append("missing required setting(s): " + ", ".join(missing))

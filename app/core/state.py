@@ -7,21 +7,27 @@ checker only, so this module can sit below every part that reads it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from databases import Database
 
+from app.core.errors import AppError
 from app.core.settings import Settings
 
 if TYPE_CHECKING:
     from app.account.services import AccountServices
     from app.audit.batcher import AuditWriter
-    from app.auth.requires import DenialHook
     from app.auth.tokens import TokenVerifier
     from app.auth0.management import Auth0Client
     from app.ratelimit import Limit
+
+
+# Awaited by `requires` (app/auth/requires.py) for every 401/403 it raises, with the request,
+# the verified principal (None for a 401) and the error; app/audit/http.py records the 403s.
+DenialHook = Callable[[Any, Any, AppError], Awaitable[None]]
 
 
 @dataclass

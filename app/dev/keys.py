@@ -2,7 +2,8 @@
 
 `SigningKey` is one RSA key pair that signs RS256 tokens and publishes itself as a JWK;
 `TokenMinter` mints access tokens shaped like Auth0's for one issuer and audience, and
-rotates its keys the way Auth0 does. Development only: the production app never imports it.
+rotates its keys the way Auth0 does. `new_audit_signing_key` makes an `AUDIT_SIGNING_KEY`
+value for the audit digests. Development only: the production app never imports it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jose import jwt
 
 # Every permission the API checks: what a development token carries unless told otherwise.
@@ -27,6 +28,13 @@ ALL_PERMISSIONS = (
     "read:users",
     "update:users",
 )
+
+
+def new_audit_signing_key(kid: str | None = None) -> str:
+    """A fresh Ed25519 key as `AUDIT_SIGNING_KEY` takes it: `KID:SEED` (base64url)."""
+    seed = ed25519.Ed25519PrivateKey.generate().private_bytes_raw()
+    kid = kid or f"dev-{uuid.uuid4().hex[:12]}"
+    return f"{kid}:{base64.urlsafe_b64encode(seed).rstrip(b'=').decode()}"
 
 
 def _b64url_uint(value: int) -> str:

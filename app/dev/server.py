@@ -3,6 +3,10 @@
 A stand-in Auth0 tenant on its own loopback port, a database (`DATABASE_URL` if set, else a
 throwaway embedded Postgres with both roles provisioned), migrations applied, the service
 started, and a ready-to-paste `curl` line with a freshly minted access token.
+
+It trusts `X-Forwarded-For` exactly as `serve` does, from TRUSTED_PROXIES only (uvicorn's
+own default would believe any local process), and sends no Strict-Transport-Security:
+it serves plain HTTP on loopback, and a browser would pin that host to HTTPS.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from app.core.db import migrate
 from app.core.logs import configure_logging
 from app.core.settings import Settings
 from app.dev.db import ProvisionedDatabase, embedded_server, provision
-from app.dev.keys import ALL_PERMISSIONS, TokenMinter
+from app.dev.keys import ALL_PERMISSIONS, TokenMinter, new_audit_signing_key
 from app.dev.tenant import TenantState, create_tenant_app
 from app.http.server import GracefulServer
 from app.main import create_app
@@ -73,6 +77,10 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
             auth0_client_secret=client_secret,
             auth0_base_url=tenant_url,
             auth0_log_stream_token=secrets.token_urlsafe(24),
+            # Signed audit digests, with a key that lives as long as this process.
+            audit_digests=True,
+            audit_signing_key=new_audit_signing_key(),
+            hsts_seconds=0,
             _env_file=None,
         )
         tenant_server = _QuietServer(
@@ -93,6 +101,7 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
                 log_config=None,
                 loop="none",
                 server_header=False,
+                proxy_headers=False,  # the app applies TRUSTED_PROXIES, as under `serve`
             )
         )
         tenant_task = asyncio.create_task(tenant_server.serve())

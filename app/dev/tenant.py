@@ -6,7 +6,9 @@ app (`app.main` does not import this module). It serves what the service uses of
 - `/.well-known/openid-configuration` and `/.well-known/jwks.json`
 - `POST /oauth/token` (client-credentials grant for the Management API)
 - `GET`/`PATCH /api/v2/users/{id}`, `GET`/`POST`/`DELETE /api/v2/users/{id}/roles`,
-  `POST /api/v2/jobs/verification-email`, `GET /api/v2/organizations/{org}/members`
+  `POST /api/v2/jobs/verification-email`, `GET /api/v2/organizations/{org}/members`,
+  `GET`/`POST`/`DELETE /api/v2/organizations/{org}/members/{id}/roles` (a member's roles
+  in that organization; 404 for a user outside it)
 - `POST /dbconnections/change_password`
 - `POST /dev/token`: mints an access token with the claims given (development only)
 - `GET /dev/stats`: how many requests of each kind it served
@@ -16,6 +18,9 @@ app (`app.main` does not import this module). It serves what the service uses of
 
 Its tokens (minted by `app.dev.keys.TokenMinter`) carry the issuer `https://{domain}/`
 while it is reached on loopback.
+
+Past 300 lines because it is one app whose routes share one `TenantState`; the signing
+key and token minting are app/dev/keys.py.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class TenantState:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     roles: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     org_members: dict[str, set[str]] = field(default_factory=dict)
+    member_roles: dict[tuple[str, str], list[dict[str, str]]] = field(default_factory=dict)
     m2m_tokens: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
     m2m_ttl_seconds: int = 86400
@@ -88,6 +94,18 @@ class TenantState:
 
 def _error(status: int, error: str, message: str) -> JSONResponse:
     return JSONResponse({"statusCode": status, "error": error, "message": message}, status)
+
+
+def _role_page(request: Request, roles: list[dict[str, str]]) -> JSONResponse:
+    """One page of roles: `page`/`per_page`, and with `include_totals` the totals object."""
+    per_page = min(int(request.query_params.get("per_page", 50)), 100)
+    page = int(request.query_params.get("page", 0))
+    items = roles[page * per_page : (page + 1) * per_page]
+    if request.query_params.get("include_totals") != "true":
+        return JSONResponse(items)
+    return JSONResponse(
+        {"roles": items, "start": page * per_page, "limit": per_page, "total": len(roles)}
+    )
 
 
 def create_tenant_app(state: TenantState) -> Starlette:
@@ -148,7 +166,9 @@ def create_tenant_app(state: TenantState) -> Starlette:
                 "access_token": token,
                 "token_type": "Bearer",
                 "expires_in": state.m2m_ttl_seconds,
-                "scope": "read:users update:users read:roles",
+                "scope": "read:users update:users read:roles create:role_members "
+                "delete:role_members read:organization_members read:organization_member_roles "
+                "create:organization_member_roles delete:organization_member_roles",
             }
         )
 
@@ -196,6 +216,28 @@ def create_tenant_app(state: TenantState) -> Starlette:
         count(request, "org_members")
         members = state.org_members.get(request.path_params["org_id"], set())
         return JSONResponse([{"user_id": m} for m in sorted(members)])
+
+    async def member_roles(request: Request) -> Response:
+        """A member's roles within one organization, shaped and paged as Auth0 does."""
+        if not m2m_ok(request):
+            return _error(401, "Unauthorized", "Invalid token")
+        org_id = request.path_params["org_id"]
+        user_id = unquote(request.path_params["user_id"])
+        if user_id not in state.org_members.get(org_id, set()):
+            return _error(404, "Not Found", "The user is not a member of the organization.")
+        current = state.member_roles.setdefault((org_id, user_id), [])
+        if request.method == "GET":
+            count(request, "get_member_roles")
+            return _role_page(request, current)
+        wanted = [str(r) for r in orjson.loads(await request.body()).get("roles", [])]
+        if request.method == "POST":
+            count(request, "assign_member_roles")
+            known = {r["id"] for r in current}
+            current += [{"id": r, "name": r, "description": ""} for r in wanted if r not in known]
+        else:
+            count(request, "remove_member_roles")
+            current[:] = [r for r in current if r["id"] not in wanted]
+        return Response(status_code=204)
 
     async def verification_email(request: Request) -> Response:
         if not m2m_ok(request):
@@ -250,6 +292,11 @@ def create_tenant_app(state: TenantState) -> Starlette:
             ),
             Route("/api/v2/users/{user_id:path}", user, methods=["GET", "PATCH"]),
             Route("/api/v2/organizations/{org_id}/members", org_members),
+            Route(
+                "/api/v2/organizations/{org_id}/members/{user_id:path}/roles",
+                member_roles,
+                methods=["GET", "POST", "DELETE"],
+            ),
             Route("/api/v2/jobs/verification-email", verification_email, methods=["POST"]),
             Route("/dbconnections/change_password", change_password, methods=["POST"]),
             Route("/dev/token", dev_token, methods=["POST"]),

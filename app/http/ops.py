@@ -1,8 +1,10 @@
 """Operations endpoints: liveness, readiness, metrics, and the API description as OpenAPI
-(`/openapi.json`) and as a readable page (`/docs`)."""
+(`/openapi.json`) and as a readable page (`/docs`). Metrics name every route and its traffic:
+with METRICS_TOKEN set, only a scraper that sends it as a bearer token reads them."""
 
 from __future__ import annotations
 
+import hmac
 import html
 from typing import Any, Literal
 
@@ -13,9 +15,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from app.core.db import is_ready
+from app.core.errors import Unauthorized
 from app.http.bodies import JSONResponse
 from app.http.context import context
-from app.http.openapi import Resp, build_openapi, operation
+from app.http.openapi import Problem, Resp, build_openapi, operation
 
 API_TITLE = "Auth0 BFF"
 API_VERSION = "0.1.0"
@@ -54,11 +57,30 @@ async def readyz(request: Request) -> Response:
 
 
 @operation(
-    "Prometheus metrics", tags=["operations"], responses={200: Resp(media_type="text/plain")}
+    "Prometheus metrics",
+    tags=["operations"],
+    responses={
+        200: Resp(media_type="text/plain"),
+        401: Resp(Problem, "METRICS_TOKEN is set and not sent", "application/problem+json"),
+    },
 )
 async def metrics(request: Request) -> Response:
+    token = context(request).settings.metrics_token
+    if token is not None:
+        _check_bearer(request, token.get_secret_value())
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check_bearer(request: Request, expected: str) -> None:
+    """`Authorization: Bearer <expected>`, compared in constant time, or 401."""
+    values = request.headers.getlist("authorization")
+    if not values:
+        raise Unauthorized("the metrics token is required", error=None, realm="metrics")
+    scheme, _, given = values[0].partition(" ")
+    matches = hmac.compare_digest(given.strip().encode(), expected.encode())
+    if len(values) != 1 or scheme.lower() != "bearer" or not matches:
+        raise Unauthorized("the metrics token is wrong", realm="metrics")
 
 
 def openapi_document(request: Request) -> dict[str, Any]:

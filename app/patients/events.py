@@ -1,9 +1,13 @@
 """The audit events of patient operations: action codes, ids and field names, never values.
 
-`patient.created` (C), `patient.read` (R, one per patient shown), `patient.updated` (U, the
-names of the fields that changed), `patient.deleted` (D), `patient.searched` (E, the names
-of the filters used). Refused attempts (another scope's patient, a deleted one, a stale
-version, a duplicate identifier) are recorded with outcome `denied` or `failed`, on a
+One event per request. `patient.created` (C), `patient.read` (R: one patient, or a page of
+them shown with the profile), `patient.updated` (U, the names of the fields that changed),
+`patient.deleted` (D), `patient.searched` (E, the names of the filters used). An event that
+shows several patients lists their ids in `detail.patient_ids`, in the order shown: its hash
+covers them, and the database links each to the event (migrations/0008).
+
+Refused attempts (another scope's patient, a deleted one, a stale version, a duplicate
+identifier) are recorded with outcome `denied` or `failed`, on a
 connection of their own so the request's rollback cannot erase them.
 """
 
@@ -12,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from types import MappingProxyType
 from typing import Any
 from uuid import UUID
@@ -67,9 +71,21 @@ def created_event(patient_id: UUID, fields: dict[str, Any]) -> Event:
     return patient_event("patient.created", "C", patient_id, detail={"fields": given})
 
 
-def searched_event(filters: Iterable[str], returned: int, next_page: bool) -> Event:
-    detail = {"filters": list(filters), "returned": returned, "next_page": next_page}
+def searched_event(filters: Iterable[str], shown: Sequence[UUID], next_page: bool) -> Event:
+    """A search and every patient its page showed."""
+    detail = {
+        "filters": list(filters),
+        "returned": len(shown),
+        "next_page": next_page,
+        "patient_ids": [str(patient_id) for patient_id in shown],
+    }
     return Event("patient.searched", "E", entity_type="Patient", detail=detail)
+
+
+def listed_event(shown: Sequence[UUID], via: str) -> Event:
+    """A page of patients shown without a search (`via`: profile)."""
+    detail = {"via": via, "patient_ids": [str(patient_id) for patient_id in shown]}
+    return Event("patient.read", "R", entity_type="Patient", detail=detail)
 
 
 def refusal_event(action: str, crud: Crud, patient_id: UUID | None, error: AppError) -> Event:

@@ -2,7 +2,10 @@
 
 Validation is strict and never echoes a value back: error messages name the rule, not the
 input, because the input is personal data. Names may be any script; control characters,
-surrogates, line separators and Unicode non-characters are refused. Text is stored NFC.
+surrogates, line separators, Unicode non-characters and the bidirectional embedding,
+override and isolate controls (which make text display other than it reads, "Trojan
+Source") are refused; the joiners ZWJ and ZWNJ, which some scripts need, are not. Text is
+stored NFC.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ MAX_AGE_DAYS = 150 * 366
 # The latest date anywhere on Earth is UTC+14: "today" for a patient born there.
 _EARLIEST_OFFSET = timedelta(hours=14)
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# U+202A-U+202E (LRE, RLE, PDF, LRO, RLO) and U+2066-U+2069 (LRI, RLI, FSI, PDI).
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _PHONE_SEPARATORS = re.compile(r"[\s().-]")
 _E164 = re.compile(r"\+[1-9]\d{5,14}")
@@ -54,6 +59,8 @@ def clean_text(value: str, *, max_length: int) -> str:
         raise ValueError(f"must be at most {max_length} characters")
     if any(unicodedata.category(c) in _REFUSED_CATEGORIES or _is_noncharacter(c) for c in value):
         raise ValueError("must not contain control characters")
+    if _BIDI_CONTROLS.search(value):
+        raise ValueError("must not contain bidirectional text controls")
     return value
 
 

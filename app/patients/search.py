@@ -8,7 +8,7 @@ A name matches as a prefix of the given or the family name, ignoring case and ac
 sides are compared in their `fold`ed form, stored in indexed columns (`text_pattern_ops`), and
 the prefix is a byte range so the index serves it even under a generic prepared plan.
 
-Every patient on a page is recorded as a `patient.read` audit event before the page is
+A page is recorded as one audit event naming every patient on it, before the page is
 returned (through the process's `AuditWriter`): when the record cannot be written, the read
 fails.
 """
@@ -27,11 +27,11 @@ import orjson
 from databases import Database
 
 from app.audit.batcher import AuditWriter
-from app.audit.events import Actor
+from app.audit.events import Actor, Event
 from app.core.db import connection
 from app.core.errors import BadRequest
 from app.http.cursors import open_cursor, sign_cursor
-from app.patients.events import read_event, searched_event
+from app.patients.events import listed_event, searched_event
 from app.patients.repository import COLUMNS, Patient, fold, patient_json
 
 Position = tuple[datetime, UUID]
@@ -151,8 +151,8 @@ async def read_page_audited(
     via: Literal["profile", "search"] = "profile",
 ) -> dict[str, Any]:
     """One page of the scope's patients as `{"items": [...], "next_cursor": ...}`, returned
-    only once a `patient.read` event per patient on it is committed. A search also records
-    `patient.searched` with the filter names and the count.
+    only once its one event is committed: a search's `patient.searched` (the filter names
+    and the ids shown), or the profile's `patient.read` listing the ids shown.
 
     The page is one autocommitted SELECT; its connection goes back to the pool before the
     record is written, through `audit` (batched with other requests' records). When the
@@ -164,10 +164,16 @@ async def read_page_audited(
     after = decode_cursor(cursor_key, scope, filters, cursor) if cursor else None
     async with connection(database) as conn:
         rows, position = await list_patients(conn, scope, limit=limit, filters=filters, after=after)
-    events = [read_event(row["id"], via) for row in rows]
+    shown = [row["id"] for row in rows]
+    event: Event | None
     if via == "search":
-        events.append(searched_event(filters.used(), len(rows), next_page=bool(cursor)))
-    await audit.record(actor, events)
+        event = searched_event(filters.used(), shown, next_page=bool(cursor))
+    elif shown:
+        event = listed_event(shown, via)
+    else:
+        event = None  # an empty profile page shows no patient
+    if event is not None:
+        await audit.record(actor, [event])
     items: list[Patient] = [patient_json(row) for row in rows]
     next_cursor = encode_cursor(cursor_key, scope, filters, position) if position else None
     return {"items": items, "next_cursor": next_cursor}

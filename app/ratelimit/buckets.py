@@ -8,6 +8,7 @@ The per-IP and per-user limits on every request are `app.ratelimit.quota`'s, dec
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,15 @@ RETURNING r.bucket, r.allowed,
     extract(epoch FROM r.tat + r.emission - r.period - now())::float8 AS retry_after
 """
 PURGE_RATE_LIMITS = "DELETE FROM rate_limits WHERE tat < now()"
+MAX_BUCKET_LENGTH = 200  # the `rate_limits.bucket` column's limit
+
+
+def bucket_key(name: str) -> str:
+    """The name as stored: itself, or a digest when it would not fit the column (a bucket
+    named after a user id of up to 255 characters, say)."""
+    if len(name) <= MAX_BUCKET_LENGTH:
+        return name
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
 
 
 class RateLimiter:
@@ -77,7 +87,7 @@ class RateLimiter:
             return
         rows = await conn.fetch(
             TAKE,
-            [name for name, _ in buckets],
+            [bucket_key(name) for name, _ in buckets],
             [rate.emission_seconds for _, rate in buckets],
             [rate.per_seconds for _, rate in buckets],
         )

@@ -1,41 +1,41 @@
-"""Admin endpoints: a user's Auth0 roles (seed 002 "User Role Assignment"), and the Auth0
-Log Streams webhook that feeds sign-in history into the audit log.
+"""Admin endpoints: a user's Auth0 roles (seed 002 "User Role Assignment").
 
-Roles: the admin is the actor, the user the entity, in every event, denials included. An
-admin whose token carries `org_id` administers that organization only: a user outside it
-gets 404, exactly as a user that does not exist (no membership leak), recorded as denied.
+Roles: the admin is the actor, the user the entity, in every event, denials included, with
+the role ids the attempt named. An admin whose token carries `org_id` administers that
+organization's member roles only: a user outside it gets 404, exactly as a user that does
+not exist (no membership leak), recorded as denied. Changing one's own roles, or a role
+outside ASSIGNABLE_ROLES, is 403 (app/account/roles.py).
 """
 
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
 from collections.abc import Callable
 from typing import Any, cast
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.account.logstream import MalformedBatch, ingest, parse_batch, validate_records
-from app.account.roles import RolesChange, UserRoles, change_roles, is_user_id, user_roles
-from app.account.services import EMAIL_HASH_KEY, email_hash
+from app.account.roles import (
+    MAX_ROLES,
+    RolesChange,
+    UserRoles,
+    change_roles,
+    check_change,
+    is_user_id,
+    user_roles,
+)
 from app.audit.events import Crud, Event
 from app.audit.http import actor_from, record_failure
 from app.audit.record import record_independently
 from app.auth.requires import AuthRequirement, Endpoint, authenticate, check_requirement, principal
 from app.auth.tokens import Principal
-from app.core.errors import (
-    AppError,
-    BadRequest,
-    Forbidden,
-    NotFound,
-    Unauthorized,
-    ValidationFailed,
-)
-from app.http.bodies import JSONResponse, parse_body
+from app.core.errors import AppError, Forbidden, NotFound, ValidationFailed
+from app.core.settings import ROLE_ID
+from app.http.bodies import JSONResponse, parse_body, read_json
 from app.http.context import context
 from app.http.openapi import Problem, Resp, operation
 
@@ -74,6 +74,7 @@ def requires_audited(permission: str, action: str, crud: Crud) -> Callable[[Endp
             try:
                 check_requirement(caller, requirement, context(request).settings)
             except Forbidden as error:
+                roles = await _attempted_roles(request) if crud == "U" else None
                 event = Event(
                     action,
                     crud,
@@ -81,6 +82,7 @@ def requires_audited(permission: str, action: str, crud: Crud) -> Callable[[Endp
                     reason=error.detail,
                     entity_type="user",
                     entity_id=_target(request),
+                    detail={"roles": roles} if roles else {},
                 )
                 await _record_quietly(request, caller, event)
                 raise
@@ -90,6 +92,20 @@ def requires_audited(permission: str, action: str, crud: Crud) -> Callable[[Endp
         return wrapper
 
     return decorator
+
+
+async def _attempted_roles(request: Request) -> list[str] | None:
+    """The role ids a refused change named, for its audit record: only strings shaped like
+    role ids, at most as many as a change may carry; None when the body says nothing usable."""
+    try:
+        body = await read_json(request)
+    except AppError:
+        return None
+    roles = body.get("roles") if isinstance(body, dict) else None
+    if not isinstance(roles, list):
+        return None
+    ids = [r for r in roles if isinstance(r, str) and ROLE_ID.fullmatch(r)]
+    return list(dict.fromkeys(ids))[:MAX_ROLES] or None
 
 
 def user_id_of(request: Request) -> str:
@@ -142,7 +158,7 @@ async def get_roles(request: Request) -> Response:
     event = Event("user.roles.read", "R", entity_type="user", entity_id=user_id)
     await check_same_org(request, caller, user_id, event)
     try:
-        body = await user_roles(ctx.auth0, user_id)
+        body = await user_roles(ctx.auth0, user_id, org_id=caller.org_id)
     except AppError as error:
         await record_failure(request, caller, event, error)
         raise
@@ -158,9 +174,29 @@ async def _change_roles(request: Request, action: str) -> Response:
     event = Event(
         action, "U", entity_type="user", entity_id=user_id, detail={"roles": change.roles}
     )
+    try:
+        check_change(caller.sub, user_id, change.roles, ctx.settings.assignable_roles)
+    except Forbidden as error:
+        denied = Event(
+            action,
+            "U",
+            "denied",
+            reason=error.detail,
+            entity_type="user",
+            entity_id=user_id,
+            detail=event.detail,
+        )
+        await _record_quietly(request, caller, denied)
+        raise
     await check_same_org(request, caller, user_id, event)
     try:
-        await change_roles(ctx.auth0, user_id, change.roles, assign=action == "user.roles.assigned")
+        await change_roles(
+            ctx.auth0,
+            user_id,
+            change.roles,
+            assign=action == "user.roles.assigned",
+            org_id=caller.org_id,
+        )
     except AppError as error:
         await record_failure(request, caller, event, error)
         raise
@@ -170,6 +206,9 @@ async def _change_roles(request: Request, action: str) -> Response:
 
 _CHANGE_RESPONSES: dict[int, Resp | type[BaseModel] | None] = {
     204: Resp(None, "Done"),
+    403: _problem(
+        "Missing update:users, the caller's own roles, or a role outside ASSIGNABLE_ROLES"
+    ),
     502: _problem("Auth0 answered something unexpected"),
 }
 
@@ -190,84 +229,8 @@ async def remove_roles(request: Request) -> Response:
     return await _change_roles(request, "user.roles.removed")
 
 
-# --- Auth0 Log Streams webhook --------------------------------------------------------------
-
-
-def secret_matches(values: list[str], secret: SecretStr | None) -> bool:
-    """The `Authorization` header against the stream's token, in constant time. Auth0 sends
-    the configured value verbatim; `Bearer <token>` is accepted too."""
-    if secret is None or len(values) != 1:
-        return False
-    expected = secret.get_secret_value().encode()
-    given = values[0].strip().encode()
-    scheme, _, rest = given.partition(b" ")
-    bare = hmac.compare_digest(given, expected)
-    bearer = hmac.compare_digest(rest.strip(), expected) and scheme.lower() == b"bearer"
-    return bare or bearer
-
-
-class Rejection(BaseModel):
-    index: int
-    log_id: str | None
-    errors: list[dict[str, str]]
-
-
-class IngestReport(BaseModel):
-    received: int
-    stored: int
-    duplicates: int
-    rejected: list[Rejection]
-
-
-@operation(
-    "Auth0 Log Streams webhook: ingest logs into the audit log (idempotent by log_id)",
-    tags=["admin"],
-    security="logStreamToken",
-    responses={
-        200: Resp(IngestReport, "Every record stored or already known"),
-        207: Resp(IngestReport, "Some records rejected (see `rejected`); the rest stored"),
-        400: _problem("Not a JSON array, JSON object or JSON lines; nothing stored"),
-        413: _problem("Body over the size limit"),
-    },
-    description="Accepts Auth0's JSON array, JSON object and JSON lines formats, whatever "
-    "the Content-Type. A record without a usable `log_id`, `data.type` or `data.date` is "
-    "rejected and reported by its index; 2xx either way, so Auth0 does not resend records "
-    "that can never be stored.",
-)
-async def log_stream(request: Request) -> Response:
-    ctx = context(request)
-    if not secret_matches(
-        request.headers.getlist("authorization"), ctx.settings.auth0_log_stream_token
-    ):
-        # Not audited: unauthenticated traffic must not be able to write to the audit log.
-        logger.warning("log stream delivery refused: bad or missing secret")
-        raise Unauthorized("the log stream secret is missing or wrong", realm="log-stream")
-    try:
-        items = parse_batch(await request.body())
-    except MalformedBatch as exc:
-        raise BadRequest(
-            "the batch is malformed", errors=[{"field": "body", "message": str(exc)}]
-        ) from None
-    valid, rejected = validate_records(items)
-    key = ctx.settings.derived_key(EMAIL_HASH_KEY)
-    stored, duplicates = await ingest(
-        ctx.database,
-        valid,
-        request_id=getattr(request.state, "request_id", None),
-        hash_user_name=lambda name: email_hash(key, name),
-    )
-    body = {
-        "received": len(items),
-        "stored": stored,
-        "duplicates": duplicates,
-        "rejected": [{"index": r.index, "log_id": r.log_id, "errors": r.errors} for r in rejected],
-    }
-    return JSONResponse(body, status_code=207 if rejected else 200)
-
-
 routes: list[BaseRoute] = [
     Route("/api/admin/users/{user_id}/roles", get_roles, methods=["GET"]),
     Route("/api/admin/users/{user_id}/roles", assign_roles, methods=["POST"]),
     Route("/api/admin/users/{user_id}/roles", remove_roles, methods=["DELETE"]),
-    Route("/hooks/auth0/log-stream", log_stream, methods=["POST"]),
 ]
