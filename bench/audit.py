@@ -308,8 +308,10 @@ async def main(args: argparse.Namespace) -> None:
         total = await owner.fetchval("SELECT count(*) FROM audit_events")
         big = await owner.fetchval("SELECT count(*) FROM audit_events WHERE scope = $1", BIG_SCOPE)
         print(f"  {total:,} events ({big:,} in {BIG_SCOPE}) in {took:.1f} s")
+        # As the owner: since migrations/0009 the app role may only call the append
+        # functions, and the unchained baseline inserts rows directly.
         pool = await asyncpg.create_pool(
-            asyncpg_dsn(db.app_url), min_size=args.writers, max_size=args.writers
+            asyncpg_dsn(db.owner_url), min_size=args.writers, max_size=args.writers
         )
 
         print(

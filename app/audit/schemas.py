@@ -7,10 +7,10 @@ audit event's fields, and more may be added.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, field_validator
 
 ACTION_FILTER = r"^[a-z_]+(\.[a-z_]+)*(\.\*|(\.[a-z_]+))$"
 FILTERS = ("actor", "action", "patient_id", "outcome", "request_id")
@@ -27,6 +27,17 @@ class Window(BaseModel):
     until: AwareDatetime | None = Field(
         None, description="End of the window (exclusive); at most 31 days after `since`."
     )
+
+    @field_validator("since", "until")
+    @classmethod
+    def _in_range(cls, value: datetime | None) -> datetime | None:
+        """A time that exists in UTC too (`0001-01-01T00:00:00+05:00` does not)."""
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range") from None
 
 
 class Filtered(Window):
