@@ -6,7 +6,10 @@ WORKDIR /src
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --upgrade pip setuptools
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN /opt/venv/bin/pip install --no-cache-dir .
+# The development stand-ins (app/dev: fake tenant, token minter, embedded Postgres, the page)
+# are not shipped: `serve` never imports them, and `python -m app dev` says it is not here.
+RUN /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/python -c "import importlib.util, pathlib, shutil; shutil.rmtree(pathlib.Path(importlib.util.find_spec('app').origin).parent / 'dev')"
 
 # Final stage: no compilers, a non-root user, the virtualenv and the migrations.
 FROM python:3.11-slim
@@ -21,9 +24,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=8000
 WORKDIR /srv
 USER bff
-EXPOSE 8000
+EXPOSE ${PORT}
+# Follows PORT (`docker run -e PORT=9000 ...`): the probe reads it from the environment.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz', timeout=2).status != 200)"]
 # Migrations run as MIGRATIONS_DATABASE_URL, then the server as DATABASE_URL. To run them
 # separately: `docker run IMAGE python -m app migrate`, then `docker run IMAGE python -m app serve`.
 CMD ["sh", "-c", "python -m app migrate && exec python -m app serve"]

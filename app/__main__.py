@@ -3,13 +3,15 @@ audit verify-export`.
 
 Every failure a user can cause (bad configuration, no database) ends in one readable line on
 stderr and a non-zero exit, never a traceback.
+
+Past 300 lines because every command is here with its options, their help and the settings
+it reads before start-up, so that `--help` and what each option does are read together.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -18,10 +20,21 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.core.db import connect_raw, migrate
+from app.core.db import (
+    MIGRATIONS_DIR,
+    MigrationChanged,
+    check_applied_migrations,
+    connect_raw,
+    discover_migrations,
+    migrate,
+)
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
     ConfigError,
+    Directory,
+    Port,
     Settings,
     describe_validation_error,
     load_settings,
@@ -35,6 +48,7 @@ class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str
     migrations_database_url: str | None = Field(default=None)
+    migrations_dir: Directory = None
 
     @property
     def owner_url(self) -> str:
@@ -52,6 +66,13 @@ class SigningSettings(DatabaseSettings):
     def _keys(cls, value: SecretStr) -> SecretStr:
         parse_signing_keys(value.get_secret_value().strip())  # never quotes the key
         return value
+
+
+class DevSettings(BaseSettings):
+    """What `dev` reads before it configures everything else itself: PORT."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    port: Port = DEFAULT_PORT
 
 
 class PortUnavailable(Exception):
@@ -78,15 +99,27 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _owner_url() -> str:
+def _database_settings() -> DatabaseSettings:
     try:
-        return DatabaseSettings().owner_url
+        return DatabaseSettings()
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
 
 
+def _owner_url() -> str:
+    return _database_settings().owner_url
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
-    applied = asyncio.run(migrate(_owner_url()))
+    settings = _database_settings()
+    directory = settings.migrations_dir or MIGRATIONS_DIR
+    if not directory.is_dir():  # an installed copy without the repository: nothing to apply
+        raise ConfigError(
+            f"configuration error: no migrations at {directory}; set MIGRATIONS_DIR to the "
+            "migrations/ directory of this release"
+        )
+    migrations = discover_migrations(directory)
+    applied = asyncio.run(migrate(settings.owner_url, migrations))
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
 
@@ -158,27 +191,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return commands[args.audit_command](args)
 
 
-async def _check_database(settings: Settings) -> None:
-    conn = await connect_raw(settings.database_url, connect_timeout=5)
-    await conn.close()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from app.core.logs import configure_logging
-    from app.http.server import GracefulServer
+    from app.http.server import GracefulServer, run_workers
 
     settings = load_settings()
-    _check_port(args.host, args.port)
-    asyncio.run(_check_database(settings))
+    host, port, workers = _listen(args, settings)
+    _check_port(host, port)
+    # The database answers, and no migration it applied has been edited since.
+    asyncio.run(check_applied_migrations(settings.database_url, settings.migrations_dir))
     configure_logging(settings.log_level)
     config = uvicorn.Config(
         "app.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
+        host=host,
+        port=port,
+        workers=workers,
         loop="uvloop",
         http="httptools",
         server_header=False,
@@ -187,11 +216,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=20,
     )
     if config.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        run_workers(config)  # their metrics summed in one scrape (app.core.metrics)
         return 0
     server = GracefulServer(config)
     server.run()
     return 0 if server.started else 1
+
+
+def _listen(args: argparse.Namespace, settings: Settings) -> tuple[str, int, int]:
+    """HOST, PORT and WORKERS: the command line's, else the settings' (environment, .env)."""
+    return (
+        args.host if args.host is not None else settings.host,
+        args.port if args.port is not None else settings.port,
+        args.workers if args.workers is not None else settings.workers,
+    )
 
 
 def _free_port() -> int:
@@ -201,41 +239,112 @@ def _free_port() -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from app.dev.server import run_dev
+    try:
+        from app.dev.server import run_dev
+    except ModuleNotFoundError as exc:
+        if exc.name not in {"app.dev", "app.dev.server"}:
+            raise
+        return _fail("`dev` is not part of this installation (the image carries `serve` only)")
+    try:
+        port = args.port if args.port is not None else DevSettings().port
+        _check_port("127.0.0.1", port)
+        return asyncio.run(run_dev(port=port, tenant_port=args.tenant_port or _free_port()))
+    except ValidationError as exc:  # the environment's settings, read by dev's own Settings
+        raise ConfigError(describe_validation_error(exc)) from None
 
-    _check_port("127.0.0.1", args.port)
-    return asyncio.run(run_dev(port=args.port, tenant_port=args.tenant_port or _free_port()))
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to every option that has a value default; the options whose
+    default comes from a setting say so in their own help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _port(text: str) -> int:
+    port = _positive(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (1-65535)")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    fmt = _HelpFormatter
+    summary = "\n\n".join((__doc__ or "").split("\n\n")[:2])  # not the note on length
+    parser = argparse.ArgumentParser(prog="python -m app", description=summary, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("migrate", help="apply pending migrations (as MIGRATIONS_DATABASE_URL)")
+    sub.add_parser(
+        "migrate",
+        help="apply pending migrations (as MIGRATIONS_DATABASE_URL)",
+        description="Apply pending migrations from MIGRATIONS_DIR as MIGRATIONS_DATABASE_URL "
+        "(else DATABASE_URL); refuse when an applied file was edited since.",
+        formatter_class=fmt,
+    )
 
-    serve = sub.add_parser("serve", help="run the service under uvicorn (uvloop, httptools)")
-    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
+    serve = sub.add_parser(
+        "serve",
+        help="run the service under uvicorn (uvloop, httptools)",
+        description="Run the service. Options override the settings (environment, then .env).",
+        formatter_class=fmt,
+    )
+    serve.add_argument("--host", help=f"address to listen on (default: HOST, else {DEFAULT_HOST})")
+    serve.add_argument(
+        "--port", type=_port, help=f"port to listen on (default: PORT, else {DEFAULT_PORT})"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        help="worker processes (default: WORKERS, else 1)",
+    )
 
-    dev = sub.add_parser("dev", help="run everything locally: stand-in tenant, database, app")
-    dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    dev.add_argument("--tenant-port", type=int, default=0)
+    dev = sub.add_parser(
+        "dev",
+        help="run everything locally: stand-in tenant, database, app",
+        description="Run the service on 127.0.0.1 with a stand-in Auth0 tenant and a database "
+        "(DATABASE_URL, else a throwaway embedded Postgres). Development only.",
+        formatter_class=fmt,
+    )
+    dev.add_argument(
+        "--port", type=_port, help=f"the service's port (default: PORT, else {DEFAULT_PORT})"
+    )
+    dev.add_argument(
+        "--tenant-port", type=int, default=0, help="the stand-in tenant's port; 0 picks a free one"
+    )
 
-    audit = sub.add_parser("audit", help="audit log maintenance")
+    audit = sub.add_parser("audit", help="audit log maintenance", formatter_class=fmt)
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    partitions = audit_sub.add_parser("partitions", help="create monthly partitions ahead")
-    partitions.add_argument("--months", type=int, default=3)
+    partitions = audit_sub.add_parser(
+        "partitions", help="create monthly partitions ahead", formatter_class=fmt
+    )
+    partitions.add_argument("--months", type=int, default=3, help="how many months ahead to cover")
     audit_sub.add_parser(
-        "digest", help="sign and store a digest of the audit chain heads now (AUDIT_SIGNING_KEY)"
+        "digest",
+        help="sign and store a digest of the audit chain heads now (AUDIT_SIGNING_KEY)",
+        formatter_class=fmt,
     )
     verify = audit_sub.add_parser(
         "verify-export",
         help="check an exported audit log against its signed digests, offline (docs/audit.md)",
+        formatter_class=fmt,
     )
-    verify.add_argument("--events", type=Path, required=True, help="the NDJSON export")
-    verify.add_argument("--digests", type=Path, required=True, help="digests, one per line")
-    verify.add_argument("--keys", type=Path, required=True, help="the pinned JWKS")
+    verify.add_argument("--events", type=Path, required=True, help="the NDJSON export (required)")
+    verify.add_argument(
+        "--digests", type=Path, required=True, help="digests, one per line (required)"
+    )
+    verify.add_argument("--keys", type=Path, required=True, help="the pinned JWKS (required)")
     return parser
 
 
@@ -253,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         return _fail(str(exc), 2)
-    except (DatabaseUnavailable, PortUnavailable) as exc:
+    except (DatabaseUnavailable, MigrationChanged, PortUnavailable) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130

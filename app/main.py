@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from databases import Database
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -35,6 +36,11 @@ from app.http import idempotency, ops, problems
 from app.http.middleware import Metrics, RequestContextMiddleware
 from app.patients import endpoints as patient_endpoints
 from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit, Quota
+from app.session import endpoints as session_endpoints
+from app.session.crypto import TokenBox
+from app.session.oauth import TenantOAuth
+from app.session.resolver import SessionResolver
+from app.session.service import SessionService
 
 
 def all_routes() -> list[BaseRoute]:
@@ -122,6 +128,7 @@ def create_app(settings: Settings) -> Starlette:
         await rate_limiter.start(database, redis_url=redis_url)
         verifier = TokenVerifier(settings, http)
         account = account_services(settings)
+        sessions = _session_service(settings, database, http)
         ctx = AppContext(
             settings=settings,
             database=database,
@@ -132,6 +139,7 @@ def create_app(settings: Settings) -> Starlette:
             audit=AuditWriter(database),
             per_user_limit=per_user,
             on_denied=record_denial,
+            sessions=SessionResolver(sessions) if sessions is not None else None,
         )
         housekeeping = Housekeeping(
             database,
@@ -139,6 +147,7 @@ def create_app(settings: Settings) -> Starlette:
                 *account.purges(),
                 Purge("idempotency keys", idempotency.purge_expired),
                 Purge("rate-limit counters", rate_limiter.purge),
+                *([Purge("cookie sessions", sessions.purge)] if sessions is not None else []),
             ],
         )
         digests = None
@@ -148,12 +157,16 @@ def create_app(settings: Settings) -> Starlette:
             digests = DigestIssuer(database, ring, interval_seconds=interval)
         try:
             async with running_account_services(account, settings.database_url, verifier):
+                if sessions is not None:
+                    await sessions.start()  # LISTENs for ended and refreshed sessions
                 housekeeping.start()
                 if digests is not None:
                     digests.start()
                 yield {"ctx": ctx}
         finally:
             await housekeeping.stop()
+            if sessions is not None:
+                await sessions.stop()
             if digests is not None:
                 await digests.stop()
             await ctx.audit.aclose()
@@ -162,8 +175,10 @@ def create_app(settings: Settings) -> Starlette:
             await http.aclose()
             await database.disconnect()
 
+    # Cookie mode off: no /auth/* route at all, so every such path is a 404.
+    session_routes = session_endpoints.routes if settings.cookie_sessions else []
     app = Starlette(
-        routes=all_routes(),
+        routes=[*all_routes(), *session_routes],
         middleware=middleware(settings, metrics, per_ip),
         exception_handlers=problems.EXCEPTION_HANDLERS,
         lifespan=lifespan,
@@ -172,6 +187,16 @@ def create_app(settings: Settings) -> Starlette:
     app.state.rate_limiter = rate_limiter
     app.state.settings = settings
     return app
+
+
+def _session_service(
+    settings: Settings, database: Database, http: httpx.AsyncClient
+) -> SessionService | None:
+    """Cookie sessions (app/session/), when SESSION_CLIENT_ID is set."""
+    if not settings.cookie_sessions or settings.session_encryption_key is None:
+        return None
+    box = TokenBox(settings.session_encryption_key.get_secret_value())
+    return SessionService(settings, database, TenantOAuth(settings, http), box)
 
 
 class _AppFromEnvironment:

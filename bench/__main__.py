@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-ALL_SCENARIOS = ("read", "read_cold", "me", "post", "profile", "insert")
+ALL_SCENARIOS = ("read", "read_cookie", "read_cold", "me", "post", "profile", "insert")
 
 
 def _list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=1_000, help="users = scopes = tokens")
     parser.add_argument("--cold-tokens", type=int, help="never-seen tokens to mint (30000)")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=200,
+        help="cookie sessions the cookie read rotates through, signed in through the "
+        "stand-in tenant's form (200; at most --users)",
+    )
     parser.add_argument(
         "--audit-events",
         type=int,
@@ -99,6 +106,9 @@ def finish_options(args: argparse.Namespace) -> argparse.Namespace:
         args.audit_events = 100_000 if quick else 2_000_000
     if args.audit_events < 0 or args.open_loop < 0 or args.open_loop_connections < 1:
         raise SystemExit("--audit-events and --open-loop take no negative values")
+    if args.sessions < 1:
+        raise SystemExit("--sessions wants at least 1")
+    args.sessions = min(args.sessions, args.users)
     unknown = set(args.scenarios) - set(ALL_SCENARIOS)
     unknown |= set(args.targets) - {"floor", "ours", "peer"}
     if unknown:

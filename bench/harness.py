@@ -62,6 +62,7 @@ SCENARIOS = (
     Scenario("floor", "insert", "POST", "/api/patients", "floor_post", 201),
     Scenario("peer", "read", "GET", READ_PATH, "get"),
     Scenario("ours", "read", "GET", READ_PATH, "get"),
+    Scenario("ours", "read_cookie", "GET", READ_PATH, "cookie_get"),
     Scenario("ours", "read_cold", "GET", READ_PATH, "get", cold=True),
     Scenario("ours", "me", "GET", "/api/me", "get"),
     Scenario("ours", "post", "POST", "/api/patients", "post", 201),
@@ -69,7 +70,7 @@ SCENARIOS = (
 )
 TARGETS = ("floor", "ours", "peer")
 # The order cells are measured in within a round: the reads of all three side by side.
-ORDER = ("read", "read_cold", "me", "profile", "insert", "post")
+ORDER = ("read", "read_cookie", "read_cold", "me", "profile", "insert", "post")
 
 
 @dataclass
@@ -164,6 +165,12 @@ class Run:
     open_loop: list[OpenLoopCell] = field(default_factory=list)
     tenant_counts: list[TenantCounts] = field(default_factory=list)
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Cookie sessions (issue 19): the tenant's web application, the service's key, and
+    # the session cookies made once the first server of ours is up (bench/sessions.py).
+    session_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    session_key: str = field(default_factory=lambda: _fernet_key())
+    session_cookies: Path | None = None
+    first_cookie: str = ""
     first_token: str = ""
     first_scope: str = ""
     profile: Any = None
@@ -172,6 +179,16 @@ class Run:
     audit_grown: Any = None  # bench.auditgrow.Grown, when the log was grown
     audit_before: Any = None  # bench.auditgrow.LogSize when the measurements started
     audit_after: Any = None  # and when they ended
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def cookie_mode(run: Run) -> bool:
+    return "read_cookie" in run.args.scenarios and "ours" in run.args.targets
 
 
 def log(message: str) -> None:
@@ -216,6 +233,15 @@ def server_for(run: Run, target: str, workers: int) -> Server:
             "RATE_LIMIT_PER_IP": UNREACHABLE_LIMIT,
             "RATE_LIMIT_PER_USER": UNREACHABLE_LIMIT,
         }
+        if cookie_mode(run):  # on for every scenario of ours, so the reads compare alike
+            from bench.sessions import SESSION_CLIENT_ID
+
+            env |= {
+                "SESSION_CLIENT_ID": SESSION_CLIENT_ID,
+                "SESSION_CLIENT_SECRET": run.session_secret,
+                "PUBLIC_URL": f"http://{LOOPBACK}:{port}",
+                "SESSION_ENCRYPTION_KEY": run.session_key,
+            }
         env |= dict(item.split("=", 1) for item in run.args.service_env)
     elif target == "peer":
         argv = [*uvicorn, "bench.peers.fastapi_auth0:app", *common]
@@ -239,6 +265,8 @@ def tenant_stats(run: Run, target: str) -> dict[str, int]:
 def preflight(run: Run, server: Server, scenario: Scenario) -> str | None:
     """None when one request gets the expected status, else why the scenario is skipped."""
     headers = {"Authorization": f"Bearer {run.first_token}"}
+    if scenario.mode == "cookie_get":
+        headers = {"Cookie": f"__Host-bff_session={run.first_cookie}", "X-CSRF": "1"}
     if scenario.target == "floor":
         headers["X-Bench-Scope"] = run.first_scope
     body = None
@@ -264,12 +292,16 @@ def measure(run: Run, server: Server, cell: Measurement, scenario: Scenario, rou
     conns = cell.connections
     tag = f"{run.run_id}-r{round_}-{scenario.target}-w{cell.workers}-c{conns}-{scenario.name}"
     tokens = run.warm_tokens
+    if scenario.mode == "cookie_get":
+        assert run.session_cookies is not None
+        tokens = run.session_cookies
     if scenario.cold:
         tokens = run.cold_tokens[round_ * len(args.connections) + args.connections.index(conns)]
     url = server.url + scenario.path
     if round_ == 0 and args.warmup >= 1:
         warm_mode = "get" if scenario.cold else scenario.mode
-        run_wrk(url, run.warm_tokens, warm_mode, tag + "-warm", connections=conns,
+        warm_tokens = tokens if scenario.mode == "cookie_get" else run.warm_tokens
+        run_wrk(url, warm_tokens, warm_mode, tag + "-warm", connections=conns,
                 seconds=args.warmup)  # fmt: skip
     app_before = cpu_times(server.pids())
     db_before = cpu_times(postgres_backends(run.db.name))
@@ -363,6 +395,8 @@ def bench_workers(run: Run, workers: int) -> None:
         for target, server in servers.items():
             log(f"starting {target} with {workers} worker(s) on {server.url}")
             server.start()
+        if "ours" in servers and cookie_mode(run) and run.session_cookies is None:
+            make_sessions(run, servers["ours"])
         cells: list[tuple[Scenario, Measurement]] = []
         for conns in run.args.connections:
             for scenario in sorted(scenarios, key=lambda s: ORDER.index(s.name)):
@@ -387,6 +421,24 @@ def bench_workers(run: Run, workers: int) -> None:
             run.tenant_counts.append(
                 TenantCounts(target, workers, lifetime, {k: v for k, v in delta.items() if v})
             )
+
+
+def make_sessions(run: Run, server: Server) -> None:
+    """Sign `--sessions` of the users in through ours and the stand-in tenant, once: the
+    sessions live in the database, so the servers of every workers count share them."""
+    from bench.sessions import SignInFailed, make_sessions, write_cookies
+
+    users = data.make_users(run.args.users)[: run.args.sessions]
+    started = time.monotonic()
+    try:
+        cookies = make_sessions(server.url, users)
+    except (SignInFailed, OSError) as error:
+        log(f"  no cookie sessions: {error}")
+        return
+    run.session_cookies = run.run_dir / "sessions.tsv"
+    write_cookies(str(run.session_cookies), cookies, users)
+    run.first_cookie = cookies[0]
+    log(f"  {len(cookies)} cookie sessions signed in in {time.monotonic() - started:.1f}s")
 
 
 def execute(run: Run) -> None:

@@ -44,6 +44,7 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
         audience=AUDIENCE,
         client_id=CLIENT_ID,
         secret=run.client_secret,
+        session_secret=run.session_secret,
     )
     for target in TARGETS:  # one tenant each (same key), so its counts are that target's
         port = free_port()

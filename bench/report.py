@@ -102,6 +102,41 @@ def ratios(run: Run) -> list[str]:
     return lines
 
 
+COOKIE_COST = 1.2  # issue 19: a cookie read costs at most this times the bearer read
+
+
+def cookie_table(run: Run) -> list[str]:
+    """The cookie-authenticated read next to the bearer read: the same path, users and
+    patients, the session looked up instead of a token sent (issue 19)."""
+    lines = [
+        "| workers | conns | req/s bearer / cookie | cost cookie/bearer (throughput, "
+        f"≤ {COOKIE_COST}) | service µs/read bearer / cookie | cookie/bearer CPU "
+        f"(≤ {COOKIE_COST}) | p50 ms bearer / cookie | p99 ms bearer / cookie |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for workers in run.args.workers:
+        for conns in run.args.connections:
+            bearer = _find(run, "ours", "read", workers, conns)
+            cookie = _find(run, "ours", "read_cookie", workers, conns)
+            if bearer is None or cookie is None:
+                continue
+            cost = _ratio(bearer, cookie)
+            cost_text = "n/a"
+            if cost is not None:
+                spread = f" [{cost[1]:.2f}..{cost[2]:.2f}]" if cost[2] - cost[1] > 0.005 else ""
+                verdict = "met" if cost[0] <= COOKIE_COST else "MISSED"
+                cost_text = f"{cost[0]:.2f}{spread} {verdict}"
+            lines.append(
+                f"| {workers} | {conns} | {bearer.median('rps'):,.0f} / "
+                f"{cookie.median('rps'):,.0f} | {cost_text} "
+                f"| {bearer.median('app_us'):,.0f} / {cookie.median('app_us'):,.0f} "
+                f"| {_at_most(cookie.median('app_us'), bearer.median('app_us'), COOKIE_COST)} "
+                f"| {bearer.median('p50_ms'):.1f} / {cookie.median('p50_ms'):.1f} "
+                f"| {bearer.median('p99_ms'):.1f} / {cookie.median('p99_ms'):.1f} |"
+            )
+    return lines if len(lines) > 2 else []
+
+
 def _at_most(value: float, floor: float, bound: float) -> str:
     if not floor:
         return "n/a"
@@ -217,6 +252,11 @@ def waits_table(run: Run) -> list[str]:
     return lines
 
 
+# The stand-in tenant's counts of the cookie sessions' sign-ins (bench/sessions.py).
+_BROWSER_LOGIN = {"authorize", "code_grant", "refresh_grant", "refresh_reuse", "revoke"}
+_BROWSER_LOGIN |= {"sign_in", "logout", "backchannel"}
+
+
 def tenant_table(counts: Iterable[TenantCounts]) -> list[str]:
     lines = [
         "| server | workers | alive s | JWKS | discovery | M2M token | Management API "
@@ -225,8 +265,10 @@ def tenant_table(counts: Iterable[TenantCounts]) -> list[str]:
     ]
     for t in counts:
         c = t.counts
-        jwks, m2m = c.get("jwks", 0), c.get("oauth_token", 0)
-        skip = {"jwks", "oauth_token", "discovery", "total"}
+        # `oauth_token` counts every grant; the browser sign-ins' own are not M2M tokens.
+        jwks = c.get("jwks", 0)
+        m2m = c.get("oauth_token", 0) - c.get("code_grant", 0) - c.get("refresh_grant", 0)
+        skip = {"jwks", "oauth_token", "discovery", "total", *_BROWSER_LOGIN}
         management = sum(v for k, v in c.items() if k not in skip)
         jwks_bound = t.workers * math.ceil(max(t.seconds, 1) / JWKS_PERIOD_S)
         m2m_bound = t.workers * math.ceil(max(t.seconds, 1) / M2M_LIFETIME_S)
@@ -297,6 +339,19 @@ def markdown(run: Run) -> str:
         "",
         *cpu_table(run),
         "",
+        *(
+            [
+                "Cookie sessions (issue 19): `GET /api/patients` with the session cookie "
+                f"and `X-CSRF: 1` ({a.sessions} sessions signed in through the stand-in "
+                "tenant's form, bench/sessions.py) next to the bearer read; cost is the "
+                "bearer's throughput over the cookie's:",
+                "",
+                *cookie_table(run),
+                "",
+            ]
+            if cookie_table(run)
+            else []
+        ),
         *(
             [
                 "Read at a fixed rate (open loop, bench/openloop.py: "

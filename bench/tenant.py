@@ -2,8 +2,9 @@
 
     python -m bench.tenant CONFIG.json PORT
 
-CONFIG holds the domain, audience, M2M client id and secret, and the signing key (kid,
-private PEM, public JWK), so the harness can mint tokens the tenant's JWKS vouches for.
+CONFIG holds the domain, audience, M2M client id and secret, the signing key (kid,
+private PEM, public JWK), so the harness can mint tokens the tenant's JWKS vouches for,
+and the secret of the cookie sessions' web application (bench/sessions.py).
 `GET /dev/stats` counts the requests of each kind (jwks, discovery, oauth_token, ...).
 With `publish_next` in CONFIG the JWKS also holds the next key, as Auth0's does.
 """
@@ -30,6 +31,7 @@ def write_config(
     client_id: str,
     secret: str,
     publish_next: bool = False,
+    session_secret: str | None = None,
 ) -> None:
     document = {
         "domain": domain,
@@ -40,6 +42,7 @@ def write_config(
         "private_pem": key.private_pem.decode(),
         "public_jwk": key.public_jwk,
         "publish_next": publish_next,
+        "session_secret": session_secret,
     }
     path.write_text(json.dumps(document), encoding="utf-8")
     path.chmod(0o600)
@@ -50,7 +53,13 @@ def tenant_state(config: dict[str, Any]) -> TenantState:
     minter = TokenMinter(config["domain"], config["audience"], keys=[key])
     if config.get("publish_next"):  # as Auth0 does: the next key is published ahead of use
         minter.next_key = SigningKey.generate()
-    return TenantState(minter, config["client_id"], config["client_secret"])
+    state = TenantState(minter, config["client_id"], config["client_secret"])
+    if config.get("session_secret"):  # the web application of the cookie sessions
+        from bench.sessions import SESSION_CLIENT_ID
+
+        state.session_client_id = SESSION_CLIENT_ID
+        state.session_client_secret = config["session_secret"]
+    return state
 
 
 def main(argv: list[str]) -> None:

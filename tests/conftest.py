@@ -11,6 +11,7 @@ pytest.register_assert_rewrite("tests.helpers")
 
 pytest_plugins = [
     "tests.fixtures.tenant",  # the stubbed Auth0 tenant, its signing key and tokens
+    "tests.fixtures.standin",  # the whole stand-in tenant app at the tenant URL (not with `tenant`)
     "tests.fixtures.leaks",  # no token, secret or patient value in any log line of the run
     "tests.fixtures.database",  # the Postgres server, a migrated database per test
     "tests.fixtures.settings",  # settings built for the test's database and tenant

@@ -200,8 +200,8 @@ class TestOpenAPI:
                 assert op["summary"]
                 assert "500" in op["responses"]
 
-    async def test_docs_page_is_self_contained(self, client: httpx.AsyncClient) -> None:
-        response = await client.get("/docs")
+    async def test_docs_table_is_self_contained(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/docs/table")  # /docs: tests/http/test_explorer.py
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/html")
         assert "/healthz" in response.text

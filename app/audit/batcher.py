@@ -29,6 +29,7 @@ from databases import Database
 from app.audit.events import ACTOR_COLUMNS, PER_EVENT_COLUMNS, Actor, Event, Prepared, prepare
 from app.core.db import connection
 from app.core.errors import DATABASE_OUTAGES, DatabaseUnavailable
+from app.core.metrics import AUDIT_BATCHES
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class AuditWriter:
             await conn.execute(_APPEND_BATCH, *append_arguments(batch))
         self.batches += 1
         self.requests += len(batch)
+        AUDIT_BATCHES.observe(len(batch))
 
 
 def _settle(batch: list[_Waiting], error: BaseException | None) -> None:

@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
@@ -37,6 +37,9 @@ from app.core.settings import Settings
 from app.core.state import DenialHook
 from app.http.context import context
 from app.ratelimit import Limit
+
+if TYPE_CHECKING:
+    from app.session.resolver import SessionResolver
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +98,32 @@ def check_requirement(
 async def authenticate(request: Request, requirement: AuthRequirement) -> Principal:
     """Verify the request's token against `requirement`; store the result on the request."""
     found: Principal | None = None
+    sessions = _sessions(request)
     try:
-        token = bearer_token(request)
+        if sessions is not None:  # the session cookie, when the request sends no bearer token
+            token = await sessions.access_token(request)
+        else:
+            token = bearer_token(request)
         found = await context(request).verifier.verify_access_token(token)
         _limit_user(request, found)  # before the permission check: 403 floods count too
         check_requirement(found, requirement, context(request).settings)
     except (Unauthorized, Forbidden) as error:  # a 503 is not a denial
+        if sessions is not None and found is None:
+            await sessions.refused(request, error)
         await _report_denial(request, found, error)
         raise
     request.state.principal = found
     return found
+
+
+def _sessions(request: Request) -> SessionResolver | None:
+    """The cookie-session resolver, when cookie mode is on and this request should use it:
+    it carries the session cookie and no Authorization header (app/session/resolver.py)."""
+    ctx = getattr(request.state, "ctx", None)
+    sessions: SessionResolver | None = getattr(ctx, "sessions", None)
+    if sessions is None or request.headers.getlist("authorization"):
+        return None
+    return sessions if sessions.has_cookie(request) else None
 
 
 def _limit_user(request: Request, found: Principal) -> None:

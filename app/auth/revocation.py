@@ -29,6 +29,7 @@ import orjson
 
 from app.auth.tokens import Principal
 from app.core.db import asyncpg_dsn
+from app.core.metrics import REVOCATIONS_LIVE
 from app.core.tasks import cancelled
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ class RevocationStore:
         for kind, sub, value, expires in entries:
             known = self._revoked.setdefault(sub, {})
             known[(kind, value)] = max(expires, known.get((kind, value), expires))
+        REVOCATIONS_LIVE.set(self.size)
 
     def _forget_expired(self) -> None:
         now = self._clock()
@@ -178,6 +180,7 @@ class RevocationStore:
                 self._revoked[sub] = live
             else:
                 del self._revoked[sub]
+        REVOCATIONS_LIVE.set(self.size)
 
     # --- Listening -------------------------------------------------------------------
 

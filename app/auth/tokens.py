@@ -37,6 +37,7 @@ from jose.backends.base import Key
 
 from app.auth.jwks import MAX_JWKS_BYTES, SUPPORTED_ALGORITHMS, BadJWKS, cache_max_age, parse_jwks
 from app.core.errors import Unauthorized, UpstreamUnavailable
+from app.core.metrics import JWKS_FETCHES
 from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class TokenVerifier:
             raise Unauthorized("missing key id")
         if not isinstance(kid, str) or not kid:
             raise Unauthorized("invalid key id")
-        key = await self._key_for(kid, alg)  # built for exactly this `alg`
+        key = await self.signing_key(kid, alg)  # built for exactly this `alg`
         try:
             valid = key.verify(raw[: len(segments[0]) + 1 + len(segments[1])], signature)
         except Exception:  # jose lets some backend errors through; all mean "no"
@@ -272,7 +273,10 @@ class TokenVerifier:
             claims=claims,
         )
 
-    async def _key_for(self, kid: str, alg: str) -> Key:
+    async def signing_key(self, kid: str, alg: str) -> Key:
+        """The tenant's key `kid` for `alg`, from the JWKS cache (fetched when unknown or
+        stale): what the bearer path verifies with, and the session part's ID and logout
+        tokens too. Unauthorized for an unknown kid; UpstreamUnavailable before any load."""
         if kid not in self._keys or self._monotonic() >= self._fresh_until:
             await self._refresh()
         keys = self._keys.get(kid)
@@ -328,11 +332,13 @@ class TokenVerifier:
             reason = str(exc) if isinstance(exc, BadJWKS) else type(exc).__name__
             state = f"keeping {len(self._keys)} known key(s)" if self._loaded else "no keys yet"
             logger.warning("JWKS fetch from %s failed (%s); %s", url, reason, state)
+            JWKS_FETCHES.labels(outcome="failed").inc()
             if self._loaded:
                 self._fresh_until = self._monotonic() + self._cooldown
             return
         finally:
             self._inflight = None
+        JWKS_FETCHES.labels(outcome="ok").inc()
         gone = {kid for kid, old in self._jwks.items() if jwks.get(kid) != old}
         self._jwks, self._keys, self._loaded = jwks, keys, True
         max_age = cache_max_age(response.headers.get("cache-control"))

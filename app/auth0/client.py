@@ -1,22 +1,24 @@
-"""The transport to Auth0: M2M token, breaker, timeout, retries and wait budget, per call.
+"""The policy every call to Auth0 runs inside: M2M token, breaker, timeout, retries within a
+wait budget, one token renewal on 401.
 
-Why a thin httpx client and not auth0-python (6.8.0): its low-level `AsyncAuth0` takes
-`base_url`, `async_token`, `httpx_client` and `max_retries`, but its retry loop retries every
-method on 408, 409, 429 and 5xx (a retried POST can send a second email), sleeps with an
-`asyncio.sleep` we cannot inject, has no total wait budget and cannot "drop the M2M token and
-retry once" on 401. With `max_retries=0` all it would add is URL building and pydantic models
-we would turn back into dicts, for eight endpoints. So the whole policy lives here; the calls
-themselves are in `app.auth0.management`.
+`Auth0Transport.call` runs one Management API call made with auth0-python's `AsyncAuth0`
+(`app.auth0.management` builds it on the app's shared `httpx.AsyncClient`); `request` sends
+the two calls the SDK does not make asynchronously (the client-credentials grant and the
+password-change request) over the same client. The SDK's own retrying is off
+(`max_retries=0`): it retries every method on 408, 409, 429 and 5xx (a retried POST can send
+a second email), sleeps with an `asyncio.sleep` we cannot inject, has no total wait budget
+and cannot "drop the M2M token and retry once" on 401. So each attempt is one SDK request,
+and what follows an answer is decided here.
 
-Why our own token cache (one shared fetch task) and not authlib's `AsyncOAuth2Client`: it is a
-second `httpx.AsyncClient` (its own pool beside the app's shared one), times expiry by a wall
-clock we cannot steer in tests, and its token request would bypass our timeout, budget and
-breaker.
+The SDK asks `sdk_token()` for its bearer token; that answers the token `call()` fetched for
+the attempt (a context variable), so a 401 drops exactly the token that was refused, and an
+SDK call made outside `call()` fails instead of escaping the policy.
 
-Status mapping (for calls about a user): 400 -> `ValidationFailed` (422: Auth0 refused values
-we passed on), 404 -> `NotFound`, 409 -> `Conflict`, 429 / 5xx / network error / open breaker
--> `UpstreamUnavailable` (503 + Retry-After), anything else or an unreadable body ->
-`UpstreamError` (502). Details never carry a token, a secret or Auth0's body.
+The M2M token is kept by `app.auth0.tokens` (its grant is sent from here, inside the policy);
+what an answer means is `app.auth0.answers`. 429, 5xx, a network error or an open breaker end
+in `UpstreamUnavailable` (503 + Retry-After) once retrying is not allowed or the budget is
+spent. Every call counts in `AUTH0_CALLS` by operation and outcome, every retry in
+`AUTH0_RETRIES`.
 """
 
 from __future__ import annotations
@@ -25,15 +27,20 @@ import asyncio
 import logging
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from email.utils import parsedate_to_datetime
-from typing import Any
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 import httpx
 import orjson
+from auth0.management.core.api_error import ApiError
+from auth0.management.core.parse_error import ParsingError
 
+from app.auth0.answers import Answered, client_error, from_sdk, json_object, rate_limit_wait
 from app.auth0.breaker import CircuitBreaker
-from app.core.errors import Conflict, NotFound, UpstreamError, UpstreamUnavailable, ValidationFailed
+from app.auth0.tokens import M2MToken
+from app.core.errors import AppError, UpstreamError, UpstreamUnavailable
+from app.core.metrics import AUTH0_BREAKER_OPEN, AUTH0_CALLS, AUTH0_RETRIES
 from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,12 +49,16 @@ MAX_ATTEMPTS = 4  # the wait budget normally ends retries first; this bounds zer
 BACKOFF_SECONDS = 0.2  # first wait after a 5xx or network error, doubled per attempt
 JITTER_SECONDS = 0.25  # at most this much is added at random so callers do not retry in step
 
+T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
+# The M2M token of the attempt `Auth0Transport.call` is running in this task, for the SDK.
+_ATTEMPT_TOKEN: ContextVar[str | None] = ContextVar("auth0_attempt_token", default=None)
+
 
 class Auth0Transport:
-    """Sends calls to the tenant over the app's shared `httpx.AsyncClient`; one per process.
+    """Runs calls to the tenant inside one policy; one per process.
 
     `stats` counts what it did (requests, retries, token fetches, breaker events).
     """
@@ -68,40 +79,30 @@ class Auth0Transport:
         self._sleep, self._clock, self._wall, self._rand = sleep, clock, wall_clock, rand
         self._base = settings.tenant_url
         self._timeout = httpx.Timeout(settings.auth0_timeout_seconds)
-        self._token: str | None = None
-        self._token_renew_at = 0.0
-        self._token_fetch: asyncio.Future[str] | None = None
+        self._token = M2MToken(self._grant, clock=clock, stats=self.stats)
         self._breaker = CircuitBreaker(
             failures=settings.auth0_breaker_failures,
             cooldown_seconds=settings.auth0_breaker_cooldown_seconds,
             clock=clock,
             stats=self.stats,
+            on_change=lambda is_open: AUTH0_BREAKER_OPEN.set(1 if is_open else 0),
         )
 
     async def aclose(self) -> None:
         """Forget the token; the shared HTTP client is the lifespan's."""
-        if self._token_fetch is not None:
-            self._token_fetch.cancel()
-        self._token = None
+        self._token.close()
 
     # --- M2M token -----------------------------------------------------------------------
 
-    async def _m2m_token(self) -> str:
-        """The cached Management API token; one fetch at a time, whatever the callers.
+    async def sdk_token(self) -> str:
+        """The bearer token for the SDK request being sent: the one `call()` chose for it."""
+        token = _ATTEMPT_TOKEN.get()
+        if token is None:
+            raise RuntimeError("Management API calls must run inside Auth0Transport.call")
+        return token
 
-        Callers that arrive while a fetch runs await that same task, so a failed fetch fails
-        them all at once instead of each trying again in turn behind a lock. The task is
-        shielded: a caller that gives up does not cancel the others' fetch.
-        """
-        if self._token is not None and self._clock() < self._token_renew_at:
-            return self._token
-        if self._token_fetch is None:
-            self._token_fetch = asyncio.ensure_future(self._fetch_token())
-            self._token_fetch.add_done_callback(self._token_fetched)
-        return await asyncio.shield(self._token_fetch)
-
-    async def _fetch_token(self) -> str:
-        self.stats["token_requests"] += 1
+    async def _grant(self) -> tuple[str, float]:
+        """A client-credentials grant for the Management API: the token and its lifetime."""
         grant = {
             "grant_type": "client_credentials",
             "client_id": self.settings.auth0_client_id,
@@ -111,159 +112,176 @@ class Auth0Transport:
         # JSON, which Auth0 accepts as well as a form. Repeating the grant only mints another
         # token, so it is safe to retry.
         response = await self.request(
-            "POST", "/oauth/token", json=grant, retryable=True, m2m=False, our_input=False
+            "oauth.token",
+            "POST",
+            "/oauth/token",
+            json=grant,
+            retryable=True,
+            m2m=False,
+            our_input=False,
         )
-        body = json_object(json_body(response))
+        body = json_object(response)
         token, lifetime = body.get("access_token"), body.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(lifetime, int | float):
             raise UpstreamError("Auth0 sent an unusable token response")
         if lifetime <= 0:
             raise UpstreamError("Auth0 sent an unusable token response")
-        # Renew early (a tenth of the lifetime, at most a minute) so that no call carries a
-        # token that expires on the way.
-        self._token_renew_at = self._clock() + lifetime - min(60.0, lifetime / 10)
-        self._token = token
-        return token
+        return token, float(lifetime)
 
-    def _token_fetched(self, task: asyncio.Future[str]) -> None:
-        self._token_fetch = None
-        if not task.cancelled():
-            task.exception()  # marks it retrieved even if every waiter was cancelled
+    # --- The two ways in -------------------------------------------------------------------
 
-    def _drop_token(self, token: str) -> None:
-        # Only the token that was refused: a concurrent caller may already have a new one.
-        if self._token == token:
-            self._token = None
+    async def call(
+        self,
+        operation: str,
+        send: Callable[[], Awaitable[T]],
+        *,
+        retryable: bool = False,
+    ) -> T:
+        """Run one Management API call made with the SDK (`send` makes one request) and
+        return its result, or raise an `AppError`. `operation` names it in logs and metrics.
 
-    # --- One call: token, breaker, timeout, retries --------------------------------------
+        `retryable` says repeating cannot duplicate an effect: such calls are retried on 429,
+        5xx and network errors while the summed waits fit the budget. A 401 is retried once
+        with a fresh token whatever the method: Auth0 acted on nothing.
+        """
+
+        async def attempt(token: str | None) -> T:
+            bound = _ATTEMPT_TOKEN.set(token)
+            try:
+                return await send()
+            except (ApiError, ParsingError) as error:
+                raise from_sdk(error) from None
+            finally:
+                _ATTEMPT_TOKEN.reset(bound)
+
+        return await self._run(operation, attempt, retryable=retryable, m2m=True, our_input=True)
 
     async def request(
         self,
+        operation: str,
         method: str,
         path: str,
         *,
         json: Any = None,
-        params: Mapping[str, str | int] | None = None,
         retryable: bool = False,
         m2m: bool = True,
         our_input: bool = True,
     ) -> httpx.Response:
-        """Send one logical call and return its 2xx response, or raise an `AppError`.
+        """Send one call over plain httpx and return its 2xx response, or raise an `AppError`.
 
-        `retryable` says repeating cannot duplicate an effect: such calls are retried on 429,
-        5xx and network errors while the summed waits fit the budget. A 401 on a Management
-        call is retried once with a fresh token whatever the method: Auth0 acted on nothing.
-        `our_input` False makes a 400/404/409 our own misconfiguration (502), not the caller's.
+        The same policy as `call`; `our_input` False makes a 400/404/409 our own
+        misconfiguration (502), not the caller's.
         """
-        budget = self.settings.auth0_retry_budget_seconds
-        waited, token_renewed, attempt = 0.0, False, 0
         content = None if json is None else orjson.dumps(json)
-        while True:
-            attempt += 1
+
+        async def attempt(token: str | None) -> httpx.Response:
             headers = {"Content-Type": "application/json"} if content is not None else {}
-            token = await self._m2m_token() if m2m else None
             if token is not None:
                 headers["Authorization"] = f"Bearer {token}"
+            response = await self.http.request(
+                method, self._base + path, content=content, headers=headers, timeout=self._timeout
+            )
+            if not 200 <= response.status_code < 300:
+                raise Answered(response.status_code, response.headers)
+            return response
+
+        return await self._run(
+            operation, attempt, retryable=retryable, m2m=m2m, our_input=our_input
+        )
+
+    # --- The policy --------------------------------------------------------------------------
+
+    async def _run(
+        self,
+        operation: str,
+        attempt: Callable[[str | None], Awaitable[T]],
+        *,
+        retryable: bool,
+        m2m: bool,
+        our_input: bool,
+    ) -> T:
+        outcome = "error"
+        try:
+            result = await self._attempts(
+                operation, attempt, retryable=retryable, m2m=m2m, our_input=our_input
+            )
+            outcome = "ok"
+            return result
+        except UpstreamUnavailable:
+            outcome = "unavailable"
+            raise
+        except UpstreamError:
+            outcome = "bad_answer"
+            raise
+        except AppError:
+            outcome = "refused"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            AUTH0_CALLS.labels(operation=operation, outcome=outcome).inc()
+
+    async def _attempts(
+        self,
+        operation: str,
+        attempt: Callable[[str | None], Awaitable[T]],
+        *,
+        retryable: bool,
+        m2m: bool,
+        our_input: bool,
+    ) -> T:
+        budget = self.settings.auth0_retry_budget_seconds
+        waited, token_renewed, attempts = 0.0, False, 0
+        while True:
+            attempts += 1
+            token = await self._token.get() if m2m else None
             trial = self._breaker.admit()
             self.stats["requests"] += 1
             try:
-                response = await self.http.request(
-                    method,
-                    self._base + path,
-                    content=content,
-                    params=params,
-                    headers=headers,
-                    timeout=self._timeout,
-                )
+                result = await attempt(token)
             except httpx.TransportError as exc:
                 self._breaker.record(ok=False)
-                logger.warning("Auth0 %s %s: %s", method, _kind(path), type(exc).__name__)
-                problem, wait = "unreachable", _backoff(attempt)
+                logger.warning("Auth0 %s: %s", operation, type(exc).__name__)
+                problem, wait = "unreachable", _backoff(attempts)
+            except Answered as answer:
+                status = answer.status
+                self._breaker.record(ok=status < 500)
+                if not answer.readable:
+                    logger.warning(
+                        "Auth0 %s answered %d in a shape we cannot read", operation, status
+                    )
+                    raise UpstreamError("Auth0 sent an answer of an unexpected shape") from None
+                level = logging.WARNING if status == 429 or status >= 500 else logging.INFO
+                logger.log(level, "Auth0 %s answered %d", operation, status)
+                if status == 401 and token is not None and not token_renewed:
+                    self.stats["token_renewals_after_401"] += 1
+                    token_renewed = True
+                    self._token.drop(token)
+                    continue
+                if status == 429:
+                    asked = rate_limit_wait(answer, self._wall())
+                    wait = _backoff(attempts) if asked is None else asked
+                    problem = "rate-limiting us"
+                elif status >= 500:
+                    problem, wait = "failing", _backoff(attempts)
+                else:
+                    raise client_error(status, our_input) from None
             except BaseException:
                 if trial:  # cancelled or broken mid-trial: let the next request try instead
                     self._breaker.abandon_trial()
                 raise
             else:
-                status = response.status_code
-                self._breaker.record(ok=status < 500)
-                if status < 300:
-                    return response
-                level = logging.WARNING if status == 429 or status >= 500 else logging.INFO
-                logger.log(level, "Auth0 %s %s answered %d", method, _kind(path), status)
-                if status == 401 and token is not None and not token_renewed:
-                    self.stats["token_renewals_after_401"] += 1
-                    token_renewed = True
-                    self._drop_token(token)
-                    continue
-                if status == 429:
-                    problem, wait = "rate-limiting us", self._rate_limit_wait(response, attempt)
-                elif status >= 500:
-                    problem, wait = "failing", _backoff(attempt)
-                else:
-                    raise _client_error(status, our_input)
-            if not retryable or attempt >= MAX_ATTEMPTS or waited + wait > budget:
+                self._breaker.record(ok=True)
+                return result
+            if not retryable or attempts >= MAX_ATTEMPTS or waited + wait > budget:
                 raise UpstreamUnavailable(f"Auth0 is {problem}", retry_after=math.ceil(wait))
             wait += self._rand() * min(JITTER_SECONDS, budget - waited - wait)
             self.stats["retries"] += 1
+            AUTH0_RETRIES.labels(operation=operation).inc()
             await self._sleep(wait)
             waited += wait
-
-    def _rate_limit_wait(self, response: httpx.Response, attempt: int) -> float:
-        """Seconds Auth0 asks us to wait: `Retry-After` (seconds or a date), else
-        `x-ratelimit-reset` (unix epoch seconds), else our own backoff."""
-        retry_after = response.headers.get("retry-after", "").strip()
-        reset = response.headers.get("x-ratelimit-reset", "").strip()
-        try:
-            if retry_after.isdigit():
-                return float(retry_after)
-            if retry_after:
-                return max(0.0, parsedate_to_datetime(retry_after).timestamp() - self._wall())
-            if reset:
-                return max(0.0, float(reset) - self._wall())
-        except (ValueError, TypeError, OverflowError):
-            pass
-        return _backoff(attempt)
-
-
-def json_body(response: httpx.Response) -> Any:
-    """The decoded body; `UpstreamError` (502) when it is not JSON."""
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("Auth0 sent an answer that is not JSON") from None
-
-
-def json_object(value: Any) -> dict[str, Any]:
-    """`value` when it is a JSON object; `UpstreamError` (502) otherwise."""
-    if not isinstance(value, dict):
-        raise UpstreamError("Auth0 sent an answer of an unexpected shape")
-    return value
-
-
-def json_objects(value: Any) -> list[dict[str, Any]]:
-    """`value` when it is a list of JSON objects; `UpstreamError` (502) otherwise."""
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise UpstreamError("Auth0 sent an answer of an unexpected shape")
-    return value
 
 
 def _backoff(attempt: int) -> float:
     return BACKOFF_SECONDS * 2.0 ** (attempt - 1)
-
-
-def _kind(path: str) -> str:
-    """A path without its user or organization id, for logs (`/api/v2/users/…/roles`)."""
-    parts = path.split("/")
-    if len(parts) > 4 and parts[3] in {"users", "organizations"}:
-        parts[4] = "…"
-    return "/".join(parts)
-
-
-def _client_error(status: int, our_input: bool) -> Exception:
-    if our_input and status == 400:
-        return ValidationFailed("Auth0 refused the submitted values")
-    if our_input and status == 404:
-        return NotFound("not found in Auth0")
-    if our_input and status == 409:
-        return Conflict("Auth0 reports a conflicting change")
-    return UpstreamError(f"Auth0 answered with an unexpected status {status}")

@@ -1,8 +1,10 @@
 """The Auth0 calls the service makes: users, tenant roles, organization members and their
-roles, the verification email job (Management API) and the password-change request
-(Authentication API).
+roles, the verification email job (Management API, through auth0-python's `AsyncAuth0`) and
+the password-change request (Authentication API, plain httpx: the SDK's is not async).
 
-Each call says whether it may be retried (`app.auth0.client` owns the policy): reads, PATCH
+The SDK builds the URLs and reads the answers into its models; this module turns them into
+plain dicts and walks the pages. Each call runs inside `Auth0Transport.call`, which owns the
+policy (the SDK's own retrying is off), and says here whether it may be retried: reads, PATCH
 and DELETE of roles repeat safely; a POST that sends an email or assigns roles never does.
 A user's record is kept in a short, bounded cache, forgotten around every update to it.
 """
@@ -11,46 +13,53 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
-from urllib.parse import quote
 
 import httpx
+from auth0.management import AsyncAuth0
+from auth0.management.core.pagination import AsyncPager
+from auth0.management.core.pydantic_utilities import UniversalBaseModel
 
-from app.auth0.client import (
-    Auth0Transport,
-    Clock,
-    Sleep,
-    json_body,
-    json_object,
-    json_objects,
-)
+from app.auth0.client import Auth0Transport, Clock, Sleep
 from app.core.errors import NotFound, UpstreamError
 from app.core.settings import Settings
 
 PROFILE_CACHE_SIZE = 4096
 PAGE_SIZE = 100
+MAX_PAGES = 1000  # bounds a walk over pages a broken tenant would never end
+
+# An SDK `list` of roles with everything but `page` bound.
+RolePages = Callable[..., Awaitable[AsyncPager[Any, Any]]]
 
 
-def user_path(user_id: str) -> str:
-    """The Management API path of a user; subs contain `|`, so every character is encoded."""
-    return f"/api/v2/users/{quote(user_id, safe='')}"
+def plain(model: UniversalBaseModel) -> dict[str, Any]:
+    """An SDK model as the JSON Auth0 sent: its fields (unknown ones included), and the
+    dates it parsed written back as Auth0 writes them (`2026-11-01T09:30:00.000Z`)."""
+    data = _auth0_dates(model.dict())
+    if not isinstance(data, dict):
+        raise UpstreamError("Auth0 sent an answer of an unexpected shape")
+    return data
 
 
-def org_path(org_id: str) -> str:
-    return f"/api/v2/organizations/{quote(org_id, safe='')}"
-
-
-def member_roles_path(org_id: str, user_id: str) -> str:
-    """A member's roles within one organization (not the tenant-wide roles of the user)."""
-    return f"{org_path(org_id)}/members/{quote(user_id, safe='')}/roles"
+def _auth0_dates(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {key: _auth0_dates(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_auth0_dates(item) for item in value]
+    return value
 
 
 class Auth0Client:
-    """One per process; shares the app's `httpx.AsyncClient`. `stats` counts what it did."""
+    """One per process; its SDK shares the app's `httpx.AsyncClient`. `stats` counts what
+    it did."""
 
     def __init__(
         self,
@@ -65,6 +74,15 @@ class Auth0Client:
         self.settings = settings
         self.transport = Auth0Transport(
             settings, http, sleep=sleep, clock=clock, wall_clock=wall_clock, rand=rand
+        )
+        # `token` is required but never sent: `async_token` replaces it on every request.
+        self.sdk = AsyncAuth0(
+            base_url=f"{settings.tenant_url}/api/v2",
+            token="",
+            async_token=self.transport.sdk_token,
+            httpx_client=http,
+            timeout=settings.auth0_timeout_seconds,
+            max_retries=0,
         )
         self.stats = self.transport.stats
         self._clock = clock
@@ -87,8 +105,11 @@ class Auth0Client:
             return copy.deepcopy(cached[1])
         self.stats["profile_cache_misses"] += 1
         writes = self._profile_writes
-        response = await self.transport.request("GET", user_path(user_id), retryable=True)
-        user = json_object(json_body(response))
+        user = plain(
+            await self.transport.call(
+                "users.get", partial(self.sdk.users.get, user_id), retryable=True
+            )
+        )
         # An update that ran while we read may have made this answer stale: don't keep it.
         if writes == self._profile_writes and self.settings.profile_cache_seconds > 0:
             expires = self._clock() + self.settings.profile_cache_seconds
@@ -99,27 +120,28 @@ class Auth0Client:
         return user
 
     async def update_user(self, user_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """PATCH the user and return Auth0's updated record.
+        """PATCH the user and return Auth0's updated record. `fields` are named as the SDK's
+        `users.update` names them (`given_name`, `user_metadata`, ...).
 
         Retried like a GET: Auth0 sets the given fields (and merges `user_metadata` at the top
         level), so sending the same body twice leaves the same result.
         """
         self._forget_profile(user_id)
         try:
-            response = await self.transport.request(
-                "PATCH", user_path(user_id), json=dict(fields), retryable=True
+            user = await self.transport.call(
+                "users.update", partial(self.sdk.users.update, user_id, **fields), retryable=True
             )
         finally:
             self._forget_profile(user_id)
-        return json_object(json_body(response))
+        return plain(user)
 
     async def send_verification_email(self, user_id: str) -> dict[str, Any]:
         """Start Auth0's verification-email job; never retried (it would send two emails)."""
-        body = {"user_id": user_id}
-        response = await self.transport.request(
-            "POST", "/api/v2/jobs/verification-email", json=body
+        job = await self.transport.call(
+            "jobs.verification_email.create",
+            partial(self.sdk.jobs.verification_email.create, user_id=user_id),
         )
-        return json_object(json_body(response))
+        return plain(job)
 
     def _forget_profile(self, user_id: str) -> None:
         self._profiles.pop(user_id, None)
@@ -129,33 +151,38 @@ class Auth0Client:
 
     async def get_user_roles(self, user_id: str) -> list[dict[str, Any]]:
         """Every tenant role assigned directly to the user, across all pages."""
-        return await self._all_roles(user_path(user_id) + "/roles")
+        pages = partial(self.sdk.users.roles.list, user_id, per_page=PAGE_SIZE, include_totals=True)
+        return await self._all_roles("users.roles.list", pages)
 
-    async def _all_roles(self, path: str) -> list[dict[str, Any]]:
+    async def _all_roles(self, operation: str, pages: RolePages) -> list[dict[str, Any]]:
+        """Walk offset pages (each its own call, retried on its own) until `total` is reached.
+
+        The SDK's own pager is not used: its next page would be fetched outside our policy,
+        and it stops only at an empty page, one request later than `total` allows."""
         roles: list[dict[str, Any]] = []
-        for page in range(1000):
-            params: dict[str, str | int] = {"per_page": PAGE_SIZE, "page": page}
-            params["include_totals"] = "true"
-            response = await self.transport.request("GET", path, params=params, retryable=True)
-            body = json_body(response)
-            if isinstance(body, list):  # a tenant that ignores paging sends everything at once
-                return json_objects(body)
-            items, total = json_objects(json_object(body).get("roles")), body.get("total")
-            roles += items
-            if not items or not isinstance(total, int) or len(roles) >= total:
+        for number in range(MAX_PAGES):
+            pager = await self.transport.call(
+                operation, partial(pages, page=number), retryable=True
+            )
+            items, total = pager.items or [], pager.response.total
+            roles += [plain(role) for role in items]
+            if not items or total is None or len(roles) >= total:
                 break
         return roles
 
     async def assign_roles(self, user_id: str, role_ids: Sequence[str]) -> None:
         """Assign roles by id; a POST, so never retried (our caller sees 503 and decides)."""
-        body = {"roles": list(role_ids)}
-        await self.transport.request("POST", user_path(user_id) + "/roles", json=body)
+        await self.transport.call(
+            "users.roles.assign",
+            partial(self.sdk.users.roles.assign, user_id, roles=list(role_ids)),
+        )
 
     async def remove_roles(self, user_id: str, role_ids: Sequence[str]) -> None:
         """Remove roles by id; retried, since removing an absent role is a no-op in Auth0."""
-        body = {"roles": list(role_ids)}
-        await self.transport.request(
-            "DELETE", user_path(user_id) + "/roles", json=body, retryable=True
+        await self.transport.call(
+            "users.roles.delete",
+            partial(self.sdk.users.roles.delete, user_id, roles=list(role_ids)),
+            retryable=True,
         )
 
     # --- Organizations ---------------------------------------------------------------------
@@ -166,43 +193,63 @@ class Auth0Client:
         Walks the member list by checkpoint pagination (`take`/`from`, the only paging that
         reaches past 1000 members), asking for user ids only, and stops at the first match.
         """
-        path = org_path(org_id) + "/members"
-        params: dict[str, str | int] = {"fields": "user_id", "include_fields": "true"}
-        params["take"] = PAGE_SIZE
+        members = self.sdk.organizations.members
+        cursor: str | None = None
         seen: set[str] = set()
-        while True:
+        for _ in range(MAX_PAGES):
+            list_page = partial(
+                members.list,
+                org_id,
+                from_=cursor,
+                take=PAGE_SIZE,
+                fields="user_id",
+                include_fields=True,
+                include_totals=None,  # checkpoint paging: no totals; None leaves it unsent
+            )
             try:
-                response = await self.transport.request("GET", path, params=params, retryable=True)
+                pager = await self.transport.call(
+                    "organizations.members.list", list_page, retryable=True
+                )
             except NotFound:
                 return False
-            body = json_body(response)
-            members = json_objects(
-                body if isinstance(body, list) else json_object(body).get("members")
-            )
-            if any(member.get("user_id") == user_id for member in members):
+            if any(member.user_id == user_id for member in pager.items or []):
                 return True
-            cursor = body.get("next") if isinstance(body, dict) else None
-            if not isinstance(cursor, str) or not cursor:
+            cursor = pager.response.next
+            if not cursor:
                 return False
             if cursor in seen:
-                raise UpstreamError("Auth0 sent a member list that does not end")
+                break
             seen.add(cursor)
-            params["from"] = cursor
+        raise UpstreamError("Auth0 sent a member list that does not end")
 
     async def get_member_roles(self, org_id: str, user_id: str) -> list[dict[str, Any]]:
         """The roles the user holds in the organization only, across all pages."""
-        return await self._all_roles(member_roles_path(org_id, user_id))
+        pages = partial(
+            self.sdk.organizations.members.roles.list,
+            org_id,
+            user_id,
+            per_page=PAGE_SIZE,
+            include_totals=True,
+        )
+        return await self._all_roles("organizations.members.roles.list", pages)
 
     async def assign_member_roles(self, org_id: str, user_id: str, role_ids: Sequence[str]) -> None:
         """Assign roles to the user within the organization; a POST, never retried."""
-        body = {"roles": list(role_ids)}
-        await self.transport.request("POST", member_roles_path(org_id, user_id), json=body)
+        await self.transport.call(
+            "organizations.members.roles.assign",
+            partial(
+                self.sdk.organizations.members.roles.assign, org_id, user_id, roles=list(role_ids)
+            ),
+        )
 
     async def remove_member_roles(self, org_id: str, user_id: str, role_ids: Sequence[str]) -> None:
         """Remove roles from the user within the organization; retried (absent: a no-op)."""
-        body = {"roles": list(role_ids)}
-        await self.transport.request(
-            "DELETE", member_roles_path(org_id, user_id), json=body, retryable=True
+        await self.transport.call(
+            "organizations.members.roles.delete",
+            partial(
+                self.sdk.organizations.members.roles.delete, org_id, user_id, roles=list(role_ids)
+            ),
+            retryable=True,
         )
 
     # --- Authentication API --------------------------------------------------------------
@@ -214,4 +261,10 @@ class Auth0Client:
             "email": email,
             "connection": self.settings.auth0_db_connection,
         }
-        await self.transport.request("POST", "/dbconnections/change_password", json=body, m2m=False)
+        await self.transport.request(
+            "dbconnections.change_password",
+            "POST",
+            "/dbconnections/change_password",
+            json=body,
+            m2m=False,
+        )

@@ -1,16 +1,19 @@
 """The connection pool and the migration runner.
 
-The pool is `databases` over asyncpg. Hot paths may take the asyncpg connection underneath
-(`connection.raw_connection`) to skip the SQLAlchemy layer; all SQL stays parameterised.
+The pool is `databases` over asyncpg; `connection()` and `transaction()` hand out asyncpg
+connections of the pool underneath (`pool_of`), without the SQLAlchemy layer. All SQL stays
+parameterised.
 
 Migrations are the numbered `.sql` files in `migrations/`, applied in name order, each once,
 each inside its own transaction, under a session advisory lock so that two copies of the
-service starting together apply each file exactly once.
+service starting together apply each file exactly once. Each applied file's SHA-256 is
+recorded; a file edited after it was applied stops `migrate` and `serve` (`MigrationChanged`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -23,6 +26,7 @@ import asyncpg
 from databases import Database
 
 from app.core.errors import DatabaseUnavailable
+from app.core.metrics import DB_POOL_IN_USE
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +40,24 @@ MIGRATION_LOCK_ID = 0x0A0B_F0DB
 CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version     text PRIMARY KEY,
-    applied_at  timestamptz NOT NULL DEFAULT now()
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    checksum    text
 )
 """
+# Tables created before checksums were recorded: their rows are backfilled on the next run.
+ADD_CHECKSUM_COLUMN = "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text"
+# The app role may read the bookkeeping, so that `serve` can check it (versions and hashes).
+GRANT_MIGRATIONS_READ = """
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bff_app') THEN
+        GRANT SELECT ON schema_migrations TO bff_app;
+    END IF;
+END $$
+"""
+
+
+class MigrationChanged(Exception):
+    """An applied migration's file no longer matches what was applied; one line for humans."""
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -89,9 +108,20 @@ class Migration:
     def sql(self) -> str:
         return self.path.read_text(encoding="utf-8")
 
+    @property
+    def checksum(self) -> str:
+        """The file's SHA-256, hex: what `schema_migrations.checksum` records."""
+        return self.load()[1]
 
-def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    files = sorted(p for p in directory.glob("*.sql") if p.is_file())
+    def load(self) -> tuple[str, str]:
+        """The SQL and its checksum, from one read of the file."""
+        data = self.path.read_bytes()
+        return data.decode("utf-8"), hashlib.sha256(data).hexdigest()
+
+
+def discover_migrations(directory: Path | None = None) -> list[Migration]:
+    """The `.sql` files of `directory` (default: `MIGRATIONS_DIR`), in name order."""
+    files = sorted(p for p in (directory or MIGRATIONS_DIR).glob("*.sql") if p.is_file())
     return [Migration(p.stem, p) for p in files]
 
 
@@ -111,7 +141,11 @@ def describe_connect_error(url: str, exc: BaseException) -> str:
 
 
 async def migrate(url: str, migrations: Sequence[Migration] | None = None) -> list[str]:
-    """Apply pending migrations as the owner role; return the versions applied now."""
+    """Apply pending migrations as the owner role; return the versions applied now.
+
+    Raises `MigrationChanged`, applying nothing, when an applied file was edited since.
+    Rows from before checksums were recorded get the file's current hash (earlier edits
+    cannot be known)."""
     pending_source = list(migrations) if migrations is not None else discover_migrations()
     conn = await connect_raw(url)
     applied_now: list[str] = []
@@ -119,22 +153,71 @@ async def migrate(url: str, migrations: Sequence[Migration] | None = None) -> li
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         try:
             await conn.execute(CREATE_MIGRATIONS_TABLE)
-            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            await conn.execute(ADD_CHECKSUM_COLUMN)
+            recorded = await _recorded_checksums(conn)
+            check_checksums(pending_source, recorded)
+            backfill = [
+                (m.version, m.checksum)
+                for m in pending_source
+                if m.version in recorded and recorded[m.version] is None
+            ]
+            if backfill:
+                await conn.executemany(
+                    "UPDATE schema_migrations SET checksum = $2 WHERE version = $1", backfill
+                )
+                logger.info("migration checksums recorded", extra={"migrations": len(backfill)})
             for migration in pending_source:
-                if migration.version in done:
+                if migration.version in recorded:
                     continue
+                sql, checksum = migration.load()
                 async with conn.transaction():
-                    await conn.execute(migration.sql)
+                    await conn.execute(sql)
                     await conn.execute(
-                        "INSERT INTO schema_migrations (version) VALUES ($1)", migration.version
+                        "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
+                        migration.version,
+                        checksum,
                     )
                 applied_now.append(migration.version)
                 logger.info("migration applied", extra={"version": migration.version})
+            await conn.execute(GRANT_MIGRATIONS_READ)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
     finally:
         await conn.close()
     return applied_now
+
+
+async def _recorded_checksums(conn: asyncpg.Connection) -> dict[str, str | None]:
+    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+    return {row["version"]: row["checksum"] for row in rows}
+
+
+def check_checksums(migrations: Sequence[Migration], recorded: dict[str, str | None]) -> None:
+    """Raise `MigrationChanged` naming every applied file whose content changed."""
+    changed = [m for m in migrations if recorded.get(m.version) not in (None, m.checksum)]
+    if changed:
+        names = ", ".join(m.path.name for m in changed)
+        raise MigrationChanged(
+            f"migration file(s) changed after they were applied: {names} in "
+            f"{changed[0].path.parent} (restore them; put a change in a new migration)"
+        )
+
+
+async def check_applied_migrations(url: str, directory: Path | None = None) -> None:
+    """What `serve` checks before it starts: no applied migration's file has changed. A
+    database without the bookkeeping (never migrated, or not since checksums) passes."""
+    conn = await connect_raw(url, connect_timeout=5)
+    try:
+        recorded = await _recorded_checksums(conn)
+    except (
+        asyncpg.UndefinedTableError,
+        asyncpg.UndefinedColumnError,
+        asyncpg.InsufficientPrivilegeError,  # granted by the first `migrate` since checksums
+    ):
+        return
+    finally:
+        await conn.close()
+    check_checksums(discover_migrations(directory), recorded)
 
 
 async def is_ready(database: Database) -> bool:
@@ -149,11 +232,17 @@ async def is_ready(database: Database) -> bool:
 
 
 def pool_of(database: Database) -> asyncpg.Pool:
-    """The asyncpg pool underneath `databases` (its postgres backend keeps it as `_pool`).
+    """The asyncpg pool underneath `databases`: the one place that reaches its internals
+    (the postgres backend keeps the pool as `_pool`). `databases` owns the pool's lifecycle
+    (`connect`, `disconnect`); every acquire goes through here.
 
-    Hot paths and every module's SQL use asyncpg directly: parameterised `$n` queries,
-    without the SQLAlchemy layer (about 120 µs a query), and each `acquire` is a distinct
-    connection, which `databases`' task-local connection is not.
+    Not its public `database.connection()`: that connection belongs to the task, so a second
+    `connection()` in the same task would get the first one back (an "independent" audit
+    record would join the caller's transaction and roll back with it), it has no acquire
+    timeout of its own, and the rate-limit store (app/ratelimit) takes the pool itself.
+    Cost is not the reason: its acquire and release measured 3.5 us more CPU (40.6 against
+    37.1 us), lost in the noise once a `SELECT 1` runs (121.5 against 125.0 us;
+    docs/benchmarks.md, `python -m bench.poolapi`).
     """
     pool: asyncpg.Pool | None = getattr(database._backend, "_pool", None)
     if pool is None:
@@ -178,12 +267,14 @@ async def connection(database: Database) -> AsyncIterator[asyncpg.Connection]:
         conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
     except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
         raise DatabaseUnavailable(f"no database connection: {type(exc).__name__}") from exc
+    DB_POOL_IN_USE.inc()
     try:
         yield conn
     except _BROKEN:
         conn.terminate()  # the pool replaces it instead of handing it out again
         raise
     finally:
+        DB_POOL_IN_USE.dec()
         await pool.release(conn)
 
 

@@ -1,4 +1,7 @@
-"""Structured JSON-line logging. Callers pass identifiers in `extra`, never tokens or PHI.
+"""Structured logging. Callers pass identifiers in `extra`, never tokens or PHI.
+
+`serve` writes JSON lines (`JsonFormatter`); `dev` writes readable lines for a terminal
+(`ConsoleFormatter`, `configure_logging(console=True)`), with the same fields.
 
 The formatter is also the last line of defence for what callers cannot control: the text of
 exceptions. A Postgres error's message and its DETAIL carry the values of the row it failed
@@ -11,6 +14,7 @@ as its class, SQLSTATE and the names of the constraint, table and column only.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import traceback
@@ -23,6 +27,8 @@ from pydantic import ValidationError
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Extras that repeat the message for a terminal (uvicorn's, with escape codes): never written.
+_DROPPED = {"color_message"}
 # What of a Postgres error names the schema, never the data.
 _SCHEMA_NAMES = ("constraint", "table", "column")
 
@@ -102,6 +108,15 @@ def _message(record: logging.LogRecord) -> str:
     return message % tuple(_safe(value) for value in args)
 
 
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """What the caller passed through `extra=`, made safe."""
+    return {
+        key: _safe(value)
+        for key, value in vars(record).items()
+        if key not in _STANDARD and key not in _DROPPED and not key.startswith("_")
+    }
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -111,9 +126,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": _message(record),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = _safe(value)
+        entry.update(_extras(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -122,10 +135,36 @@ class JsonFormatter(logging.Formatter):
         return format_exception(*ei)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every logger, uvicorn's included, through one JSON handler on stderr."""
+_BARE = re.compile(r"[^\s\"'=]+")
+
+
+def _plain(value: Any) -> str:
+    """A value as `key=value` shows it: bare when it is one word, else JSON."""
+    if isinstance(value, str) and _BARE.fullmatch(value):
+        return value
+    return orjson.dumps(value, default=str).decode()
+
+
+class ConsoleFormatter(JsonFormatter):
+    """One readable line a record, local time: `12:01:02 INFO  app.x  message key=value`;
+    a traceback (made safe like JSON's) follows on its own lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{stamp} {record.levelname:<5} {record.name}  {_message(record)}"
+        fields = " ".join(f"{key}={_plain(value)}" for key, value in _extras(record).items())
+        if fields:
+            line = f"{line} {fields}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+def configure_logging(level: str = "INFO", *, console: bool = False) -> None:
+    """Send every logger, uvicorn's included, through one handler on stderr: JSON lines, or
+    readable lines with `console` (`dev`)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(ConsoleFormatter() if console else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -133,6 +172,42 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     quiet_chatty_loggers()
+
+
+# Loggers whose INFO lines a developer's console does not need: the embedded Postgres's
+# commands (up to 1,289 characters each), each uvicorn server's start and stop (two servers
+# run in `dev`), the pool's connect and disconnect. Their warnings and errors still show.
+DEV_QUIET_LOGGERS = ("pgserver", "uvicorn.error", "databases")
+
+
+class StartupGate(logging.Filter):
+    """Drops records below WARNING until `open()`: `dev` opens it once its banner has said
+    what start-up did (database, migrations, servers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.opened or record.levelno >= logging.WARNING
+
+    def open(self) -> None:
+        self.opened = True
+
+
+def configure_dev_logging(level: str = "INFO") -> StartupGate:
+    """`dev`'s console: readable lines, `DEV_QUIET_LOGGERS` at WARNING, start-up's INFO left
+    out until the returned gate opens. At DEBUG everything shows."""
+    configure_logging(level, console=True)
+    gate = StartupGate()
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        gate.open()
+    else:
+        for name in DEV_QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(gate)
+    return gate
 
 
 def quiet_chatty_loggers() -> None:

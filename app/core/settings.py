@@ -16,10 +16,13 @@ import hmac
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -30,6 +33,24 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
+# Where `python -m app serve` listens unless HOST, PORT or the command line say otherwise.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _directory(path: Path | None) -> Path | None:
+    if path is not None and not path.is_dir():
+        raise ValueError(f"{path} is not a directory")
+    return path
+
+
+# An existing directory, or None when unset or empty (`MIGRATIONS_DIR=` as in .env.example).
+Directory = Annotated[
+    Path | None,
+    BeforeValidator(lambda value: value or None),
+    AfterValidator(_directory),
+]
 MAX_TOKEN_LIFETIME = 30 * 86_400  # Auth0's longest access-token lifetime
 HSTS_ONE_YEAR = 365 * 86_400
 # An Auth0 role id, as the Management API writes it.
@@ -37,6 +58,7 @@ ROLE_ID = re.compile(r"rol_[A-Za-z0-9]{1,64}")
 # An audit signing key's id (the JWS `kid`), and its private half in base64url.
 AUDIT_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+SESSION_CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +119,27 @@ def parse_signing_keys(text: str) -> list[tuple[str, bytes]]:
     return keys
 
 
+def parse_fernet_keys(text: str) -> list[bytes]:
+    """`SESSION_ENCRYPTION_KEY`: Fernet keys (32 bytes, urlsafe base64), comma-separated, the
+    encrypting key first. A mistake names the entry's position, never key bytes."""
+    keys: list[bytes] = []
+    for position, entry in enumerate(text.split(","), 1):
+        key = entry.strip()
+        raw = b""
+        if _BASE64URL.fullmatch(key.rstrip("=")):
+            try:
+                raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
+            except (binascii.Error, ValueError):
+                raw = b""
+        if len(raw) != 32:
+            raise ValueError(
+                f"entry {position} is not a Fernet key (32 bytes in urlsafe base64; "
+                "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())')"
+            )
+        keys.append(base64.urlsafe_b64encode(raw))
+    return keys
+
+
 def _check_postgres_url(value: str, name: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in _POSTGRES_SCHEMES:
@@ -129,6 +172,9 @@ class Settings(BaseSettings):
     db_pool_min_size: int = Field(default=2, ge=1, le=100)
     db_pool_max_size: int = Field(default=10, ge=1, le=500)
     db_statement_timeout_ms: int = Field(default=5000, ge=100)
+    migrations_dir: Directory = Field(
+        default=None, description="The numbered .sql migrations; default: the repository's."
+    )
 
     # --- Auth0 tenant ---------------------------------------------------------------------
     auth0_domain: str
@@ -168,6 +214,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     metrics_token: SecretStr | None = Field(
         default=None, description="When set, /metrics needs it as a bearer token."
+    )
+    host: str = Field(default=DEFAULT_HOST, min_length=1, description="`serve` listens here.")
+    port: Port = Field(default=DEFAULT_PORT, description="`serve` (and `dev`) listen here.")
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Processes `serve` runs (more than 1: a supervisor)."
     )
 
     # --- Account (password reset, verification email, sessions, log streams) --------------
@@ -227,6 +278,81 @@ class Settings(BaseSettings):
         description="Ed25519 keys as KID:SEED (SEED: the 32-byte private key in base64url), "
         "comma-separated: the first signs, the others are published for rotation.",
     )
+
+    # --- Cookie sessions (app/session/, docs/sessions.md) -----------------------------------
+    session_client_id: str | None = Field(
+        default=None,
+        description="The Auth0 Regular Web Application of cookie sessions; unset: /auth/* is off.",
+    )
+    session_client_secret: SecretStr | None = None
+    public_url: str | None = Field(
+        default=None,
+        description="Where browsers reach the service; the callback is {PUBLIC_URL}/auth/callback.",
+    )
+    session_encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet keys, comma-separated: the first encrypts the stored tokens, every "
+        "one decrypts (rotation).",
+    )
+    session_idle_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86_400)
+    session_absolute_seconds: int = Field(default=7 * 86_400, ge=300, le=90 * 86_400)
+
+    @field_validator("session_client_id")
+    @classmethod
+    def _session_client_id(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if not value:
+            return None
+        if not SESSION_CLIENT_ID.fullmatch(value):
+            raise ValueError("an Auth0 client id: 1-128 of A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("session_client_secret", "session_encryption_key")
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
+
+    @field_validator("session_encryption_key")
+    @classmethod
+    def _session_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_fernet_keys(value.get_secret_value())  # a ValueError that never quotes a key
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        local = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+        if parts.scheme != "https" and not (parts.scheme == "http" and local):
+            raise ValueError("an https URL (http only for localhost)")
+        if not parts.netloc or parts.query or parts.fragment or parts.path.strip("/"):
+            raise ValueError("an origin like https://app.example.com (no path, query or fragment)")
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @model_validator(mode="after")
+    def _cookie_sessions(self) -> Settings:
+        if self.session_client_id is None:
+            return self
+        needed = {
+            "SESSION_CLIENT_SECRET": self.session_client_secret,
+            "PUBLIC_URL": self.public_url,
+            "SESSION_ENCRYPTION_KEY": self.session_encryption_key,
+        }
+        if missing := [name for name, value in needed.items() if value is None]:
+            raise ValueError(
+                "SESSION_CLIENT_ID turns cookie sessions on, which needs " + ", ".join(missing)
+            )
+        if self.session_idle_seconds > self.session_absolute_seconds:
+            raise ValueError("SESSION_IDLE_SECONDS must not exceed SESSION_ABSOLUTE_SECONDS")
+        return self
+
+    @property
+    def cookie_sessions(self) -> bool:
+        """Whether /auth/* and the session cookie are on (SESSION_CLIENT_ID is set)."""
+        return self.session_client_id is not None
 
     @field_validator("audit_signing_key")
     @classmethod

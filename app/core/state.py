@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from app.auth.tokens import TokenVerifier
     from app.auth0.management import Auth0Client
     from app.ratelimit import Limit
+    from app.session.resolver import SessionResolver
 
 
 # Awaited by `requires` (app/auth/requires.py) for every 401/403 it raises, with the request,
@@ -43,3 +44,6 @@ class AppContext:
     per_user_limit: Limit | None = None
     # Called by `requires` for every 401/403 it raises (the audit log records the 403s).
     on_denied: DenialHook | None = None
+    # Cookie sessions (app/session/), when SESSION_CLIENT_ID is set: `requires` takes the
+    # access token of a request with the session cookie and no bearer token from here.
+    sessions: SessionResolver | None = None

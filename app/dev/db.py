@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,9 +48,16 @@ async def server_answers(url: str, timeout: float = 2.0) -> bool:  # noqa: ASYNC
 
 @contextlib.contextmanager
 def embedded_server() -> Iterator[str]:
-    """A throwaway Postgres in a temporary directory (the `pgserver` package); its URL."""
+    """A throwaway Postgres in a temporary directory (the `pgserver` package); its URL.
+
+    Importing pgserver asks platformdirs for a runtime directory (its lock file); without
+    XDG_RUNTIME_DIR (containers, CI, su) platformdirs warns and falls back to a private
+    directory under /tmp, which serves as well: that warning is silenced here, at the import.
+    """
     try:
-        from pgserver.postgres_server import get_server
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
+            from pgserver.postgres_server import get_server
     except ImportError:
         raise RuntimeError(
             "no Postgres available: set DATABASE_URL, run one on 127.0.0.1:5432, "

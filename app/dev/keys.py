@@ -1,9 +1,10 @@
 """Signing keys and token minting for the stand-in tenant, the tests and the benchmarks.
 
 `SigningKey` is one RSA key pair that signs RS256 tokens and publishes itself as a JWK;
-`TokenMinter` mints access tokens shaped like Auth0's for one issuer and audience, and
-rotates its keys the way Auth0 does. `new_audit_signing_key` makes an `AUDIT_SIGNING_KEY`
-value for the audit digests. Development only: the production app never imports it.
+`TokenMinter` mints access, ID and back-channel logout tokens shaped like Auth0's for one
+issuer and audience, and rotates its keys the way Auth0 does. `new_audit_signing_key`
+makes an `AUDIT_SIGNING_KEY` value for the audit digests. Development only: the
+production app never imports it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ ALL_PERMISSIONS = (
     "read:users",
     "update:users",
 )
+
+# The `events` member that makes a JWT an OIDC Back-Channel Logout token.
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 
 
 def new_audit_signing_key(kid: str | None = None) -> str:
@@ -142,6 +146,55 @@ class TokenMinter:
         """A signed token; pass a claim as None to leave it out."""
         return (key or self.current).sign(
             self.claims(sub, permissions=permissions, **extra), headers
+        )
+
+    def id_token(
+        self,
+        sub: str,
+        *,
+        client_id: str,
+        ttl_seconds: int = 36000,
+        key: SigningKey | None = None,
+        headers: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:
+        """An OIDC ID token for `client_id` (Auth0's default lifetime, 10 hours); pass a
+        claim (`nonce`, `sid`, `name`, ...) in `extra`, or as None to leave it out."""
+        now = int(time.time())
+        claims = {"iss": self.issuer, "aud": client_id, "sub": sub, "iat": now}
+        claims |= {"exp": now + ttl_seconds, **extra}
+        present = {k: v for k, v in claims.items() if v is not None}
+        return (key or self.current).sign(present, headers)
+
+    def logout_token(
+        self,
+        *,
+        client_id: str,
+        sub: str | None = None,
+        sid: str | None = None,
+        ttl_seconds: int = 120,
+        key: SigningKey | None = None,
+        headers: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:
+        """An OIDC Back-Channel Logout token (`typ` logout+jwt, the `events` claim, `sub`
+        and/or `sid`, a fresh `jti`, never a `nonce`); `extra` claims as None are left out,
+        so a test can mint the bad variants too."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": client_id,
+            "iat": now,
+            "exp": now + ttl_seconds,
+            "jti": uuid.uuid4().hex,
+            "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+            "sub": sub,
+            "sid": sid,
+            **extra,
+        }
+        return (key or self.current).sign(
+            {k: v for k, v in claims.items() if v is not None},
+            {"typ": "logout+jwt", **(headers or {})},
         )
 
     def rotate(self, *, announced: bool = True) -> SigningKey:

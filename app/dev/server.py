@@ -2,7 +2,9 @@
 
 A stand-in Auth0 tenant on its own loopback port, a database (`DATABASE_URL` if set, else a
 throwaway embedded Postgres with both roles provisioned), migrations applied, the service
-started, and a ready-to-paste `curl` line with a freshly minted access token.
+started, and a ready-to-paste `curl` line with a freshly minted access token. Cookie mode
+is on against the stand-in tenant, and a small page at `/` (app/dev/page.py) signs in
+through it.
 
 It trusts `X-Forwarded-For` exactly as `serve` does, from TRUSTED_PROXIES only (uvicorn's
 own default would believe any local process), and sends no Strict-Transport-Security:
@@ -19,18 +21,21 @@ import shlex
 from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
+from cryptography.fernet import Fernet
 
 from app.core.db import migrate
-from app.core.logs import configure_logging
+from app.core.logs import configure_dev_logging
 from app.core.settings import Settings
 from app.dev.db import ProvisionedDatabase, embedded_server, provision
 from app.dev.keys import ALL_PERMISSIONS, TokenMinter, new_audit_signing_key
+from app.dev.page import add_page
 from app.dev.tenant import TenantState, create_tenant_app
 from app.http.server import GracefulServer
 from app.main import create_app
 
 DEV_DOMAIN = "dev-tenant.local"
 DEV_AUDIENCE = "https://bff.local/api"
+DEV_SESSION_CLIENT_ID = "dev-session-client"
 
 
 class _QuietServer(uvicorn.Server):
@@ -62,9 +67,23 @@ async def _started(server: uvicorn.Server) -> None:
 
 
 async def run_dev(*, port: int, tenant_port: int) -> int:
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    # Readable lines; start-up's INFO chatter left out: the banner says what it did.
+    startup = configure_dev_logging(os.environ.get("LOG_LEVEL", "INFO"))
     client_id, client_secret = "dev-m2m-client", secrets.token_urlsafe(24)
-    tenant = TenantState(TokenMinter(DEV_DOMAIN, DEV_AUDIENCE), client_id, client_secret)
+    # Cookie mode on: the tenant's Regular Web Application calls back to this service.
+    # Chromium treats http://127.0.0.1 as a secure context, so the `Secure`, `__Host-`
+    # session cookie works there without TLS (tests/dev/test_browser.py shows it).
+    public_url = f"http://127.0.0.1:{port}"
+    tenant = TenantState(
+        TokenMinter(DEV_DOMAIN, DEV_AUDIENCE),
+        client_id,
+        client_secret,
+        session_client_id=DEV_SESSION_CLIENT_ID,
+        session_client_secret=secrets.token_urlsafe(24),
+        allowed_callbacks=[f"{public_url}/auth/callback"],
+        allowed_logout_urls=[f"{public_url}/"],
+        backchannel_logout_url=f"{public_url}/auth/backchannel-logout",
+    )
     tenant_url = f"http://127.0.0.1:{tenant_port}"
 
     async with dev_database() as (app_url, owner_url):
@@ -81,6 +100,10 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
             audit_digests=True,
             audit_signing_key=new_audit_signing_key(),
             hsts_seconds=0,
+            session_client_id=tenant.session_client_id,
+            session_client_secret=tenant.session_client_secret,
+            public_url=public_url,
+            session_encryption_key=Fernet.generate_key().decode(),  # lives as long as this process
             _env_file=None,
         )
         tenant_server = _QuietServer(
@@ -95,7 +118,7 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
         )
         app_server = GracefulServer(
             uvicorn.Config(
-                create_app(settings),
+                add_page(create_app(settings)),  # the page at / (development only)
                 host="127.0.0.1",
                 port=port,
                 log_config=None,
@@ -117,6 +140,7 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
             "auth0|dev-user", permissions=ALL_PERMISSIONS, email_verified=True
         )
         print(_banner(port, tenant_url, token), flush=True)
+        startup.open()  # from here on: requests and the rest, at LOG_LEVEL
         await app_task
         tenant_server.should_exit = True
         await tenant_task
@@ -128,6 +152,7 @@ def _banner(port: int, tenant_url: str, token: str) -> str:
     mint = shlex.quote('{"sub": "auth0|alice", "permissions": ["read:patients"]}')
     return f"""
   service  {base}   (API page: {base}/docs)
+  page     {base}/   (sign in with any user name, list and create patients: cookie mode)
   tenant   {tenant_url}   (local stand-in for Auth0; development only)
 
   An access token for auth0|dev-user with every permission (valid for one hour):

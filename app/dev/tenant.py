@@ -4,11 +4,15 @@ It is a separate ASGI app on its own port, never mounted in or imported by the p
 app (`app.main` does not import this module). It serves what the service uses of a tenant:
 
 - `/.well-known/openid-configuration` and `/.well-known/jwks.json`
-- `POST /oauth/token` (client-credentials grant for the Management API)
+- `POST /oauth/token` (client-credentials grant for the Management API; the
+  `authorization_code` and `refresh_token` grants of the browser login, app/dev/oauth.py)
+- `GET`/`POST /authorize` (a sign-in form), `POST /oauth/revoke`, `GET /oidc/logout`,
+  `POST /dev/backchannel-logout` (sends an OIDC back-channel logout for a `sid`)
 - `GET`/`PATCH /api/v2/users/{id}`, `GET`/`POST`/`DELETE /api/v2/users/{id}/roles`,
   `POST /api/v2/jobs/verification-email`, `GET /api/v2/organizations/{org}/members`,
   `GET`/`POST`/`DELETE /api/v2/organizations/{org}/members/{id}/roles` (a member's roles
-  in that organization; 404 for a user outside it)
+  in that organization; 404 for a user outside it), answered in the Management API's
+  shapes: its paging envelopes (`_role_page`, `_member_page`) and error bodies
 - `POST /dbconnections/change_password`
 - `POST /dev/token`: mints an access token with the claims given (development only)
 - `GET /dev/stats`: how many requests of each kind it served
@@ -42,7 +46,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.dev.faults import FaultMiddleware, TenantFault, set_fault
+from app.dev.grants import LoginStore, token_grant
 from app.dev.keys import ALL_PERMISSIONS, TokenMinter
+from app.dev.oauth import oauth_discovery, oauth_routes
 
 
 @dataclass
@@ -60,6 +66,15 @@ class TenantState:
     counts: Counter[str] = field(default_factory=Counter)
     m2m_ttl_seconds: int = 86400
     fault: TenantFault = field(default_factory=TenantFault)
+    # The browser login (app/dev/oauth.py): a Regular Web Application and what it was given.
+    session_client_id: str = "dev-session-client"
+    session_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    allowed_callbacks: list[str] = field(default_factory=list)  # empty: any
+    allowed_logout_urls: list[str] = field(default_factory=list)  # empty: any
+    backchannel_logout_url: str | None = None
+    session_access_token_ttl_seconds: int = 86400
+    user_permissions: dict[str, list[str]] = field(default_factory=dict)
+    logins: LoginStore = field(default_factory=LoginStore)
 
     def user(self, user_id: str) -> dict[str, Any]:
         if user_id not in self.users:
@@ -92,20 +107,62 @@ class TenantState:
         return self.users[user_id]
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"statusCode": status, "error": error, "message": message}, status)
+def _error(status: int, error: str, message: str, error_code: str | None = None) -> JSONResponse:
+    """An error as the Management API words it (`errorCode` only where Auth0 sends one)."""
+    body: dict[str, Any] = {"statusCode": status, "error": error, "message": message}
+    if error_code is not None:
+        body["errorCode"] = error_code
+    return JSONResponse(body, status)
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int | None:
+    """A whole-number query parameter within [low, high], or None when it is not one."""
+    raw = request.query_params.get(name, str(default))
+    return int(raw) if raw.isdigit() and low <= int(raw) <= high else None
+
+
+def _bad_query(name: str) -> JSONResponse:
+    message = f"Query validation error: invalid value on property {name}"
+    return _error(400, "Bad Request", message, "invalid_query_string")
+
+
+def _offset_page(request: Request, items: list[dict[str, str]], key: str) -> JSONResponse:
+    """One page as Auth0 pages by offset: `page`/`per_page` (at most 100); with
+    `include_totals=true` inside `{key, "start", "limit", "total"}`, else a bare list."""
+    per_page = _query_int(request, "per_page", 50, 1, 100)
+    page = _query_int(request, "page", 0, 0, 10**6)
+    if per_page is None or page is None:
+        return _bad_query("per_page" if per_page is None else "page")
+    shown = items[page * per_page : (page + 1) * per_page]
+    if request.query_params.get("include_totals") != "true":
+        return JSONResponse(shown)
+    return JSONResponse(
+        {key: shown, "start": page * per_page, "limit": per_page, "total": len(items)}
+    )
 
 
 def _role_page(request: Request, roles: list[dict[str, str]]) -> JSONResponse:
-    """One page of roles: `page`/`per_page`, and with `include_totals` the totals object."""
-    per_page = min(int(request.query_params.get("per_page", 50)), 100)
-    page = int(request.query_params.get("page", 0))
-    items = roles[page * per_page : (page + 1) * per_page]
-    if request.query_params.get("include_totals") != "true":
-        return JSONResponse(items)
-    return JSONResponse(
-        {"roles": items, "start": page * per_page, "limit": per_page, "total": len(roles)}
-    )
+    """One page of a user's or a member's roles."""
+    return _offset_page(request, roles, "roles")
+
+
+def _member_page(request: Request, members: list[dict[str, str]]) -> JSONResponse:
+    """Organization members: with `take`/`from` (checkpoint paging) `{"members", "next"}`,
+    `next` only while more follow; else by offset like roles."""
+    if "take" not in request.query_params and "from" not in request.query_params:
+        return _offset_page(request, members, "members")
+    take = _query_int(request, "take", 50, 1, 100)
+    checkpoint = request.query_params.get("from")
+    try:  # opaque to callers; here it is the offset, base64url-encoded
+        start = int(base64.urlsafe_b64decode(checkpoint)) if checkpoint else 0
+    except ValueError:
+        start = -1
+    if take is None or start < 0:
+        return _bad_query("take" if take is None else "from")
+    body: dict[str, Any] = {"members": members[start : start + take]}
+    if start + take < len(members):
+        body["next"] = base64.urlsafe_b64encode(str(start + take).encode()).decode()
+    return JSONResponse(body)
 
 
 def create_tenant_app(state: TenantState) -> Starlette:
@@ -131,6 +188,7 @@ def create_tenant_app(state: TenantState) -> Starlette:
                 "jwks_uri": f"{base(request)}/.well-known/jwks.json",
                 "token_endpoint": f"{base(request)}/oauth/token",
                 "id_token_signing_alg_values_supported": ["RS256"],
+                **oauth_discovery(base(request)),
             }
         )
 
@@ -151,6 +209,8 @@ def create_tenant_app(state: TenantState) -> Starlette:
             ):
                 raw = base64.b64decode(request.headers["authorization"][6:]).decode()
                 body["client_id"], _, body["client_secret"] = raw.partition(":")
+        if body.get("grant_type") in ("authorization_code", "refresh_token"):
+            return token_grant(state, body)
         if body.get("grant_type") != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, 400)
         if body.get("client_id") != state.client_id or not secrets.compare_digest(
@@ -197,7 +257,7 @@ def create_tenant_app(state: TenantState) -> Starlette:
         current = state.roles.setdefault(user_id, [])
         if request.method == "GET":
             count(request, "get_roles")
-            return JSONResponse(current)
+            return _role_page(request, current)
         body = orjson.loads(await request.body())
         wanted = [str(r) for r in body.get("roles", [])]
         if request.method == "POST":
@@ -214,8 +274,11 @@ def create_tenant_app(state: TenantState) -> Starlette:
         if not m2m_ok(request):
             return _error(401, "Unauthorized", "Invalid token")
         count(request, "org_members")
-        members = state.org_members.get(request.path_params["org_id"], set())
-        return JSONResponse([{"user_id": m} for m in sorted(members)])
+        members = state.org_members.get(request.path_params["org_id"])
+        if members is None:
+            message = "No organization found by that id or name"
+            return _error(404, "Not Found", message, "inexistent_organization")
+        return _member_page(request, [{"user_id": m} for m in sorted(members)])
 
     async def member_roles(request: Request) -> Response:
         """A member's roles within one organization, shaped and paged as Auth0 does."""
@@ -248,6 +311,7 @@ def create_tenant_app(state: TenantState) -> Starlette:
             {
                 "type": "verification_email",
                 "status": "pending",
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
                 "id": f"job_{uuid.uuid4().hex[:16]}",
                 "user_id": body.get("user_id"),
             },
@@ -287,6 +351,7 @@ def create_tenant_app(state: TenantState) -> Starlette:
             Route("/.well-known/openid-configuration", discovery),
             Route("/.well-known/jwks.json", jwks),
             Route("/oauth/token", oauth_token, methods=["POST"]),
+            *oauth_routes(state, count),
             Route(
                 "/api/v2/users/{user_id:path}/roles", user_roles, methods=["GET", "POST", "DELETE"]
             ),

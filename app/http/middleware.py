@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import AppError, PayloadTooLarge
+from app.core.metrics import exposition, include_process_wide
 from app.http.problems import problem_response
 
 logger = logging.getLogger(__name__)  # the access log, and unexpected errors
@@ -26,10 +27,12 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class Metrics:
-    """Request counts and latency by route template; one registry per app."""
+    """Request counts and latency by route template; one registry per app (tests build many
+    apps in one process), which also shows the process-wide metrics of `app.core.metrics`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        include_process_wide(self.registry)
         self.requests = Counter(
             "http_requests",
             "HTTP requests served.",
@@ -43,6 +46,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        """What `/metrics` answers: this app's and the process's metrics, or with several
+        workers, every worker's summed."""
+        return exposition(self.registry)
 
 
 class BodyTooLarge(Exception):
@@ -130,7 +138,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                # Raw header pairs: a response's own values win over the defaults.
+                # Raw header pairs: a response's own values win over the defaults (a page
+                # with scripts, such as /docs, sends its own Content-Security-Policy).
                 headers = [
                     (name, value)
                     for name, value in message.get("headers", ())

@@ -1,6 +1,7 @@
 """Operations endpoints: liveness, readiness, metrics, and the API description as OpenAPI
-(`/openapi.json`) and as a readable page (`/docs`). Metrics name every route and its traffic:
-with METRICS_TOKEN set, only a scraper that sends it as a bearer token reads them."""
+(`/openapi.json`), as an interactive explorer (`/docs`, app.http.explorer) and as a plain
+table (`/docs/table`). Metrics name every route and its traffic: with METRICS_TOKEN set,
+only a scraper that sends it as a bearer token reads them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import hmac
 import html
 from typing import Any, Literal
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -16,6 +17,7 @@ from starlette.routing import Route
 
 from app.core.db import is_ready
 from app.core.errors import Unauthorized
+from app.http import explorer
 from app.http.bodies import JSONResponse
 from app.http.context import context
 from app.http.openapi import Problem, Resp, build_openapi, operation
@@ -68,8 +70,7 @@ async def metrics(request: Request) -> Response:
     token = context(request).settings.metrics_token
     if token is not None:
         _check_bearer(request, token.get_secret_value())
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _check_bearer(request: Request, expected: str) -> None:
@@ -101,11 +102,11 @@ async def openapi_json(request: Request) -> Response:
 
 
 @operation(
-    "A readable API page (self-contained, works offline)",
+    "The API as one plain table (no scripts; the explorer is /docs)",
     tags=["operations"],
     responses={200: Resp(media_type="text/html")},
 )
-async def docs(request: Request) -> Response:
+async def docs_table(request: Request) -> Response:
     return HTMLResponse(render_docs_page(openapi_document(request)))
 
 
@@ -153,5 +154,6 @@ routes = [
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
-    Route("/docs", docs, methods=["GET"]),
+    Route("/docs/table", docs_table, methods=["GET"]),
+    *explorer.routes,
 ]

@@ -10,6 +10,8 @@
 --   post        POST a new patient (a unique identifier per request) with the token
 --   floor_get   as get, plus "X-Bench-Scope: <scope>" (the floor has no auth to find it)
 --   floor_post  as post, plus "X-Bench-Scope: <scope>"
+--   cookie_get  GET URL with "Cookie: __Host-bff_session=<token>" and "X-CSRF: 1" (the
+--               lines hold session cookies instead of access tokens: bench/sessions.py)
 -- TAG makes identifiers unique across runs. At the end one line "BENCH_JSON {...}" holds
 -- the counts and latency percentiles (microseconds) for the harness.
 
@@ -49,10 +51,13 @@ function init(args)
   if count == 0 then
     error("no tokens for thread " .. id .. " in " .. path)
   end
-  if mode == "get" or mode == "floor_get" then
+  if mode == "get" or mode == "floor_get" or mode == "cookie_get" then
     prepared = {}
     for i = 1, count do
       local headers = { ["Authorization"] = "Bearer " .. tokens[i] }
+      if mode == "cookie_get" then
+        headers = { ["Cookie"] = "__Host-bff_session=" .. tokens[i], ["X-CSRF"] = "1" }
+      end
       if mode == "floor_get" then
         headers["X-Bench-Scope"] = scopes[i]
       end

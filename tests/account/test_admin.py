@@ -37,14 +37,15 @@ def role_calls(tenant: respx.MockRouter) -> list[httpx.Request]:
 
 
 def stub_roles(tenant: respx.MockRouter) -> None:
-    tenant.get(MGMT_ROLES).mock(return_value=httpx.Response(200, json=ROLE_LIST))
+    page = {"roles": ROLE_LIST, "start": 0, "limit": 100, "total": len(ROLE_LIST)}
+    tenant.get(MGMT_ROLES).mock(return_value=httpx.Response(200, json=page))
     tenant.post(MGMT_ROLES).mock(return_value=httpx.Response(201))
     tenant.delete(MGMT_ROLES).mock(return_value=httpx.Response(204))
 
 
 def stub_members(tenant: respx.MockRouter, org: str, members: list[str]) -> respx.Route:
     return tenant.get(f"/api/v2/organizations/{org}/members").mock(
-        return_value=httpx.Response(200, json=[{"user_id": m} for m in members])
+        return_value=httpx.Response(200, json={"members": [{"user_id": m} for m in members]})
     )
 
 

@@ -39,20 +39,22 @@ def admin_settings(database: ProvisionedDatabase) -> Settings:
 
 
 def stub_tenant_roles(tenant: respx.MockRouter) -> None:
-    tenant.get(TENANT_ROLES).mock(return_value=httpx.Response(200, json=ROLE_LIST))
+    page = {"roles": ROLE_LIST, "start": 0, "limit": 100, "total": len(ROLE_LIST)}
+    tenant.get(TENANT_ROLES).mock(return_value=httpx.Response(200, json=page))
     tenant.post(TENANT_ROLES).mock(return_value=httpx.Response(201))
     tenant.delete(TENANT_ROLES).mock(return_value=httpx.Response(204))
 
 
 def stub_member_roles(tenant: respx.MockRouter) -> None:
-    tenant.get(MEMBER_ROLES).mock(return_value=httpx.Response(200, json=ROLE_LIST))
+    page = {"roles": ROLE_LIST, "start": 0, "limit": 100, "total": len(ROLE_LIST)}
+    tenant.get(MEMBER_ROLES).mock(return_value=httpx.Response(200, json=page))
     tenant.post(MEMBER_ROLES).mock(return_value=httpx.Response(204))
     tenant.delete(MEMBER_ROLES).mock(return_value=httpx.Response(204))
 
 
 def stub_members(tenant: respx.MockRouter, members: list[str]) -> None:
     tenant.get(f"/api/v2/organizations/{ORG}/members").mock(
-        return_value=httpx.Response(200, json=[{"user_id": m} for m in members])
+        return_value=httpx.Response(200, json={"members": [{"user_id": m} for m in members]})
     )
 
 

@@ -118,9 +118,10 @@ async def test_route_writes_an_audit_event(
     owner: asyncpg.Connection,
 ) -> None:
     user: dict[str, Any] = {"user_id": USER, "email": "a@example.com", "email_verified": True}
+    no_roles = {"roles": [], "start": 0, "limit": 100, "total": 0}
     tenant.route(path__regex=USER_RE).mock(
         side_effect=lambda request: (
-            httpx.Response(200, json=[] if request.url.path.endswith("/roles") else user)
+            httpx.Response(200, json=no_roles if request.url.path.endswith("/roles") else user)
             if request.method in {"GET", "PATCH"}
             else httpx.Response(204)
         )

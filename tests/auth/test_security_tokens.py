@@ -255,7 +255,9 @@ class TestClaimsThatDoNotFit:
     ) -> None:
         sub = "auth0|" + "a" * 249  # 255 characters, the column's limit
         job = tenant.post("/api/v2/jobs/verification-email").mock(
-            return_value=httpx.Response(201, json={"id": "job_1", "status": "pending"})
+            return_value=httpx.Response(
+                201, json={"id": "job_1", "status": "pending", "type": "verification_email"}
+            )
         )
         token = bearer(mint(sub=sub, email="jane.doe@example.com"))
         registered = await client.post("/api/registrations", headers=token)

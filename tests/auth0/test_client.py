@@ -152,12 +152,13 @@ async def test_401_on_a_post_is_retried_once_since_auth0_did_nothing(
     mock: respx.MockRouter, http: httpx.AsyncClient, fake: FakeTime
 ) -> None:
     mock.post("/oauth/token").mock(side_effect=[tokens("m2m-1"), tokens("m2m-2")])
+    job = {"type": "verification_email", "status": "pending", "id": "job_1"}
     jobs = mock.post("/api/v2/jobs/verification-email").mock(
-        side_effect=[httpx.Response(401), httpx.Response(201, json={"id": "job_1"})]
+        side_effect=[httpx.Response(401), httpx.Response(201, json=job)]
     )
     client = make_client(http, fake)
 
-    assert await client.send_verification_email(USER) == {"id": "job_1"}
+    assert await client.send_verification_email(USER) == job
     assert [bearer(c) for c in jobs.calls] == ["Bearer m2m-1", "Bearer m2m-2"]
 
 

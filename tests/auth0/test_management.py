@@ -106,7 +106,9 @@ async def test_user_id_is_url_encoded(
     user_id: str,
     raw_path: bytes,
 ) -> None:
-    roles = mock.get(url__regex=r"/api/v2/users/.+/roles").respond(json=[])
+    roles = mock.get(url__regex=r"/api/v2/users/.+/roles").respond(
+        json={"roles": [], "start": 0, "limit": 100, "total": 0}
+    )
     users = mock.get(url__regex=r"/api/v2/users/.+").respond(json=PROFILE)
     client = make_client(http, fake)
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import hashlib
+import shutil
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from app.core.db import Migration, asyncpg_dsn, discover_migrations, migrate
+from app.core.db import (
+    Migration,
+    MigrationChanged,
+    asyncpg_dsn,
+    check_applied_migrations,
+    discover_migrations,
+    migrate,
+)
 from app.dev.db import ProvisionedDatabase
 
 
@@ -120,3 +130,146 @@ async def test_ensure_partitions_is_idempotent(owner: asyncpg.Connection) -> Non
     again = await owner.fetchval("SELECT audit_events_ensure_partitions(6)")
     assert first == 3  # months 4..6 ahead; 0..3 exist since the migration
     assert again == 0
+
+
+# --- Migration checksums -----------------------------------------------------------------
+
+
+def _copy_migrations(tmp_path: Path) -> Path:
+    copy = tmp_path / "migrations"
+    copy.mkdir()
+    for migration in discover_migrations():
+        shutil.copy(migration.path, copy / migration.path.name)
+    return copy
+
+
+async def test_each_applied_migration_records_its_files_sha256(
+    owner: asyncpg.Connection,
+) -> None:
+    recorded = dict(await owner.fetch("SELECT version, checksum FROM schema_migrations"))
+    assert recorded == {
+        m.version: hashlib.sha256(m.path.read_bytes()).hexdigest() for m in discover_migrations()
+    }
+
+
+async def test_an_edited_migration_stops_migrate_and_nothing_is_applied(
+    database: ProvisionedDatabase, owner: asyncpg.Connection, tmp_path: Path
+) -> None:
+    copy = _copy_migrations(tmp_path)
+    edited = next(copy.glob("0003_*.sql"))
+    edited.write_text(edited.read_text() + "\n-- an afterthought\n")
+    (copy / "9002_new.sql").write_text("CREATE TABLE new_after_edit (id int);")
+    before = await owner.fetch("SELECT version, checksum FROM schema_migrations ORDER BY 1")
+
+    with pytest.raises(MigrationChanged) as refused:
+        await migrate(database.owner_url, discover_migrations(copy))
+
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"migration file(s) changed after they were applied: {edited.name}")
+    assert str(copy) in message and "0001_" not in message
+    assert await owner.fetchval("SELECT to_regclass('new_after_edit')") is None
+    after = await owner.fetch("SELECT version, checksum FROM schema_migrations ORDER BY 1")
+    assert after == before
+
+
+async def test_a_new_file_applies_once_the_edit_is_undone(
+    database: ProvisionedDatabase, owner: asyncpg.Connection, tmp_path: Path
+) -> None:
+    copy = _copy_migrations(tmp_path)
+    edited = next(copy.glob("0002_*.sql"))
+    original = edited.read_bytes()
+    edited.write_bytes(original.replace(b"\n", b"\r\n"))  # even line endings count
+    new = copy / "9003_new.sql"
+    new.write_text("CREATE TABLE applied_after_restore (id int);")
+    with pytest.raises(MigrationChanged, match=edited.name):
+        await migrate(database.owner_url, discover_migrations(copy))
+
+    edited.write_bytes(original)
+    assert await migrate(database.owner_url, discover_migrations(copy)) == ["9003_new"]
+    assert await owner.fetchval("SELECT to_regclass('applied_after_restore')") is not None
+    assert (
+        await owner.fetchval("SELECT checksum FROM schema_migrations WHERE version = '9003_new'")
+        == hashlib.sha256(new.read_bytes()).hexdigest()
+    )
+
+
+async def test_a_database_migrated_before_checksums_gets_them_at_the_next_run(
+    database: ProvisionedDatabase, owner: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # As the runner left it before checksums: no column.
+    await owner.execute("ALTER TABLE schema_migrations DROP COLUMN checksum")
+    copy = _copy_migrations(tmp_path)
+    assert await migrate(database.owner_url, discover_migrations(copy)) == []
+    recorded = dict(await owner.fetch("SELECT version, checksum FROM schema_migrations"))
+    assert recorded == {m.version: m.checksum for m in discover_migrations(copy)}
+
+    # From then on an edit is caught.
+    edited = next(copy.glob("0001_*.sql"))
+    edited.write_text(edited.read_text() + "\n-- later\n")
+    with pytest.raises(MigrationChanged, match=edited.name):
+        await migrate(database.owner_url, discover_migrations(copy))
+
+
+async def test_serve_check_reads_the_bookkeeping_as_the_app_role(
+    database: ProvisionedDatabase, tmp_path: Path
+) -> None:
+    copy = _copy_migrations(tmp_path)
+    await check_applied_migrations(database.app_url, copy)  # intact: passes
+
+    (copy / "9004_pending.sql").write_text("SELECT 1;")  # not applied yet: not its business
+    await check_applied_migrations(database.app_url, copy)
+
+    edited = next(copy.glob("0005_*.sql"))
+    edited.write_text("-- rewritten\n")
+    with pytest.raises(MigrationChanged, match=edited.name):
+        await check_applied_migrations(database.app_url, copy)
+
+
+async def test_serve_check_passes_a_database_from_before_checksums(
+    database: ProvisionedDatabase, owner: asyncpg.Connection, tmp_path: Path
+) -> None:
+    await owner.execute("ALTER TABLE schema_migrations DROP COLUMN checksum")
+    await check_applied_migrations(database.owner_url, _copy_migrations(tmp_path))
+
+
+# --- databases --------------------------------------------------------------------------
+
+
+class _PrivateAccess(ast.NodeVisitor):
+    """Where (innermost function, else `<module>`) a module names `databases`' internals."""
+
+    PRIVATE = frozenset({"_backend", "_pool", "_connection", "_global_connection"})
+
+    def __init__(self) -> None:
+        self.scopes = ["<module>"]
+        self.found: set[str] = set()
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.scopes.append(node.name)
+        self.generic_visit(node)
+        self.scopes.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        own = isinstance(node.value, ast.Name) and node.value.id == "self"  # a class's own
+        if node.attr in self.PRIVATE and not own:
+            self.found.add(self.scopes[-1])
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:  # getattr(x, "_pool")
+        if node.value in self.PRIVATE:
+            self.found.add(self.scopes[-1])
+
+
+def test_only_pool_of_reaches_into_databases() -> None:
+    """`databases` is reached through its public API, except in one function (its docstring
+    says why): `app.core.db.pool_of`."""
+    app_dir = Path(__file__).resolve().parents[2] / "app"
+    reached: set[str] = set()
+    for path in sorted(app_dir.rglob("*.py")):
+        visitor = _PrivateAccess()
+        visitor.visit(ast.parse(path.read_text(), str(path)))
+        reached |= {f"{path.relative_to(app_dir.parent)}:{scope}" for scope in visitor.found}
+    assert reached == {"app/core/db.py:pool_of"}

@@ -1,0 +1,177 @@
+"""The stand-in tenant's token grants for the browser login, and what they remember.
+
+`token_grant` serves `POST /oauth/token` for the `authorization_code` grant (PKCE `S256`,
+single-use codes valid 60 s) and the `refresh_token` grant with rotation: each refresh
+answers a new refresh token, and presenting a rotated one again revokes its whole family
+(every token descended from that login). Status codes and error bodies are Auth0's.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse, Response
+
+from app.dev.keys import ALL_PERMISSIONS
+
+if TYPE_CHECKING:
+    from app.dev.tenant import TenantState
+
+CODE_TTL_SECONDS = 60
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+@dataclass
+class Login:
+    """Who signed in, to which client, in which tenant session, and what was asked for."""
+
+    sub: str
+    client_id: str
+    sid: str
+    auth_time: int
+    scope: str
+    audience: str
+    org_id: str | None = None
+
+
+@dataclass
+class AuthCode:
+    login: Login
+    redirect_uri: str
+    code_challenge: str
+    nonce: str | None
+    expires_at: float
+
+
+@dataclass
+class RefreshToken:
+    login: Login
+    family: str  # every refresh token descended from one code exchange
+    rotated: bool = False
+
+
+@dataclass
+class LoginStore:
+    """Codes, refresh tokens and tenant login sessions (by `sid`) of the stand-in tenant."""
+
+    codes: dict[str, AuthCode] = field(default_factory=dict)
+    refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
+    revoked_families: set[str] = field(default_factory=set)
+    sessions: dict[str, Login] = field(default_factory=dict)
+
+    def end_sessions(self, *, sid: str | None, sub: str | None, revoke: bool) -> None:
+        """Ends the login sessions matching `sid` and `sub` (None matches any); with
+        `revoke`, their refresh tokens too (a logout alone leaves them, as Auth0 does)."""
+
+        def matches(login: Login) -> bool:
+            return sid in (None, login.sid) and sub in (None, login.sub)
+
+        for ended in [key for key, login in self.sessions.items() if matches(login)]:
+            del self.sessions[ended]
+        if revoke:
+            tokens = self.refresh_tokens.values()
+            self.revoked_families |= {t.family for t in tokens if matches(t.login)}
+
+
+def oauth_error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status, NO_STORE)
+
+
+def _invalid_grant(description: str) -> JSONResponse:
+    return oauth_error(403, "invalid_grant", description)
+
+
+def client_ok(state: TenantState, body: Mapping[str, Any]) -> bool:
+    return body.get("client_id") == state.session_client_id and secrets.compare_digest(
+        str(body.get("client_secret", "")), state.session_client_secret
+    )
+
+
+def _s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _tokens(
+    state: TenantState, login: Login, *, family: str | None, nonce: str | None
+) -> dict[str, Any]:
+    """The token response: access and ID token, and a refresh token with `offline_access`."""
+    minter, user = state.minter, state.user(login.sub)
+    now, ttl = int(time.time()), state.session_access_token_ttl_seconds
+    permissions = list(state.user_permissions.get(login.sub, ALL_PERMISSIONS))
+    scopes = login.scope.split()
+    access = minter.mint(
+        login.sub,
+        permissions=permissions,
+        aud=[login.audience, f"{minter.issuer}userinfo"],
+        azp=login.client_id,
+        scope=" ".join(dict.fromkeys([*scopes, *permissions])),
+        iat=now,
+        exp=now + ttl,
+        sid=None,
+        org_id=login.org_id,
+        email_verified=user.get("email_verified"),
+    )
+    answer: dict[str, Any] = {"access_token": access}
+    if "openid" in scopes:
+        names = ("name", "nickname", "picture", "email", "email_verified", "updated_at")
+        profile: dict[str, Any] = {k: user.get(k) for k in names}
+        answer["id_token"] = minter.id_token(
+            login.sub,
+            client_id=login.client_id,
+            nonce=nonce,
+            sid=login.sid,
+            auth_time=login.auth_time,
+            org_id=login.org_id,
+            **profile,
+        )
+    if "offline_access" in scopes and family is not None:
+        refresh = secrets.token_urlsafe(32)
+        state.logins.refresh_tokens[refresh] = RefreshToken(login, family)
+        answer["refresh_token"] = refresh
+    return answer | {"token_type": "Bearer", "expires_in": ttl, "scope": login.scope}
+
+
+def token_grant(state: TenantState, body: dict[str, Any]) -> Response:
+    """`POST /oauth/token` for the `authorization_code` and `refresh_token` grants.
+
+    Counted by kind (`code_grant`, `refresh_grant`, `refresh_reuse`) next to the request's
+    own `oauth_token` count, without counting the request twice in `total`."""
+    store, refreshing = state.logins, body["grant_type"] == "refresh_token"
+    state.counts["refresh_grant" if refreshing else "code_grant"] += 1
+    if not client_ok(state, body):
+        return oauth_error(401, "invalid_client", "Client authentication failed.")
+    if refreshing:
+        if not body.get("refresh_token"):
+            return oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
+        token = store.refresh_tokens.get(str(body["refresh_token"]))
+        if token is None or token.login.client_id != body["client_id"]:
+            return _invalid_grant("Unknown or invalid refresh token.")
+        if token.rotated and token.family not in store.revoked_families:
+            state.counts["refresh_reuse"] += 1
+            store.revoked_families.add(token.family)
+        if token.rotated or token.family in store.revoked_families:
+            return _invalid_grant("Unknown or invalid refresh token.")
+        token.rotated = True
+        return JSONResponse(
+            _tokens(state, token.login, family=token.family, nonce=None), headers=NO_STORE
+        )
+    for name in ("code", "redirect_uri"):
+        if not body.get(name):
+            return oauth_error(400, "invalid_request", f"Missing required parameter: {name}")
+    code = store.codes.pop(str(body["code"]), None)
+    if code is None or code.expires_at < time.time() or code.login.client_id != body["client_id"]:
+        return _invalid_grant("Invalid authorization code")
+    if code.redirect_uri != body["redirect_uri"]:
+        return _invalid_grant("Invalid redirect URI")
+    if not secrets.compare_digest(_s256(str(body.get("code_verifier", ""))), code.code_challenge):
+        return _invalid_grant("Failed to verify code verifier")
+    family = secrets.token_urlsafe(16)
+    tokens = _tokens(state, code.login, family=family, nonce=code.nonce)
+    return JSONResponse(tokens, headers=NO_STORE)

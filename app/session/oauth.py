@@ -1,0 +1,200 @@
+"""The tenant as an OAuth 2.0 / OpenID Connect provider, through authlib's `AsyncOAuth2Client`.
+
+authlib builds the authorization URL (PKCE `S256` challenge from our verifier), and makes
+the code exchange, the refresh grant and the RFC 7009 revocation, authenticating the
+Regular Web Application with `client_secret_post` (Auth0's default for that kind).
+
+Each call uses a fresh `AsyncOAuth2Client`: authlib keeps the last token on the client
+object, which must never be shared between two users' requests. Its requests go through
+`SharedTransport` to the app's one `httpx.AsyncClient`, so they use its pool and limits
+(and respx stubs in tests) and carry the same timeout as every other call to the tenant.
+
+Errors: an OAuth error answer (`invalid_grant` and the like) is `GrantRefused`; no answer,
+a 429 or a 5xx is `UpstreamUnavailable` (503 + Retry-After); anything else unreadable is
+`UpstreamError` (502). Messages never quote a token or the tenant's body.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from app.core.errors import UpstreamError, UpstreamUnavailable
+from app.core.settings import Settings
+
+with warnings.catch_warnings():
+    # authlib 1.x warns on import that it prefers `httpx2`; it falls back to httpx, which is
+    # what the app uses (app/audit/signing.py silences its other 1.x warning the same way).
+    import authlib.deprecate
+
+    warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
+    from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+
+logger = logging.getLogger(__name__)
+
+SCOPE = "openid profile email offline_access"
+RETRY_AFTER_SECONDS = 5
+# OAuth error codes that say "not now" rather than "no": the session is kept, the caller
+# gets a 503.
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+_TRANSIENT = frozenset({"temporarily_unavailable", "server_error", "too_many_requests"})
+
+
+class GrantRefused(Exception):
+    """The tenant refused a grant (e.g. `invalid_grant`: a reused or revoked refresh token)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class SharedTransport(httpx.AsyncBaseTransport):
+    """Sends authlib's requests through the app's shared client; closing it closes nothing."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._client.send(request, stream=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSet:
+    """What the token endpoint answered (values are secrets: never log them)."""
+
+    access_token: str
+    expires_in: float
+    refresh_token: str | None
+    id_token: str | None
+
+
+class TenantOAuth:
+    """The session client's calls to the tenant; one per process."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        if settings.session_client_id is None or settings.session_client_secret is None:
+            raise ValueError("cookie sessions are off (SESSION_CLIENT_ID is unset)")
+        self.client_id = settings.session_client_id
+        self._secret = settings.session_client_secret
+        self.redirect_uri = f"{settings.public_url}/auth/callback"
+        self.audience = settings.auth0_audience
+        self.base = settings.tenant_url
+        self._http = http
+        self._timeout = httpx.Timeout(
+            settings.auth0_timeout_seconds, connect=min(settings.auth0_timeout_seconds, 2.0)
+        )
+
+    def _client(self) -> AsyncOAuth2Client:
+        return AsyncOAuth2Client(
+            client_id=self.client_id,
+            client_secret=self._secret.get_secret_value(),
+            token_endpoint_auth_method="client_secret_post",  # noqa: S106 - a method name
+            revocation_endpoint_auth_method="client_secret_post",
+            scope=SCOPE,
+            redirect_uri=self.redirect_uri,
+            code_challenge_method="S256",
+            transport=SharedTransport(self._http),
+            timeout=self._timeout,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def authorization_url(
+        self, *, state: str, nonce: str, code_verifier: str, extra: dict[str, str]
+    ) -> str:
+        """The tenant's `/authorize` URL: code flow, PKCE S256, state, nonce, our audience."""
+        client = self._client()
+        url, _ = client.create_authorization_url(
+            f"{self.base}/authorize",
+            state=state,
+            code_verifier=code_verifier,
+            nonce=nonce,
+            audience=self.audience,
+            **extra,
+        )
+        return str(url)
+
+    async def exchange_code(self, code: str, code_verifier: str) -> TokenSet:
+        """The `authorization_code` grant, with the PKCE verifier."""
+        async with self._client() as client:
+            token = await self._call(
+                "code exchange",
+                client.fetch_token(
+                    f"{self.base}/oauth/token",
+                    grant_type="authorization_code",
+                    code=code,
+                    code_verifier=code_verifier,
+                ),
+            )
+        return _token_set(token)
+
+    async def refresh(self, refresh_token: str) -> TokenSet:
+        """The `refresh_token` grant; the tenant rotates the refresh token."""
+        async with self._client() as client:
+            token = await self._call(
+                "refresh", client.refresh_token(f"{self.base}/oauth/token", refresh_token)
+            )
+        return _token_set(token)
+
+    async def revoke(self, refresh_token: str) -> None:
+        """RFC 7009 revocation of a refresh token (Auth0's `/oauth/revoke`)."""
+        async with self._client() as client:
+            response = await self._call(
+                "revocation",
+                client.revoke_token(
+                    f"{self.base}/oauth/revoke",
+                    refresh_token,
+                    token_type_hint="refresh_token",  # noqa: S106 - a hint's name, not a secret
+                ),
+            )
+        if response.status_code != 200:
+            raise UpstreamError(f"the tenant answered the revocation with {response.status_code}")
+
+    async def _call(self, what: str, call: Any) -> Any:
+        try:
+            return await call
+        except OAuthError as exc:
+            error = str(getattr(exc, "error", "") or "")
+            error = error if _ERROR_CODE.fullmatch(error) else "oauth_error"  # shown in a 400
+            if error in _TRANSIENT:
+                raise _unavailable(what, error) from None
+            raise GrantRefused(error) from None
+        except httpx.HTTPStatusError as exc:  # authlib raises it for a 5xx or a non-JSON body
+            status = exc.response.status_code
+            if status == 429 or status >= 500:
+                raise _unavailable(what, f"HTTP {status}") from None
+            raise UpstreamError(f"the tenant answered the {what} with {status}") from None
+        except httpx.HTTPError as exc:
+            raise _unavailable(what, type(exc).__name__) from None
+        except ValueError:  # a body that is not a JSON object
+            raise UpstreamError(f"the tenant's {what} answer is not usable") from None
+
+
+def _unavailable(what: str, reason: str) -> UpstreamUnavailable:
+    logger.warning("the tenant did not complete the %s (%s)", what, reason)
+    return UpstreamUnavailable(
+        "the identity provider is unavailable; try again shortly",
+        retry_after=RETRY_AFTER_SECONDS,
+    )
+
+
+def _token_set(token: dict[str, Any]) -> TokenSet:
+    access = token.get("access_token")
+    expires_in = token.get("expires_in")
+    refresh = token.get("refresh_token")
+    id_token = token.get("id_token")
+    if not isinstance(access, str) or not access:
+        raise UpstreamError("the tenant's token answer has no access token")
+    if not isinstance(expires_in, int | float) or not 0 < expires_in <= 90 * 86_400:
+        raise UpstreamError("the tenant's token answer has no usable expires_in")
+    return TokenSet(
+        access_token=access,
+        expires_in=float(expires_in),
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        id_token=id_token if isinstance(id_token, str) and id_token else None,
+    )

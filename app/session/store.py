@@ -1,0 +1,246 @@
+"""The session tables (migrations/0010_sessions.sql): sign-ins in progress, sessions, and
+back-channel logout token ids. SQL only; every function takes the connection first.
+
+Ending or refreshing a session NOTIFYs `CHANNEL` in the same statement, with the cookie
+hashes concerned, so every copy drops them from its cache when the change commits
+(app/session/listener.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+CHANNEL = "bff_sessions"
+# Over this many hashes a notification says "*" (drop everything): NOTIFY carries 8000 bytes.
+MAX_NOTIFIED = 100
+
+# --- Sign-ins in progress -------------------------------------------------------------------
+
+INSERT_TRANSACTION = """
+INSERT INTO login_transactions (cookie_hash, state, nonce, code_verifier, return_to, expires_at)
+VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+"""
+# Used once: whatever the callback says, the row is gone after it looked.
+TAKE_TRANSACTION = """
+DELETE FROM login_transactions WHERE cookie_hash = $1
+RETURNING state, nonce, code_verifier, return_to, expires_at > now() AS live
+"""
+# Kept an hour past expiry, so a late callback hears "took too long", not "unknown".
+PURGE_TRANSACTIONS = "DELETE FROM login_transactions WHERE expires_at <= now() - interval '1 hour'"
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    state: str
+    nonce: str
+    code_verifier: bytes  # sealed
+    return_to: str
+    live: bool
+
+
+async def insert_transaction(
+    conn: asyncpg.Connection,
+    cookie_hash: bytes,
+    *,
+    state: str,
+    nonce: str,
+    code_verifier: bytes,
+    return_to: str,
+    seconds: float,
+) -> None:
+    await conn.execute(
+        INSERT_TRANSACTION, cookie_hash, state, nonce, code_verifier, return_to, seconds
+    )
+
+
+async def take_transaction(conn: asyncpg.Connection, cookie_hash: bytes) -> Transaction | None:
+    """The transaction bound to this cookie, deleted as it is read (single use)."""
+    row = await conn.fetchrow(TAKE_TRANSACTION, cookie_hash)
+    return None if row is None else Transaction(**dict(row))
+
+
+# --- Sessions ---------------------------------------------------------------------------------
+
+_COLUMNS = """id, cookie_hash, sub, sid, scope, access_token, refresh_token, id_token,
+    access_expires_at, last_seen_at, idle_expires_at, absolute_expires_at"""
+
+INSERT_SESSION = """
+INSERT INTO browser_sessions (cookie_hash, sub, sid, scope, access_token, refresh_token, id_token,
+    access_expires_at, idle_expires_at, absolute_expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+    now() + make_interval(secs => least($9::float8, $10::float8)),
+    now() + make_interval(secs => $10::float8))
+RETURNING id
+"""
+SELECT_SESSION = f"SELECT {_COLUMNS} FROM browser_sessions WHERE cookie_hash = $1"
+LOCK_SESSION = f"SELECT {_COLUMNS} FROM browser_sessions WHERE id = $1 FOR UPDATE"
+UPDATE_TOKENS = """
+WITH changed AS (
+    UPDATE browser_sessions
+    SET access_token = $2, refresh_token = $3, id_token = $4, access_expires_at = $5,
+        refreshed_at = now()
+    WHERE id = $1
+    RETURNING cookie_hash
+)
+SELECT pg_notify($6, encode(cookie_hash, 'hex')) FROM changed
+"""
+# Idle time restarts with use, never past the absolute end; written at most once a minute or
+# so per session (the caller decides), so a busy session costs no write per request.
+TOUCH_SESSION = """
+UPDATE browser_sessions
+SET last_seen_at = now(),
+    idle_expires_at = least(now() + make_interval(secs => $2), absolute_expires_at)
+WHERE id = $1
+RETURNING idle_expires_at
+"""
+_END = """
+WITH ended AS (
+    DELETE FROM browser_sessions WHERE {where}
+    RETURNING id, cookie_hash, sub, sid, scope
+), notified AS (
+    SELECT pg_notify($2, CASE WHEN count(*) > {max_notified} THEN '*'
+        ELSE string_agg(encode(cookie_hash, 'hex'), ',') END)
+    FROM ended HAVING count(*) > 0
+)
+SELECT id, sub, sid, scope, (SELECT count(*) FROM notified) AS notified FROM ended
+"""
+END_BY_ID = _END.format(where="id = $1", max_notified=MAX_NOTIFIED)
+END_BY_IDS = _END.format(where="id = ANY($1::uuid[])", max_notified=MAX_NOTIFIED)
+SESSIONS_OF = """
+SELECT id, scope FROM browser_sessions
+WHERE ($1::text IS NULL OR sub = $1) AND ($2::text IS NULL OR sid = $2)
+"""
+EXPIRED_SESSIONS = """
+SELECT id, sub, sid, scope, absolute_expires_at <= now() AS absolute
+FROM browser_sessions WHERE idle_expires_at <= now() LIMIT $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A session that was just deleted: enough to record its end."""
+
+    id: uuid.UUID
+    sub: str
+    sid: str | None
+    scope: str
+
+
+async def insert_session(
+    conn: asyncpg.Connection,
+    cookie_hash: bytes,
+    *,
+    sub: str,
+    sid: str | None,
+    scope: str,
+    access_token: bytes,
+    refresh_token: bytes | None,
+    id_token: bytes,
+    access_expires_at: dt.datetime,
+    idle_seconds: float,
+    absolute_seconds: float,
+) -> uuid.UUID:
+    session_id: uuid.UUID = await conn.fetchval(
+        INSERT_SESSION,
+        cookie_hash,
+        sub,
+        sid,
+        scope,
+        access_token,
+        refresh_token,
+        id_token,
+        access_expires_at,
+        idle_seconds,
+        absolute_seconds,
+    )
+    return session_id
+
+
+async def select_session(conn: asyncpg.Connection, cookie_hash: bytes) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(SELECT_SESSION, cookie_hash)
+    return row
+
+
+async def lock_session(conn: asyncpg.Connection, session_id: uuid.UUID) -> asyncpg.Record | None:
+    """The session's row, locked until the caller's transaction ends (None: it has ended)."""
+    row: asyncpg.Record | None = await conn.fetchrow(LOCK_SESSION, session_id)
+    return row
+
+
+async def update_tokens(
+    conn: asyncpg.Connection,
+    session_id: uuid.UUID,
+    *,
+    access_token: bytes,
+    refresh_token: bytes | None,
+    id_token: bytes,
+    access_expires_at: dt.datetime,
+) -> None:
+    await conn.execute(
+        UPDATE_TOKENS,
+        session_id,
+        access_token,
+        refresh_token,
+        id_token,
+        access_expires_at,
+        CHANNEL,
+    )
+
+
+async def touch_session(
+    conn: asyncpg.Connection, session_id: uuid.UUID, idle_seconds: float
+) -> dt.datetime | None:
+    """Restart the idle clock; the new idle end (None: the session has ended)."""
+    found: dt.datetime | None = await conn.fetchval(TOUCH_SESSION, session_id, idle_seconds)
+    return found
+
+
+async def end_session(conn: asyncpg.Connection, session_id: uuid.UUID) -> Ended | None:
+    """Delete one session and notify every copy; None when it had already ended."""
+    row = await conn.fetchrow(END_BY_ID, session_id, CHANNEL)
+    return None if row is None else Ended(row["id"], row["sub"], row["sid"], row["scope"])
+
+
+async def end_sessions(conn: asyncpg.Connection, session_ids: list[uuid.UUID]) -> list[Ended]:
+    """Delete sessions and notify every copy, once; those that had not already ended."""
+    rows = await conn.fetch(END_BY_IDS, session_ids, CHANNEL)
+    return [Ended(r["id"], r["sub"], r["sid"], r["scope"]) for r in rows]
+
+
+async def sessions_of(
+    conn: asyncpg.Connection, *, sub: str | None, sid: str | None
+) -> list[asyncpg.Record]:
+    """Sessions matching a back-channel logout: by `sid`, by `sub`, or by both."""
+    if sub is None and sid is None:
+        return []
+    return list(await conn.fetch(SESSIONS_OF, sub, sid))
+
+
+async def expired_sessions(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    return list(await conn.fetch(EXPIRED_SESSIONS, limit))
+
+
+# --- Back-channel logout token ids -----------------------------------------------------------
+
+REMEMBER_JTI = """
+INSERT INTO logout_token_ids (jti, expires_at) VALUES ($1, to_timestamp($2))
+ON CONFLICT (jti) DO NOTHING
+RETURNING jti
+"""
+PURGE_JTIS = "DELETE FROM logout_token_ids WHERE expires_at <= now()"
+
+
+async def remember_jti(conn: asyncpg.Connection, jti: str, until: float) -> bool:
+    """True when this `jti` was never seen before (and is now remembered until `until`)."""
+    return await conn.fetchval(REMEMBER_JTI, jti, until) is not None
+
+
+async def purge_expired(conn: asyncpg.Connection) -> None:
+    """Forget sign-ins never completed and logout token ids past their use (a periodic
+    purge). Expired sessions are ended by the service, which records each end."""
+    await conn.execute(PURGE_TRANSACTIONS, timeout=30)
+    await conn.execute(PURGE_JTIS, timeout=30)

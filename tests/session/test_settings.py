@@ -1,0 +1,102 @@
+"""Cookie-session settings: off by default, and when on, everything it needs or one line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from app.core.settings import ConfigError, load_settings
+
+BASE = {
+    "database_url": "postgresql://app@db.internal:5432/bff",
+    "auth0_domain": "tenant.eu.auth0.com",
+    "auth0_audience": "https://api.example.com",
+    "auth0_client_id": "cid",
+    "auth0_client_secret": "super-secret-value",
+    "_env_file": None,
+}
+KEY = Fernet.generate_key().decode()
+ON = {
+    "session_client_id": "web-client",
+    "session_client_secret": "web-secret-value",
+    "public_url": "https://app.example.com/",
+    "session_encryption_key": KEY,
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SESSION_CLIENT_ID", "SESSION_CLIENT_SECRET", "PUBLIC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("SESSION_ENCRYPTION_KEY", raising=False)
+
+
+def _error(**values: Any) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**BASE, **values)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_off_by_default() -> None:
+    settings = load_settings(**BASE)
+    assert settings.cookie_sessions is False
+    assert settings.session_idle_seconds == 8 * 3600
+    assert settings.session_absolute_seconds == 7 * 86_400
+
+
+def test_on_with_everything_it_needs() -> None:
+    settings = load_settings(**BASE, **ON)
+    assert settings.cookie_sessions is True
+    assert settings.public_url == "https://app.example.com"
+    assert KEY not in repr(settings) and "web-secret-value" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "missing", ["session_client_secret", "public_url", "session_encryption_key"]
+)
+def test_a_client_id_without_what_it_needs_is_one_line_naming_it(missing: str) -> None:
+    values = {k: v for k, v in ON.items() if k != missing}
+    message = _error(**values)
+    assert "SESSION_CLIENT_ID turns cookie sessions on, which needs" in message
+    assert missing.upper() in message
+
+
+def test_several_keys_for_rotation() -> None:
+    keys = f"{Fernet.generate_key().decode()}, {KEY}"
+    assert load_settings(**BASE, **{**ON, "session_encryption_key": keys}).cookie_sessions
+
+
+@pytest.mark.parametrize("keys", ["not-a-key", f"{KEY},short", "", f"{KEY},,"])
+def test_a_bad_encryption_key_is_refused_without_quoting_it(keys: str) -> None:
+    if not keys:  # empty means unset, which cookie mode needs
+        assert "SESSION_ENCRYPTION_KEY" in _error(**{**ON, "session_encryption_key": keys})
+        return
+    message = _error(**{**ON, "session_encryption_key": keys})
+    assert "SESSION_ENCRYPTION_KEY" in message and "not a Fernet key" in message
+    assert KEY not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://app.example.com", "https://app.example.com/base", "ftp://x", "https://a.b/?q=1"],
+)
+def test_public_url_is_an_https_origin(url: str) -> None:
+    assert "PUBLIC_URL" in _error(**{**ON, "public_url": url})
+
+
+def test_plain_http_is_allowed_for_localhost_only() -> None:
+    settings = load_settings(**BASE, **{**ON, "public_url": "http://localhost:8000"})
+    assert settings.public_url == "http://localhost:8000"
+
+
+def test_idle_may_not_outlast_absolute() -> None:
+    message = _error(**ON, session_idle_seconds=7200, session_absolute_seconds=3600)
+    assert "SESSION_IDLE_SECONDS must not exceed SESSION_ABSOLUTE_SECONDS" in message
+
+
+def test_a_bad_client_id_is_refused() -> None:
+    assert "SESSION_CLIENT_ID" in _error(**{**ON, "session_client_id": "web client/1"})
