@@ -7,7 +7,15 @@ imports); what tests call to check a response or a row is in `tests/helpers.py`.
 import pytest
 
 # Plugins get pytest's assertion messages by themselves; the helpers module is asked for.
-pytest.register_assert_rewrite("tests.helpers")
+pytest.register_assert_rewrite(
+    "tests.helpers",
+    # Support modules that a test of another folder may import before that folder's conftest.
+    "tests.account.support",
+    "tests.audit.support",
+    "tests.auth0.support",
+    "tests.patients.support",
+    "tests.session.support",
+)
 
 pytest_plugins = [
     "tests.fixtures.tenant",  # the stubbed Auth0 tenant, its signing key and tokens

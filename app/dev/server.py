@@ -151,7 +151,7 @@ def _banner(port: int, tenant_url: str, token: str) -> str:
     base = f"http://127.0.0.1:{port}"
     mint = shlex.quote('{"sub": "auth0|alice", "permissions": ["read:patients"]}')
     return f"""
-  service  {base}   (API page: {base}/docs)
+  service  {base}   (API explorer: {base}/docs)
   page     {base}/   (sign in with any user name, list and create patients: cookie mode)
   tenant   {tenant_url}   (local stand-in for Auth0; development only)
 
