@@ -15,8 +15,6 @@ table, as one of the periodic purges (app/core/tasks.py).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -28,9 +26,8 @@ import asyncpg
 import orjson
 
 from app.auth.tokens import Principal
-from app.core.db import asyncpg_dsn
+from app.core.listen import Listener
 from app.core.metrics import REVOCATIONS_LIVE
-from app.core.tasks import cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +70,7 @@ def token_digest(principal: Principal) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-class RevocationStore:
+class RevocationStore(Listener):
     """The process's view of every live revocation; one per process.
 
     `is_revoked` is what `TokenVerifier.revocation_check` calls. `session_seconds` keeps a
@@ -91,18 +88,16 @@ class RevocationStore:
         reconnect_max_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(
+            channel,
+            keepalive_seconds=keepalive_seconds,
+            reconnect_max_seconds=reconnect_max_seconds,
+        )
         self.leeway_seconds = leeway_seconds
         self.session_seconds = session_seconds
-        self.channel = channel
-        self.keepalive_seconds = keepalive_seconds
-        self.reconnect_max_seconds = reconnect_max_seconds
         self.reloads = 0
         self._clock = clock
         self._revoked: dict[str, dict[tuple[str, str], float]] = {}
-        self._dsn: str | None = None
-        self._conn: asyncpg.Connection | None = None
-        self._lost = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     # --- The check (hot path: no I/O, no allocation when the user has no revocations) ---
 
@@ -116,11 +111,6 @@ class RevocationStore:
         if principal.jti is not None:
             return ("jti", compact(principal.jti)) in entries
         return ("token", token_digest(principal)) in entries
-
-    @property
-    def listening(self) -> bool:
-        """Whether notifications are arriving (for readiness and metrics)."""
-        return self._conn is not None and not self._conn.is_closed()
 
     @property
     def size(self) -> int:
@@ -182,55 +172,19 @@ class RevocationStore:
                 del self._revoked[sub]
         REVOCATIONS_LIVE.set(self.size)
 
-    # --- Listening -------------------------------------------------------------------
+    # --- Listening (app/core/listen.py keeps the connection) -------------------------
 
-    async def start(self, database_url: str) -> None:
-        """Connect, LISTEN and load every live revocation; then keep that up in the
-        background. Raises when the first connection fails (start-up should then fail)."""
-        if self._task is not None:
-            raise RuntimeError("RevocationStore already started")
-        self._dsn = asyncpg_dsn(database_url)
-        await self._connect()
-        self._task = asyncio.get_running_loop().create_task(self._supervise())
+    what = "revocation"
+    application_name = APPLICATION_NAME
 
-    async def stop(self) -> None:
-        """Stop listening and close the connection; the in-memory set is kept."""
-        task, self._task = self._task, None
-        await cancelled(task)
-        await self._close()
-
-    async def _connect(self) -> None:
-        assert self._dsn is not None
-        conn: asyncpg.Connection = await asyncpg.connect(
-            self._dsn, timeout=10, server_settings={"application_name": APPLICATION_NAME}
-        )
-        try:
-            self._lost.clear()
-            conn.add_termination_listener(self._on_terminated)
-            await conn.add_listener(self.channel, self._on_notification)
-            rows = await conn.fetch(LOAD_LIVE, timeout=30)
-        except BaseException:
-            conn.terminate()
-            raise
+    async def on_listening(self, conn: asyncpg.Connection) -> None:
+        """Every (re)connection reads the live revocations again, after LISTEN."""
+        rows = await conn.fetch(LOAD_LIVE, timeout=30)
         self._remember((r["kind"], r["sub"], r["value"], r["expires"]) for r in rows)
-        self._conn = conn
         self.reloads += 1
         logger.info("listening for revocations; %d live", len(rows))
 
-    async def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await conn.close(timeout=2)
-            except Exception:  # closing a broken connection: nothing left to do
-                conn.terminate()
-
-    def _on_terminated(self, conn: asyncpg.Connection) -> None:
-        self._lost.set()
-
-    def _on_notification(
-        self, conn: asyncpg.Connection, pid: int, channel: str, payload: str
-    ) -> None:
+    def on_notification(self, payload: str) -> None:
         try:
             items = orjson.loads(payload)
             entries = [
@@ -243,44 +197,8 @@ class RevocationStore:
             return
         self._remember(entries)
 
-    async def _supervise(self) -> None:
-        """Keep a live, listening connection, checked every `keepalive_seconds`."""
-        delay = 0.2
-        while True:
-            if self._conn is None or self._conn.is_closed():
-                await self._close()
-                try:
-                    await self._connect()
-                    delay = 0.2
-                except Exception as exc:  # whatever the cause, keep trying: never stop
-                    logger.warning(
-                        "revocation listener cannot connect (%s); retrying in %.1fs",
-                        type(exc).__name__,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.reconnect_max_seconds)
-                    continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), timeout=self.keepalive_seconds)
-            if self._lost.is_set():
-                logger.warning("revocation listener lost its connection; reconnecting")
-                await self._close()
-                continue
-            await self._tick()
-
-    async def _tick(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            # A connection that died without a FIN (a network partition) fails here.
-            await conn.fetchval("SELECT 1", timeout=max(1.0, self.keepalive_seconds))
-            self._forget_expired()
-        except Exception as exc:  # a broken connection is replaced, whatever broke it
-            logger.warning("revocation listener check failed (%s)", type(exc).__name__)
-            conn.terminate()
-            self._lost.set()
+    def on_check(self) -> None:
+        self._forget_expired()
 
     async def purge(self, conn: asyncpg.Connection) -> None:
         """Drop expired revocations here and in the table (a periodic purge)."""
