@@ -169,7 +169,8 @@ class TokenVerifier:
                 self._check_revoked(entry.principal)
                 return entry.principal
             del self._cache[digest]
-        principal, kid = await self._verify(raw)
+        claims, kid = await self.signed_claims(raw)
+        principal = self._principal(claims)
         self._check_revoked(principal)
         valid_until = principal.claims["exp"] - self._leeway
         if self.settings.token_cache_size > 0 and valid_until > self._clock():
@@ -183,7 +184,13 @@ class TokenVerifier:
         if check is not None and check(principal):
             raise Unauthorized("token revoked")
 
-    async def _verify(self, raw: bytes) -> tuple[Principal, str]:
+    async def signed_claims(
+        self, raw: bytes, types: frozenset[str] = _TYPES
+    ) -> tuple[dict[str, Any], str]:
+        """A compact JWS's claims and `kid`, once its header passes (an allowed `alg`, a
+        `typ` among `types`, no `crit`, a `kid`) and its signature verifies with the tenant's
+        key; `Unauthorized` says why not. Access tokens here, and the session part's ID and
+        logout tokens (app/session/idtoken.py), which check their own claims."""
         segments = raw.split(b".")
         if len(segments) != 3:
             raise Unauthorized(MALFORMED)
@@ -201,7 +208,7 @@ class TokenVerifier:
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise Unauthorized("algorithm not allowed")
         typ = header.get("typ")
-        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _TYPES):
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in types):
             raise Unauthorized("unsupported token type")
         if "crit" in header:  # RFC 7515 4.1.11: we understand no extensions
             raise Unauthorized("unsupported critical header")
@@ -217,7 +224,7 @@ class TokenVerifier:
             valid = False
         if not valid:
             raise Unauthorized("invalid signature")
-        return self._principal(claims), kid
+        return claims, kid
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         if claims.get("iss") != self._issuer:

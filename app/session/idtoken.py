@@ -2,9 +2,9 @@
 
 Signatures are checked with the keys of the bearer verifier's own JWKS cache
 (app/auth/tokens.py), so one fetch policy covers every token the tenant signs and a key the
-tenant withdraws stops all of them at once. The signature check is python-jose's, on the key
-object the verifier built for exactly the token's algorithm; the claim rules are here, each
-failure with a reason (never the token) for the 400 it becomes.
+tenant withdraws stops all of them at once; the header rules and the signature check are
+the verifier's too (`TokenVerifier.signed_claims`). The claim rules are here, each failure
+with a reason (never the token) for the 400 it becomes.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
-
-import orjson
-from jose import jws
-from jose.exceptions import JOSEError
 
 from app.auth.tokens import MAX_TOKEN_LENGTH, TokenVerifier
 from app.core.errors import Unauthorized
@@ -37,33 +33,14 @@ class InvalidToken(Exception):
 async def _verified_claims(
     verifier: TokenVerifier, token: str, types: frozenset[str]
 ) -> dict[str, Any]:
+    """The token's claims once the bearer verifier's JWS checks pass (header rules, the key
+    from its JWKS cache, the signature); the claim rules are the callers'."""
     if not isinstance(token, str) or not token.isascii() or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("malformed token")
     try:
-        header = jws.get_unverified_header(token)
-    except JOSEError:
-        raise InvalidToken("malformed token") from None
-    alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
-    if not isinstance(alg, str) or alg not in verifier.settings.auth0_algorithms:
-        raise InvalidToken("algorithm not allowed")
-    if typ is not None and (not isinstance(typ, str) or typ.lower() not in types):
-        raise InvalidToken("unsupported token type")
-    if "crit" in header:
-        raise InvalidToken("unsupported critical header")
-    if not isinstance(kid, str) or not kid:
-        raise InvalidToken("missing key id")
-    try:
-        # The verifier's cache, fetch policy and cooldown (a 503 when no key was ever loaded).
-        key = await verifier.signing_key(kid, alg)
+        claims, _ = await verifier.signed_claims(token.encode(), types)
     except Unauthorized as exc:
         raise InvalidToken(exc.detail) from None
-    try:
-        payload = jws.verify(token, key, algorithms=[alg])
-        claims = orjson.loads(payload)
-    except (JOSEError, ValueError):
-        raise InvalidToken("invalid signature") from None
-    if not isinstance(claims, dict):
-        raise InvalidToken("malformed token")
     return claims
 
 
