@@ -14,6 +14,7 @@ pytest.register_assert_rewrite(
     "tests.audit.support",
     "tests.auth.tokens_support",
     "tests.auth0.support",
+    "tests.dev.tenant_login",
     "tests.patients.support",
     "tests.session.support",
 )

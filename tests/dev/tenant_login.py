@@ -1,17 +1,21 @@
-"""Helpers for the stand-in tenant's browser-login tests: PKCE, the sign-in, the grants."""
+"""Helpers for the stand-in tenant's browser-login tests: the tenant with the session client
+(`state`, `tenant`: fixtures a test module binds by name), PKCE, the sign-in, the grants."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+import pytest
 from jose import jwt
 
 from app.dev.keys import TokenMinter
+from app.dev.tenant import TenantState, create_tenant_app
 from tests.fixtures.standin import SESSION_CLIENT_ID, SESSION_CLIENT_SECRET, sign_in
 
 CALLBACK = "https://app.test/auth/callback"
@@ -23,6 +27,24 @@ INVALID_REFRESH = {
     "error": "invalid_grant",
     "error_description": "Unknown or invalid refresh token.",
 }
+
+
+@pytest.fixture
+def state(minter: TokenMinter) -> TenantState:
+    return TenantState(
+        minter,
+        "m2m-client",
+        "m2m-secret",
+        session_client_id=SESSION_CLIENT_ID,
+        session_client_secret=SESSION_CLIENT_SECRET,
+    )
+
+
+@pytest.fixture
+async def tenant(state: TenantState) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_tenant_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tenant") as client:
+        yield client
 
 
 def pkce() -> tuple[str, str]:

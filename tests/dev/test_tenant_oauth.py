@@ -4,7 +4,6 @@ exchange with PKCE, in Auth0's shapes (app/dev/oauth.py, app/dev/grants.py)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,7 +12,8 @@ import pytest
 from jose import jwt
 
 from app.dev.keys import ALL_PERMISSIONS, TokenMinter
-from app.dev.tenant import TenantState, create_tenant_app
+from app.dev.tenant import TenantState
+from tests.dev import tenant_login
 from tests.dev.tenant_login import (
     AUDIENCE,
     CALLBACK,
@@ -29,23 +29,9 @@ from tests.dev.tenant_login import (
 )
 from tests.fixtures.standin import SESSION_CLIENT_ID, SESSION_CLIENT_SECRET, sign_in
 
-
-@pytest.fixture
-def state(minter: TokenMinter) -> TenantState:
-    return TenantState(
-        minter,
-        "m2m-client",
-        "m2m-secret",
-        session_client_id=SESSION_CLIENT_ID,
-        session_client_secret=SESSION_CLIENT_SECRET,
-    )
-
-
-@pytest.fixture
-async def tenant(state: TenantState) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_tenant_app(state))
-    async with httpx.AsyncClient(transport=transport, base_url="http://tenant") as client:
-        yield client
+# The stand-in tenant with the session client, behind an in-process client (tenant_login.py).
+state = tenant_login.state
+tenant = tenant_login.tenant
 
 
 class TestAuthorize:
