@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 PROBLEM = "application/problem+json"
 
@@ -69,3 +74,28 @@ async def everything_stored(owner: asyncpg.Connection) -> str:
         rows = await owner.fetch(f"SELECT t::text AS row FROM {table} t")
         parts += [r["row"] for r in rows]
     return "\n".join(parts)
+
+
+def served_by_worker(directory: Path, method: str, route: str, status: int) -> dict[str, float]:
+    """Each worker's count of `method route` answered `status`, from its counter file alone
+    (the file is named after the worker's pid)."""
+    labels = tuple(sorted({"method": method, "route": route, "status": str(status)}.items()))
+    counts = {}
+    for file in directory.glob("counter_*.db"):
+        alone = directory.parent / f"alone-{file.stem}"
+        alone.mkdir(exist_ok=True)
+        shutil.copy(file, alone / file.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        text = generate_latest(registry).decode()
+        shutil.rmtree(alone)
+        found = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (sample.name, tuple(sorted(sample.labels.items()))) == (
+                    "http_requests_total",
+                    labels,
+                ):
+                    found = sample.value
+        counts[file.stem.removeprefix("counter_")] = found
+    return counts

@@ -18,8 +18,6 @@ import httpx
 import pytest
 import respx
 from databases import Database
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core import metrics
@@ -28,7 +26,7 @@ from app.core.settings import Settings
 from app.dev.db import ProvisionedDatabase
 from app.http.middleware import Metrics
 from tests.fixtures.app import account_app, running_app
-from tests.helpers import bearer
+from tests.helpers import bearer, served_by_worker
 from tests.patients.support import ALICE, ORG_A, create
 
 HEALTHZ = {"method": "GET", "route": "/healthz", "status": "200"}
@@ -204,22 +202,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _per_worker_healthz(directory: Path) -> dict[str, float]:
-    """Each worker's own /healthz count, read from its counter file alone."""
-    counts = {}
-    for file in directory.glob("counter_*.db"):
-        alone = directory.parent / f"alone-{file.stem}"
-        alone.mkdir(exist_ok=True)
-        shutil.copy(file, alone / file.name)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(alone))
-        counts[file.stem.removeprefix("counter_")] = healthz_count(
-            generate_latest(registry).decode()
-        )
-        shutil.rmtree(alone)
-    return counts
-
-
 def _stale_values(directory: Path) -> Path:
     """A previous run's counter file: 1000 /healthz requests that must not be counted."""
     code = (
@@ -312,10 +294,10 @@ def test_one_scrape_sums_every_worker(two_workers: tuple[str, Path]) -> None:
         while time.monotonic() < deadline:
             assert set(pool.map(_get, [f"{base}/healthz"] * 40)) == {200}
             sent += 40
-            served = _per_worker_healthz(directory)
+            served = served_by_worker(directory, "GET", "/healthz", 200)
             if len(served) == 2 and all(served.values()):
                 break
-    served = _per_worker_healthz(directory)
+    served = served_by_worker(directory, "GET", "/healthz", 200)
     assert len(served) == 2 and all(served.values()), served  # both workers served
     assert sum(served.values()) == sent
 

@@ -17,13 +17,13 @@ from app.dev.tenant import TenantState
 from app.session.crypto import TokenBox, cookie_hash
 from tests.fixtures.standin import SESSION_CLIENT_ID, SESSION_CLIENT_SECRET
 from tests.fixtures.tenant import AUDIENCE, CLIENT_ID, CLIENT_SECRET, TENANT_DOMAIN
+from tests.helpers import served_by_worker
 from tests.session.support import with_cookie
 from tests.session.workers import (
     browser_sign_in,
     free_port,
     serve_tenant,
     serve_two_workers,
-    served_by_worker,
 )
 
 ROUNDS = 10  # a failsafe: rounds until both workers served one; one or two usually do

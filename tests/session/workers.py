@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -22,9 +21,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.core import metrics
 from app.dev.db import ProvisionedDatabase
@@ -156,28 +152,3 @@ async def browser_sign_in(base: str, username: str) -> str:
         assert called.status_code == 302, called.text
         assert called.headers["location"] == "/"
         return cookie_value(called, SESSION_COOKIE)
-
-
-def served_by_worker(directory: Path, method: str, route: str, status: int) -> dict[str, float]:
-    """Each worker's count of `method route` answered `status`, from its counter file alone
-    (the file is named after the worker's pid)."""
-    labels = tuple(sorted({"method": method, "route": route, "status": str(status)}.items()))
-    counts = {}
-    for file in directory.glob("counter_*.db"):
-        alone = directory.parent / f"alone-{file.stem}"
-        alone.mkdir(exist_ok=True)
-        shutil.copy(file, alone / file.name)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(alone))
-        text = generate_latest(registry).decode()
-        shutil.rmtree(alone)
-        found = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if (sample.name, tuple(sorted(sample.labels.items()))) == (
-                    "http_requests_total",
-                    labels,
-                ):
-                    found = sample.value
-        counts[file.stem.removeprefix("counter_")] = found
-    return counts
