@@ -6,10 +6,9 @@ WORKDIR /src
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --upgrade pip setuptools
 COPY pyproject.toml README.md ./
 COPY app ./app
-# The development stand-ins (app/dev: fake tenant, token minter, embedded Postgres, the page)
-# are not shipped: `serve` never imports them, and `python -m app dev` says it is not here.
-RUN /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/python -c "import importlib.util, pathlib, shutil; shutil.rmtree(pathlib.Path(importlib.util.find_spec('app').origin).parent / 'dev')"
+# Only `app` is packaged: the development tooling (devkit/: the stand-in tenant, the embedded
+# Postgres, the dev page) is neither copied nor installed, and `python -m app dev` says so.
+RUN /opt/venv/bin/pip install --no-cache-dir .
 
 # Final stage: no compilers, a non-root user, the virtualenv and the migrations.
 FROM python:3.11-slim

@@ -14,8 +14,9 @@ import argparse
 import asyncio
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -239,11 +240,8 @@ def _free_port() -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    try:
-        from app.dev.server import run_dev
-    except ModuleNotFoundError as exc:
-        if exc.name not in {"app.dev", "app.dev.server"}:
-            raise
+    run_dev = _development_tooling()
+    if run_dev is None:
         return _fail("`dev` is not part of this installation (the image carries `serve` only)")
     try:
         port = args.port if args.port is not None else DevSettings().port
@@ -251,6 +249,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return asyncio.run(run_dev(port=port, tenant_port=args.tenant_port or _free_port()))
     except ValidationError as exc:  # the environment's settings, read by dev's own Settings
         raise ConfigError(describe_validation_error(exc)) from None
+
+
+def _development_tooling() -> Callable[..., Coroutine[Any, Any, int]] | None:
+    """`devkit.server.run_dev` from the checkout beside this package, or None where there is
+    none (an installed wheel or the image: `devkit` is never packaged)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "devkit" / "__init__.py").is_file() and str(checkout) not in sys.path:
+        sys.path.append(str(checkout))
+    try:
+        from devkit.server import run_dev
+    except ModuleNotFoundError as exc:
+        if exc.name not in {"devkit", "devkit.server"}:
+            raise
+        return None
+    return run_dev
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -133,7 +133,7 @@ def check_loopback(url: str) -> None:
 def admin_database(url: str | None) -> Iterator[str]:
     import asyncio
 
-    from app.dev.db import LOCAL_SERVER_URL, embedded_server, server_answers
+    from devkit.db import LOCAL_SERVER_URL, embedded_server, server_answers
 
     if url:
         check_loopback(url)

@@ -3,7 +3,7 @@
     python -m bench.audit [--url postgresql://postgres@127.0.0.1:5432/postgres]
                           [--events 1000000] [--writers 16] [--seconds 3] [--rounds 8]
 
-Creates a throwaway database on the server (`app.dev.db.provision`: migrated, with the app
+Creates a throwaway database on the server (`devkit.db.provision`: migrated, with the app
 role) and drops it at the end. In one run:
 
 1. Loads `--events` synthetic events (owner role, SQL in chunks, indexed after) over the last
@@ -42,7 +42,7 @@ from app.audit.events import Actor, Event
 from app.audit.query import AuditFilters, fetch_page
 from app.audit.record import record_events
 from app.core.db import asyncpg_dsn
-from app.dev.db import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
+from devkit.db import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
 
 BIG_SCOPE = "org:big"
 

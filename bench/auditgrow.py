@@ -614,8 +614,8 @@ async def grow(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Grow a throwaway database's audit log and print how long it took and its size."""
-    from app.dev.db import LOCAL_SERVER_URL, drop, provision
     from bench.__main__ import check_loopback
+    from devkit.db import LOCAL_SERVER_URL, drop, provision
 
     parser = argparse.ArgumentParser(prog="python -m bench.auditgrow", description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from app.core.db import asyncpg_dsn
-from app.dev.keys import SigningKey, TokenMinter
+from devkit.keys import SigningKey, TokenMinter
 
 PERMISSIONS = ("read:patients", "create:patients", "update:patients", "delete:patients")
 EMAIL_VERIFIED_CLAIM = "https://bff.bench/email_verified"

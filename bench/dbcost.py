@@ -26,9 +26,9 @@ from app.audit.batcher import record_many
 from app.audit.events import Actor, Event
 from app.audit.record import record_events
 from app.core.db import asyncpg_dsn
-from app.dev.db import LOCAL_SERVER_URL, drop, provision
 from app.patients.events import read_event
 from app.patients.search import list_patients
+from devkit.db import LOCAL_SERVER_URL, drop, provision
 
 BATCH = 16  # reads per group commit: about what 64 connections give in the load test
 

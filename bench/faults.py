@@ -25,11 +25,11 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 from app.auth0.client import JITTER_SECONDS, MAX_ATTEMPTS
-from app.dev.db import LOCAL_SERVER_URL
 from bench.faultstack import Report, Stack, count_stored, log, make_call, running_stack
 from bench.loadgen import Answer, Call, Load
 from bench.pgcluster import PrivateCluster
 from bench.servers import http_call
+from devkit.db import LOCAL_SERVER_URL
 
 CONCURRENCY = 16
 RATE = 300.0  # requests per second in all: the machine is shared, the point is the fault

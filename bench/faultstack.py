@@ -2,7 +2,7 @@
 a process of its own; the tokens and requests of the load; the counts afterwards; the report.
 
 The service runs as production runs it (`python -m app serve`: uvicorn, uvloop, httptools,
-`GracefulServer`), against a database provisioned for the run (`app.dev.db.provision`) and
+`GracefulServer`), against a database provisioned for the run (`devkit.db.provision`) and
 dropped afterwards, with rate limits out of reach (all the load comes from one address).
 """
 
@@ -21,11 +21,11 @@ from pathlib import Path
 import asyncpg
 
 from app.core.db import asyncpg_dsn
-from app.dev.db import ProvisionedDatabase, drop, provision
-from app.dev.keys import SigningKey, TokenMinter
 from bench.loadgen import Answer, Call, Summary
 from bench.servers import Server, free_port, http_call
 from bench.tenant import write_config
+from devkit.db import ProvisionedDatabase, drop, provision
+from devkit.keys import SigningKey, TokenMinter
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "faults-tenant.local"

@@ -36,11 +36,11 @@ from asgi_lifespan import LifespanManager
 from app.audit.query import AuditFilters, event_item, fetch_page
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
-from app.dev.db import LOCAL_SERVER_URL, drop, provision
-from app.dev.keys import TokenMinter
 from app.fhir.bundle import page_of, searchset
 from app.fhir.mapping import AuditEventMapper
 from app.main import create_app
+from devkit.db import LOCAL_SERVER_URL, drop, provision
+from devkit.keys import TokenMinter
 
 DOMAIN = "fhircost.local"
 TENANT_URL = "https://fhircost-tenant.stub"

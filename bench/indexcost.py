@@ -2,7 +2,7 @@
 
     python -m bench.indexcost [--events 500000] [--batch 50] [--calls 40] [--rounds 7]
 
-Provisions a throwaway database (`app.dev.db.provision`, dropped at the end), grows its
+Provisions a throwaway database (`devkit.db.provision`, dropped at the end), grows its
 audit log by `--events` synthetic events (`bench.auditgrow`, as `python -m bench` does),
 then appends events the way the service does: through `audit_events_append_batch`
 (`app.audit.batcher.record_many`, the group-commit path of reads), each call carrying
@@ -43,9 +43,9 @@ import asyncpg
 from app.audit.batcher import record_many
 from app.audit.events import Actor, Event
 from app.core.db import asyncpg_dsn
-from app.dev.db import LOCAL_SERVER_URL, drop, provision
 from bench.auditgrow import LINK_TABLE, MIX, grow, has_link_table, log_size
 from bench.servers import process_cpu
+from devkit.db import LOCAL_SERVER_URL, drop, provision
 
 WARM_CALLS = 2
 

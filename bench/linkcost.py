@@ -27,7 +27,7 @@ import asyncpg
 import psutil  # type: ignore[import-untyped]
 
 from app.core.db import asyncpg_dsn
-from app.dev.db import LOCAL_SERVER_URL, drop, provision
+from devkit.db import LOCAL_SERVER_URL, drop, provision
 
 SETUP = """
 CREATE TABLE link_narrow (

@@ -39,10 +39,11 @@ import orjson
 import uvicorn
 
 from app.core.db import asyncpg_dsn
-from app.dev.db import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
-from app.dev.keys import ALL_PERMISSIONS, TokenMinter
-from app.dev.tenant import TenantState, create_tenant_app
 from app.patients.repository import fold
+from devkit.db import LOCAL_SERVER_URL, ProvisionedDatabase, drop, provision
+from devkit.keys import ALL_PERMISSIONS, TokenMinter
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 
 DOMAIN = "bench-tenant.local"
 AUDIENCE = "https://bench.local/api"

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from app.core.db import ACQUIRE_TIMEOUT_SECONDS, connection, create_database
-from app.dev.db import LOCAL_SERVER_URL, drop, provision
+from devkit.db import LOCAL_SERVER_URL, drop, provision
 
 
 async def _per_call(call: Callable[[], Awaitable[None]], calls: int) -> tuple[float, float]:

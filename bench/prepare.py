@@ -14,8 +14,6 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-from app.dev.db import drop, provision
-from app.dev.keys import SigningKey, TokenMinter
 from bench import auditgrow, data
 from bench.harness import (
     AUDIENCE,
@@ -30,6 +28,8 @@ from bench.harness import (
 )
 from bench.servers import Server, free_port
 from bench.tenant import write_config
+from devkit.db import drop, provision
+from devkit.keys import SigningKey, TokenMinter
 
 
 def prepare(run: Run, stack: contextlib.ExitStack) -> None:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from app.dev.db import LOCAL_SERVER_URL
 from bench.faultstack import Report, Stack, count_stored, log, make_call, running_stack
 from bench.loadgen import Call, Load
+from devkit.db import LOCAL_SERVER_URL
 
 MIX = ("read", "post", "me", "read", "profile")
 SAMPLE_SECONDS = 5.0

@@ -18,8 +18,9 @@ from typing import Any
 
 import uvicorn
 
-from app.dev.keys import SigningKey, TokenMinter
-from app.dev.tenant import TenantState, create_tenant_app
+from devkit.keys import SigningKey, TokenMinter
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 
 
 def write_config(

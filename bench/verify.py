@@ -29,7 +29,7 @@ from jose import jwk, jwt
 
 from app.auth.tokens import TokenVerifier
 from app.core.settings import Settings
-from app.dev.keys import SigningKey, TokenMinter
+from devkit.keys import SigningKey, TokenMinter
 
 DOMAIN = "tenant.example.com"
 AUDIENCE = "https://api.example.com"

@@ -15,13 +15,13 @@ import asyncpg
 import orjson
 
 from app.core.db import asyncpg_dsn
-from app.dev.db import ProvisionedDatabase
 from bench.auditgrow import COLUMNS, LINK_TABLE, Traffic, grow, link_rows, link_shape, make_scopes
 from bench.harness import Measurement, OpenLoopCell, OpenLoopSample, Run, Sample
 from bench.load import WrkResult
 from bench.loadgen import Answer, Call, Load
 from bench.openloop import FixedRateResult, summarise
 from bench.report import cpu_table, open_loop_table
+from devkit.db import ProvisionedDatabase
 
 
 def _records(count: int) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:

@@ -19,7 +19,7 @@ import pytest
 
 from app.__main__ import build_parser
 from app.core.db import MIGRATIONS_DIR
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 
 AUTH0 = {
     "AUTH0_DOMAIN": "tenant.example.com",

@@ -162,7 +162,7 @@ def test_verifying_tokens_never_loads_ecdsa() -> None:
         import app
         for module in pkgutil.walk_packages(app.__path__, "app."):
             importlib.import_module(module.name)
-        from app.dev.keys import TokenMinter
+        from devkit.keys import TokenMinter
         from app.core.settings import Settings
         from app.auth.tokens import TokenVerifier
 

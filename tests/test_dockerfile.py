@@ -1,8 +1,9 @@
 """Docker cannot build here, so check what we can: the Dockerfile's COPY sources exist and
-.dockerignore keeps everything else out of the build context; the build stage's removal of
-app/dev, run on a copy of the package, leaves a service that starts, answers /healthz (the
-image's own HEALTHCHECK command, on the port PORT names) and exits cleanly on SIGTERM, while
-`dev` says in one line that it is not there."""
+.dockerignore keeps everything else out of the build context; the package the build stage
+installs (`pip install .` of those sources, not editable) holds no development module, and
+installed so it is a service that starts, answers /healthz (the image's own HEALTHCHECK
+command, on the port PORT names) and exits cleanly on SIGTERM, while `dev` says in one line
+that it is not there."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from app.dev.db import ProvisionedDatabase
+import pytest
+
+from devkit.db import ProvisionedDatabase
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -106,35 +109,64 @@ def test_healthcheck_reads_port_from_the_environment() -> None:
     assert "PORT=8000" in DOCKERFILE  # the image's default, which the probe then follows
 
 
-def _build_stage_removal() -> str:
-    """The `python -c` program the build stage runs to remove app/dev after `pip install .`."""
-    [run] = [line for line in _instructions() if line.startswith("RUN") and "app" in line]
-    install, _, removal = run.partition("&&")
-    assert "pip install" in install and "." in install.split()
-    match = re.fullmatch(r'\s*/opt/venv/bin/python -c "(.+)"', removal)
-    assert match is not None, removal
-    return match.group(1)
+def _build_stage_install() -> list[str]:
+    """The build stage's `pip install` of the copied sources, as an argument list."""
+    [run] = [line for line in _instructions() if line.startswith("RUN") and line.endswith(" .")]
+    command = run.removeprefix("RUN ").split("&&")[-1].split()
+    assert command[:3] == ["/opt/venv/bin/pip", "install", "--no-cache-dir"], run
+    assert command[-1] == "." and "-e" not in command and "--editable" not in command
+    return command
 
 
-def _image_like_copy(tmp_path: Path) -> Path:
-    """The package as the image holds it: a copy, with the build stage's own removal run."""
-    site = tmp_path / "site-packages"
-    shutil.copytree(ROOT / "app", site / "app", ignore=shutil.ignore_patterns("__pycache__"))
+@pytest.fixture(scope="module")
+def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package as the image holds it: the Dockerfile's COPY sources in a build directory,
+    installed from there (not editable) into a site-packages of their own."""
+    build = tmp_path_factory.mktemp("build")
+    site = tmp_path_factory.mktemp("site-packages")
+    for line in _instructions():
+        if line.startswith("COPY") and "--from=" not in line:
+            *sources, _ = line.split()[1:]
+            for source in sources:
+                if (ROOT / source).is_dir():
+                    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                    shutil.copytree(ROOT / source, build / source, ignore=ignore)
+                else:
+                    shutil.copy(ROOT / source, build / source)
+    install = _build_stage_install()
     result = subprocess.run(
-        [sys.executable, "-c", _build_stage_removal()],
-        cwd=site,
-        env={**os.environ, "PYTHONPATH": str(site)},
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            *install[1:-1],
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--target",
+            str(site),
+            str(build),
+        ],
         capture_output=True,
         text=True,
         check=False,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert (site / "app" / "core").is_dir() and not (site / "app" / "dev").exists()
     return site
 
 
+def test_the_built_package_holds_no_development_module(image_site: Path) -> None:
+    top = sorted(path.name for path in image_site.iterdir())
+    assert [name for name in top if not name.endswith(".dist-info")] == ["app"]
+    installed = [p.relative_to(image_site).as_posix() for p in image_site.rglob("*")]
+    assert "app/main.py" in installed and "app/core/db.py" in installed
+    assert not [p for p in installed if "devkit" in p or p.startswith("app/dev")]
+    assert "rmtree" not in DOCKERFILE  # nothing is built only to be deleted
+
+
 # `python -m app ARGS` as the image runs it: this checkout's editable install adds an import
-# hook that would find the real app/dev behind the copy's back, so it is taken out first.
+# hook that would find this checkout's `app` behind the copy's back, so it is taken out first.
 _AS_IN_IMAGE = """
 import runpy, sys
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
@@ -164,8 +196,8 @@ def _image_env(site: Path) -> dict[str, str]:
     return env
 
 
-def test_dev_is_not_in_the_image(tmp_path: Path) -> None:
-    site = _image_like_copy(tmp_path)
+def test_dev_is_not_in_the_image(image_site: Path) -> None:
+    site = image_site
     result = subprocess.run(
         _app_command("dev"),
         cwd=site,
@@ -182,8 +214,10 @@ def test_dev_is_not_in_the_image(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
-def test_migrate_in_a_copy_without_its_migrations_says_where_it_looked(tmp_path: Path) -> None:
-    site = _image_like_copy(tmp_path)
+def test_migrate_in_a_copy_without_its_migrations_says_where_it_looked(
+    image_site: Path,
+) -> None:
+    site = image_site
     env = _image_env(site)
     del env["MIGRATIONS_DIR"]  # as a `pip install .` elsewhere would run it
     result = subprocess.run(
@@ -214,10 +248,10 @@ def _probe(port: int) -> int:
     ).returncode
 
 
-def test_serve_without_app_dev_answers_the_healthcheck_and_stops_on_sigterm(
-    tmp_path: Path, database: ProvisionedDatabase
+def test_serve_without_devkit_answers_the_healthcheck_and_stops_on_sigterm(
+    image_site: Path, database: ProvisionedDatabase
 ) -> None:
-    site = _image_like_copy(tmp_path)
+    site = image_site
     port = _free_port()
     env = _image_env(site)
     env.update(
@@ -263,4 +297,4 @@ def test_serve_without_app_dev_answers_the_healthcheck_and_stops_on_sigterm(
         process.wait()
     stderr = process.stderr.read() if process.stderr else ""
     assert "serve-secret" not in stderr
-    assert "app/dev" not in stderr and "app.dev" not in stderr
+    assert "app/dev" not in stderr and "devkit" not in stderr

@@ -29,12 +29,13 @@ from schemathesis.checks import (
 )
 
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase, drop, provision
-from app.dev.keys import ALL_PERMISSIONS, TokenMinter
-from app.dev.tenant import TenantState, create_tenant_app
 from app.http.openapi import build_openapi
 from app.http.ops import API_TITLE, API_VERSION
 from app.main import all_routes, create_app
+from devkit.db import ProvisionedDatabase, drop, provision
+from devkit.keys import ALL_PERMISSIONS, TokenMinter
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 
 pytestmark = pytest.mark.slow  # about 90 s in all, up to 12 s for one operation
 

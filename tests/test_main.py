@@ -17,9 +17,9 @@ from starlette.routing import Route
 
 from app.core.logs import JsonFormatter
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase
 from app.http.middleware import Metrics, RequestContextMiddleware
 from app.main import create_app
+from devkit.db import ProvisionedDatabase
 from tests.helpers import assert_problem
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 
 USER = "auth0|user-1"
 

@@ -13,7 +13,7 @@ import pytest
 import respx
 
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.app import account_app
 from tests.fixtures.settings import make_settings
 from tests.helpers import assert_problem, audit_rows, bearer

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import asyncpg
 import httpx
 
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.account.support import JWKS, USER, DatabaseOutage, audit_rows
 from tests.fixtures.interactions import follows
 from tests.helpers import assert_problem, bearer

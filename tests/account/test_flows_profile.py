@@ -14,7 +14,7 @@ import orjson
 import pytest
 import respx
 
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.account.support import JWKS, USER, DatabaseOutage, audit_rows
 from tests.fixtures.interactions import follows
 from tests.helpers import assert_problem, bearer

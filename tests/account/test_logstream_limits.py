@@ -17,7 +17,7 @@ import pytest
 import respx
 
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.app import Running, account_app
 from tests.fixtures.settings import make_settings
 from tests.fixtures.tenant import LOG_STREAM_TOKEN

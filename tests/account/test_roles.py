@@ -14,9 +14,10 @@ import pytest
 import respx
 
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase
-from app.dev.keys import TokenMinter
-from app.dev.tenant import TenantState, create_tenant_app
+from devkit.db import ProvisionedDatabase
+from devkit.keys import TokenMinter
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 from tests.fixtures.app import account_app
 from tests.fixtures.settings import make_settings
 from tests.helpers import assert_problem, audit_rows, bearer

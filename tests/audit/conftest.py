@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from app.core.db import asyncpg_dsn
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.audit.support import READ
 from tests.helpers import bearer
 

@@ -16,8 +16,8 @@ from app.audit.chain import canonical_detail, content_digest, event_hash, link_h
 from app.audit.digests import IssuedDigest, issue_digest
 from app.audit.signing import KeyRing
 from app.core.db import asyncpg_dsn
-from app.dev.db import ProvisionedDatabase
-from app.dev.keys import new_audit_signing_key
+from devkit.db import ProvisionedDatabase
+from devkit.keys import new_audit_signing_key
 
 AUDIT_KEY = new_audit_signing_key("test-audit-1")
 OTHER_KEY = new_audit_signing_key("test-audit-2")

@@ -20,7 +20,7 @@ from app.audit.record import record_events
 from app.audit.verify import verify_chain
 from app.core.db import asyncpg_dsn, transaction
 from app.core.errors import DatabaseUnavailable
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 
 SCOPES = [f"org:writer-{n}" for n in range(5)]
 SINCE = datetime.now(UTC) - timedelta(days=1)

@@ -17,8 +17,8 @@ import pytest
 import respx
 
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase
 from app.main import all_routes
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.settings import make_settings
 from tests.helpers import bearer
 

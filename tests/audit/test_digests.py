@@ -26,7 +26,7 @@ from app.audit.record import record_event
 from app.audit.signing import Digest, KeyRing, load_public_keys, scope_hash, verify_digest
 from app.core.db import asyncpg_dsn
 from app.core.settings import ConfigError, load_settings
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.audit.support import ACME, ACTOR, GLOBEX, actions, chain, record, seed, window
 from tests.audit.tamper import AUDIT_KEY, OTHER_KEY, RING, SEED, issue
 from tests.fixtures.app import running_app

@@ -18,7 +18,7 @@ from app.audit.chain import canonical_detail, content_digest, link_hash
 from app.audit.events import Actor, Event
 from app.audit.verify import verify_chain
 from app.core.db import asyncpg_dsn, discover_migrations, migrate
-from app.dev.db import ProvisionedDatabase, with_credentials
+from devkit.db import ProvisionedDatabase, with_credentials
 from tests.audit.support import ACME, ACTOR, chain, recent, record, seed, verify, window
 from tests.audit.tamper import forge_backdated, issue
 

@@ -19,7 +19,7 @@ from app.audit.events import Event
 from app.audit.offline import ExportInvalid, verify_export
 from app.audit.signing import KeyRing
 from app.audit.verify import verify_chain
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.audit.support import ACME, GLOBEX, chain, recent, seed, window
 from tests.audit.tamper import (
     OTHER_KEY,

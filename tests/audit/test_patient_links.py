@@ -19,7 +19,7 @@ from app.audit.record import record_events
 from app.audit.verify import verify_chain
 from app.core.db import asyncpg_dsn, discover_migrations, migrate
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase, with_credentials
+from devkit.db import ProvisionedDatabase, with_credentials
 from tests.fixtures.app import running_app
 from tests.fixtures.settings import make_settings
 from tests.helpers import assert_problem, bearer

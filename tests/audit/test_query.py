@@ -13,7 +13,7 @@ from app.audit.events import Actor, Event
 from app.audit.query import fetch_feed
 from app.audit.record import record_event
 from app.core.db import asyncpg_dsn
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.audit.support import ACTOR, abandoned, record
 
 

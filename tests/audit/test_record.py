@@ -23,7 +23,7 @@ from app.audit.record import record_event, record_independently
 from app.auth.tokens import Principal
 from app.core.db import create_database, transaction
 from app.core.errors import InsufficientScope, UpstreamUnavailable
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.audit.support import ACTOR, abandoned, chain, record, verify
 
 

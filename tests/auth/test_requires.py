@@ -32,8 +32,8 @@ from app.auth.requires import (
 from app.auth.tokens import Principal, TokenVerifier
 from app.core.errors import AppError, EmailNotVerified, StepUpRequired
 from app.core.settings import Settings
-from app.dev.keys import SigningKey, TokenMinter
 from app.http.problems import EXCEPTION_HANDLERS
+from devkit.keys import SigningKey, TokenMinter
 from tests.helpers import assert_problem, bearer
 
 DOMAIN = "tenant.example.com"

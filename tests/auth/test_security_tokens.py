@@ -17,8 +17,8 @@ import pytest
 import respx
 
 from app.core.settings import ConfigError, load_settings
-from app.dev.db import ProvisionedDatabase
-from app.dev.keys import TokenMinter
+from devkit.db import ProvisionedDatabase
+from devkit.keys import TokenMinter
 from tests.fixtures.app import running_app
 from tests.fixtures.settings import make_settings
 from tests.helpers import assert_problem, bearer

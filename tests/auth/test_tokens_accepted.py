@@ -17,7 +17,7 @@ from jose import jwk, jwt
 
 from app.auth.tokens import Principal, TokenVerifier
 from app.core.errors import Unauthorized
-from app.dev.keys import SigningKey, TokenMinter
+from devkit.keys import SigningKey, TokenMinter
 from tests.auth import tokens_support as support
 from tests.auth.tokens_support import (
     AUDIENCE,

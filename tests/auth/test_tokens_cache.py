@@ -7,7 +7,7 @@ from collections.abc import Callable
 import respx
 
 from app.auth.tokens import TokenVerifier
-from app.dev.keys import TokenMinter
+from devkit.keys import TokenMinter
 from tests.auth import tokens_support as support
 from tests.auth.tokens_support import (
     FakeClock,

@@ -18,7 +18,7 @@ import respx
 from jose import jwk
 
 from app.auth.tokens import TokenVerifier
-from app.dev.keys import SigningKey, TokenMinter
+from devkit.keys import SigningKey, TokenMinter
 from tests.auth import tokens_support as support
 from tests.auth.tokens_support import (
     AUDIENCE,

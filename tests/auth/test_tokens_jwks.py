@@ -13,7 +13,7 @@ import respx
 
 from app.auth.tokens import FETCHES_PER_COOLDOWN, TokenVerifier
 from app.core.errors import Unauthorized, UpstreamUnavailable
-from app.dev.keys import SigningKey, TokenMinter
+from devkit.keys import SigningKey, TokenMinter
 from tests.auth import tokens_support as support
 from tests.auth.tokens_support import (
     FakeClock,

@@ -22,7 +22,7 @@ from jose import jwk
 from app.auth.tokens import TokenVerifier
 from app.core.errors import Unauthorized
 from app.core.settings import Settings
-from app.dev.keys import SigningKey, TokenMinter
+from devkit.keys import SigningKey, TokenMinter
 
 DOMAIN = "tenant.example.com"
 ISSUER = f"https://{DOMAIN}/"

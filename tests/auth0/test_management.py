@@ -13,8 +13,9 @@ import httpx
 import pytest
 import respx
 
-from app.dev.keys import TokenMinter
-from app.dev.tenant import TenantState, create_tenant_app
+from devkit.keys import TokenMinter
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 from tests.auth0.support import PROFILE, USER, USER_PATH, FakeTime, make_client, raw_path, sent_json
 
 # --- Profile cache --------------------------------------------------------------------------

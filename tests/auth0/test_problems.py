@@ -15,7 +15,7 @@ import pytest
 import respx
 
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.settings import make_settings
 from tests.helpers import assert_problem, bearer
 

@@ -1,4 +1,4 @@
-"""The stand-in tenant (app/dev/tenant.py) answers the Management API in Auth0's shapes, and
+"""The stand-in tenant (devkit/tenant/app.py) answers the Management API in Auth0's shapes, and
 our client (through auth0-python) reads every page of them.
 
 The tenant runs in-process behind `httpx.ASGITransport`; time is fake.
@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app.dev.keys import TokenMinter
-from app.dev.tenant import TenantState, create_tenant_app
+from devkit.keys import TokenMinter
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 from tests.auth0.support import BASE, USER, USER_PATH, FakeTime, make_client
 
 ORG = "org_1"

@@ -19,7 +19,7 @@ from app.core.db import (
     discover_migrations,
     migrate,
 )
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 
 
 async def test_migrating_again_is_a_no_op(

@@ -17,8 +17,8 @@ from starlette.routing import Route
 
 from app.core.db import asyncpg_dsn
 from app.core.logs import JsonFormatter
-from app.dev.db import ProvisionedDatabase
 from app.http.middleware import Metrics, RequestContextMiddleware
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.leaks import DATABASE_DETAIL
 
 EMAIL = "jane.doe@example.com"

@@ -12,7 +12,7 @@ from databases import Database
 from app.core.db import create_database
 from app.core.settings import Settings
 from app.core.tasks import Housekeeping, Purge
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.app import running_app
 
 EXPIRED = [

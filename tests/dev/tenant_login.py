@@ -14,8 +14,9 @@ import httpx
 import pytest
 from jose import jwt
 
-from app.dev.keys import TokenMinter
-from app.dev.tenant import TenantState, create_tenant_app
+from devkit.keys import TokenMinter
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 from tests.fixtures.standin import SESSION_CLIENT_ID, SESSION_CLIENT_SECRET, sign_in
 
 CALLBACK = "https://app.test/auth/callback"

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]

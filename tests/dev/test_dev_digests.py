@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 
 
 def _free_port() -> int:

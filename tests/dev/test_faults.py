@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app.dev.keys import SigningKey, TokenMinter
-from app.dev.tenant import TenantState, create_tenant_app
+from devkit.keys import SigningKey, TokenMinter
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 
 
 @pytest.fixture

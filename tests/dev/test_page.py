@@ -4,9 +4,7 @@ Content-Security-Policy, no inline script, its files shipped as package data.
 
 from __future__ import annotations
 
-import fnmatch
 import re
-import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,11 +14,10 @@ import respx
 from asgi_lifespan import LifespanManager
 
 from app.core.settings import Settings
-from app.dev.page import PAGE_CSP, add_page
 from app.main import create_app
+from devkit.page import PAGE_CSP, add_page, page_routes
 
-STATIC = Path(__file__).resolve().parents[2] / "app" / "dev" / "static"
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+STATIC = Path(__file__).resolve().parents[2] / "devkit" / "static"
 
 
 @pytest.fixture
@@ -86,11 +83,7 @@ def test_the_page_runs_no_inline_script() -> None:
     assert "<style" not in html.lower() and "style=" not in html.lower()
 
 
-def test_the_page_files_are_package_data() -> None:
-    patterns = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["setuptools"][
-        "package-data"
-    ]["app"]
-    files = [f"dev/static/{p.name}" for p in STATIC.iterdir()]
-    assert {"dev/static/index.html", "dev/static/app.js", "dev/static/app.css"} <= set(files)
-    for name in files:
-        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+def test_the_page_files_are_what_the_page_serves() -> None:
+    served = {route.path: route for route in page_routes()}
+    assert set(served) == {"/", "/page/app.js", "/page/app.css"}
+    assert {p.name for p in STATIC.iterdir()} >= {"index.html", "app.js", "app.css"}

@@ -1,5 +1,5 @@
 """The stand-in tenant's browser login: the sign-in form at /authorize and the code
-exchange with PKCE, in Auth0's shapes (app/dev/oauth.py, app/dev/grants.py)."""
+exchange with PKCE, in Auth0's shapes (devkit/tenant/oauth.py, devkit/tenant/grants.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import httpx
 import pytest
 from jose import jwt
 
-from app.dev.keys import ALL_PERMISSIONS, TokenMinter
-from app.dev.tenant import TenantState
+from devkit.keys import ALL_PERMISSIONS, TokenMinter
+from devkit.tenant.state import TenantState
 from tests.dev import tenant_login
 from tests.dev.tenant_login import (
     AUDIENCE,

@@ -1,6 +1,6 @@
 """The stand-in tenant's sessions after sign-in: refresh-token rotation and reuse,
-revocation, logout and back-channel logout, in Auth0's shapes (app/dev/grants.py,
-app/dev/oauth.py)."""
+revocation, logout and back-channel logout, in Auth0's shapes (devkit/tenant/grants.py,
+devkit/tenant/oauth.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import respx
 from jose import jwt
 
-from app.dev.keys import BACKCHANNEL_LOGOUT_EVENT, TokenMinter
-from app.dev.tenant import TenantState
+from devkit.keys import BACKCHANNEL_LOGOUT_EVENT, TokenMinter
+from devkit.tenant.state import TenantState
 from tests.dev import tenant_login
 from tests.dev.tenant_login import (
     AUDIENCE,

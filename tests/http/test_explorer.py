@@ -32,9 +32,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.dev.db import ProvisionedDatabase
 from app.http.explorer import EXPLORER_CSP, EXPLORER_JS
 from app.http.middleware import Metrics, RequestContextMiddleware
+from devkit.db import ProvisionedDatabase
 from tests.helpers import assert_problem
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.core import metrics
 from app.core.db import connection
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase
 from app.http.middleware import Metrics
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.app import account_app, running_app
 from tests.helpers import bearer, served_by_worker
 from tests.patients.support import ALICE, ORG_A, create

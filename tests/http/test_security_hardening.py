@@ -21,7 +21,7 @@ import orjson
 import pytest
 import respx
 
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.app import running_app
 from tests.fixtures.settings import make_settings
 from tests.helpers import assert_problem, bearer

@@ -18,7 +18,6 @@ from app.audit.batcher import AuditWriter
 from app.audit.events import Actor
 from app.core.db import asyncpg_dsn
 from app.core.errors import BadRequest, ValidationFailed
-from app.dev.db import ProvisionedDatabase
 from app.http import idempotency
 from app.patients.repository import (
     DuplicateIdentifier,
@@ -40,6 +39,7 @@ from app.patients.search import (
     list_patients,
     read_page_audited,
 )
+from devkit.db import ProvisionedDatabase
 
 SCOPE, OTHER = "org:one", "org:two"
 KEY = b"k" * 32

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 from app.core.db import asyncpg_dsn, create_database
-from app.dev.db import ProvisionedDatabase
 from app.ratelimit import GlobalRateLimiter, Quota, RedisCounters
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.redis import import_redis
 from tests.ratelimit.support import NEVER, WINDOW, FakeClock, admitted, window_start
 

@@ -9,8 +9,8 @@ import asyncpg
 import httpx
 import pytest
 
-from app.dev.keys import SigningKey, TokenMinter
 from app.session.idtoken import BACKCHANNEL_EVENT
+from devkit.keys import SigningKey, TokenMinter
 from tests.fixtures.standin import SESSION_CLIENT_ID, StandIn
 from tests.helpers import assert_problem
 from tests.session.support import PUBLIC_URL, cleared, login, session_rows, with_cookie

@@ -12,9 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from app.dev.keys import SigningKey, TokenMinter
 from app.session.crypto import TokenBox
 from app.session.resolver import SESSION_COOKIE, TX_COOKIE
+from devkit.keys import SigningKey, TokenMinter
 from tests.fixtures.standin import StandIn
 from tests.helpers import assert_problem, audit_rows
 from tests.session.support import (

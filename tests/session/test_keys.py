@@ -7,8 +7,8 @@ import asyncpg
 import pytest
 from cryptography.fernet import Fernet
 
-from app.dev.db import ProvisionedDatabase
 from app.session.crypto import TokenBox, Undecryptable, cookie_hash, new_secret
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.app import running_app
 from tests.fixtures.standin import StandIn
 from tests.helpers import assert_problem

@@ -12,7 +12,7 @@ import pytest
 import respx
 
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase
+from devkit.db import ProvisionedDatabase
 from tests.fixtures.app import running_app
 from tests.fixtures.settings import make_settings
 from tests.fixtures.standin import StandIn

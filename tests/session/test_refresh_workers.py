@@ -11,10 +11,10 @@ import asyncpg
 import httpx
 from cryptography.fernet import Fernet
 
-from app.dev.db import ProvisionedDatabase
-from app.dev.keys import TokenMinter
-from app.dev.tenant import TenantState
 from app.session.crypto import TokenBox, cookie_hash
+from devkit.db import ProvisionedDatabase
+from devkit.keys import TokenMinter
+from devkit.tenant.state import TenantState
 from tests.fixtures.standin import SESSION_CLIENT_ID, SESSION_CLIENT_SECRET
 from tests.fixtures.tenant import AUDIENCE, CLIENT_ID, CLIENT_SECRET, TENANT_DOMAIN
 from tests.helpers import served_by_worker

@@ -23,9 +23,10 @@ import httpx
 import uvicorn
 
 from app.core import metrics
-from app.dev.db import ProvisionedDatabase
-from app.dev.tenant import TenantState, create_tenant_app
 from app.session.resolver import SESSION_COOKIE, TX_COOKIE
+from devkit.db import ProvisionedDatabase
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 from tests.fixtures.standin import sign_in
 from tests.session.support import cookie_value
 

@@ -1,11 +1,11 @@
 """A local stand-in Auth0 tenant, for `python -m app dev`, the tests and the benchmarks.
 
-It is a separate ASGI app on its own port, never mounted in or imported by the production
-app (`app.main` does not import this module). It serves what the service uses of a tenant:
+It is a separate ASGI app on its own port, never mounted in or imported by the service
+(nothing in `app/` imports `devkit`). It serves what the service uses of a tenant:
 
 - `/.well-known/openid-configuration` and `/.well-known/jwks.json`
 - `POST /oauth/token` (client-credentials grant for the Management API; the
-  `authorization_code` and `refresh_token` grants of the browser login, app/dev/oauth.py)
+  `authorization_code` and `refresh_token` grants of the browser login, devkit/tenant/oauth.py)
 - `GET`/`POST /authorize` (a sign-in form), `POST /oauth/revoke`, `GET /oidc/logout`,
   `POST /dev/backchannel-logout` (sends an OIDC back-channel logout for a `sid`)
 - `GET`/`PATCH /api/v2/users/{id}`, `GET`/`POST`/`DELETE /api/v2/users/{id}/roles`,
@@ -16,15 +16,15 @@ app (`app.main` does not import this module). It serves what the service uses of
 - `POST /dbconnections/change_password`
 - `POST /dev/token`: mints an access token with the claims given (development only)
 - `GET /dev/stats`: how many requests of each kind it served
-- `POST /dev/fault`: makes it slow or answer 429/500 (`app.dev.faults`), for fault runs
+- `POST /dev/fault`: makes it slow or answer 429/500 (`devkit.tenant.faults`), for fault runs
 - `POST /dev/rotate`: signs with the next key from now on (the old one stays published);
   `{"announced": false}` signs with a key it never published before
 
-Its tokens (minted by `app.dev.keys.TokenMinter`) carry the issuer `https://{domain}/`
+Its tokens (minted by `devkit.keys.TokenMinter`) carry the issuer `https://{domain}/`
 while it is reached on loopback.
 
-Past 300 lines because it is one app whose routes share one `TenantState`; the signing
-key and token minting are app/dev/keys.py.
+What it remembers is `devkit.tenant.state.TenantState`; the signing key and token minting
+are `devkit.keys`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ import base64
 import secrets
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -45,66 +43,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.dev.faults import FaultMiddleware, TenantFault, set_fault
-from app.dev.grants import LoginStore, token_grant
-from app.dev.keys import ALL_PERMISSIONS, TokenMinter
-from app.dev.oauth import oauth_discovery, oauth_routes
-
-
-@dataclass
-class TenantState:
-    """What the stand-in tenant remembers: its keys, M2M client, users, roles and counts."""
-
-    minter: TokenMinter
-    client_id: str
-    client_secret: str
-    users: dict[str, dict[str, Any]] = field(default_factory=dict)
-    roles: dict[str, list[dict[str, str]]] = field(default_factory=dict)
-    org_members: dict[str, set[str]] = field(default_factory=dict)
-    member_roles: dict[tuple[str, str], list[dict[str, str]]] = field(default_factory=dict)
-    m2m_tokens: set[str] = field(default_factory=set)
-    counts: Counter[str] = field(default_factory=Counter)
-    m2m_ttl_seconds: int = 86400
-    fault: TenantFault = field(default_factory=TenantFault)
-    # The browser login (app/dev/oauth.py): a Regular Web Application and what it was given.
-    session_client_id: str = "dev-session-client"
-    session_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    allowed_callbacks: list[str] = field(default_factory=list)  # empty: any
-    allowed_logout_urls: list[str] = field(default_factory=list)  # empty: any
-    backchannel_logout_url: str | None = None
-    session_access_token_ttl_seconds: int = 86400
-    user_permissions: dict[str, list[str]] = field(default_factory=dict)
-    logins: LoginStore = field(default_factory=LoginStore)
-
-    def user(self, user_id: str) -> dict[str, Any]:
-        if user_id not in self.users:
-            now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-            local = user_id.split("|")[-1]
-            self.users[user_id] = {
-                "user_id": user_id,
-                "email": f"{local}@example.com",
-                "email_verified": True,
-                "name": local,
-                "nickname": local,
-                "given_name": None,
-                "family_name": None,
-                "picture": "https://example.com/avatar.png",
-                "user_metadata": {},
-                "app_metadata": {"plan": "internal"},
-                "created_at": now,
-                "updated_at": now,
-                "identities": [
-                    {
-                        "provider": "auth0",
-                        "user_id": local,
-                        "connection": "Username-Password-Authentication",
-                        "isSocial": False,
-                    }
-                ],
-                "last_ip": "127.0.0.1",
-                "logins_count": 1,
-            }
-        return self.users[user_id]
+from devkit.keys import ALL_PERMISSIONS
+from devkit.tenant.faults import FaultMiddleware, set_fault
+from devkit.tenant.grants import token_grant
+from devkit.tenant.oauth import oauth_discovery, oauth_routes
+from devkit.tenant.state import TenantState
 
 
 def _error(status: int, error: str, message: str, error_code: str | None = None) -> JSONResponse:

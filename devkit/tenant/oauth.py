@@ -4,7 +4,7 @@
 up, "deny" refuses), `/oauth/revoke`, `/oidc/logout` and `/dev/backchannel-logout` to the
 tenant app; `token_grant` serves the `authorization_code` grant (PKCE `S256` only) and the
 `refresh_token` grant with rotation and reuse detection for `POST /oauth/token`. Status
-codes and error bodies are Auth0's. The HTML pages are app/dev/login_page.py.
+codes and error bodies are Auth0's. The HTML pages are devkit/tenant/login_page.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -25,18 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from app.dev.grants import (
-    CODE_TTL_SECONDS,
-    NO_STORE,
-    AuthCode,
-    Login,
-    client_ok,
-    oauth_error,
-)
-from app.dev.login_page import error_page, safe_url, sign_in_page, signed_out_page
-
-if TYPE_CHECKING:
-    from app.dev.tenant import TenantState
+from devkit.tenant.grants import CODE_TTL_SECONDS, NO_STORE, client_ok, oauth_error
+from devkit.tenant.login_page import error_page, safe_url, sign_in_page, signed_out_page
+from devkit.tenant.state import AuthCode, Login, TenantState
 
 Count = Callable[[Request, str], None]
 

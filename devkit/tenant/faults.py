@@ -1,4 +1,4 @@
-"""A fault switch for the stand-in tenant (`app.dev.tenant`), for the fault-injection runs.
+"""A fault switch for the stand-in tenant (`devkit.tenant`), for the fault-injection runs.
 
 `POST /dev/fault` with `{"mode": "slow", "seconds": 2}` delays every tenant answer by that
 long; `{"mode": "429", "retry_after": 5}` answers 429 with `Retry-After` as Auth0 does when

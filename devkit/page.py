@@ -2,7 +2,7 @@
 the stand-in tenant, see who you are, list and create patients, sign out.
 
 It is the cookie mode's smallest client: plain `fetch` with the session cookie and
-`X-CSRF: 1`, no token ever in the browser. The files are package data in `app/dev/static/`;
+`X-CSRF: 1`, no token ever in the browser. The files are package data in `devkit/static/`;
 the page sets its own Content-Security-Policy (scripts and styles from this origin only,
 no inline script), which the request envelope keeps.
 """
@@ -28,7 +28,7 @@ _FILES = {
 
 
 def _load(name: str) -> bytes:
-    return resources.files("app.dev").joinpath("static", name).read_bytes()
+    return resources.files("devkit").joinpath("static", name).read_bytes()
 
 
 def page_routes() -> list[Route]:

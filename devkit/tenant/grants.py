@@ -13,70 +13,15 @@ import hashlib
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from app.dev.keys import ALL_PERMISSIONS
-
-if TYPE_CHECKING:
-    from app.dev.tenant import TenantState
+from devkit.keys import ALL_PERMISSIONS
+from devkit.tenant.state import Login, RefreshToken, TenantState
 
 CODE_TTL_SECONDS = 60
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-@dataclass
-class Login:
-    """Who signed in, to which client, in which tenant session, and what was asked for."""
-
-    sub: str
-    client_id: str
-    sid: str
-    auth_time: int
-    scope: str
-    audience: str
-    org_id: str | None = None
-
-
-@dataclass
-class AuthCode:
-    login: Login
-    redirect_uri: str
-    code_challenge: str
-    nonce: str | None
-    expires_at: float
-
-
-@dataclass
-class RefreshToken:
-    login: Login
-    family: str  # every refresh token descended from one code exchange
-    rotated: bool = False
-
-
-@dataclass
-class LoginStore:
-    """Codes, refresh tokens and tenant login sessions (by `sid`) of the stand-in tenant."""
-
-    codes: dict[str, AuthCode] = field(default_factory=dict)
-    refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
-    revoked_families: set[str] = field(default_factory=set)
-    sessions: dict[str, Login] = field(default_factory=dict)
-
-    def end_sessions(self, *, sid: str | None, sub: str | None, revoke: bool) -> None:
-        """Ends the login sessions matching `sid` and `sub` (None matches any); with
-        `revoke`, their refresh tokens too (a logout alone leaves them, as Auth0 does)."""
-
-        def matches(login: Login) -> bool:
-            return sid in (None, login.sid) and sub in (None, login.sub)
-
-        for ended in [key for key, login in self.sessions.items() if matches(login)]:
-            del self.sessions[ended]
-        if revoke:
-            tokens = self.refresh_tokens.values()
-            self.revoked_families |= {t.family for t in tokens if matches(t.login)}
 
 
 def oauth_error(status: int, error: str, description: str) -> JSONResponse:

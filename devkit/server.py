@@ -3,7 +3,7 @@
 A stand-in Auth0 tenant on its own loopback port, a database (`DATABASE_URL` if set, else a
 throwaway embedded Postgres with both roles provisioned), migrations applied, the service
 started, and a ready-to-paste `curl` line with a freshly minted access token. Cookie mode
-is on against the stand-in tenant, and a small page at `/` (app/dev/page.py) signs in
+is on against the stand-in tenant, and a small page at `/` (devkit/page.py) signs in
 through it.
 
 It trusts `X-Forwarded-For` exactly as `serve` does, from TRUSTED_PROXIES only (uvicorn's
@@ -26,12 +26,13 @@ from cryptography.fernet import Fernet
 from app.core.db import migrate
 from app.core.logs import configure_dev_logging
 from app.core.settings import Settings
-from app.dev.db import ProvisionedDatabase, embedded_server, provision
-from app.dev.keys import ALL_PERMISSIONS, TokenMinter, new_audit_signing_key
-from app.dev.page import add_page
-from app.dev.tenant import TenantState, create_tenant_app
 from app.http.server import GracefulServer
 from app.main import create_app
+from devkit.db import ProvisionedDatabase, embedded_server, provision
+from devkit.keys import ALL_PERMISSIONS, TokenMinter, new_audit_signing_key
+from devkit.page import add_page
+from devkit.tenant.app import create_tenant_app
+from devkit.tenant.state import TenantState
 
 DEV_DOMAIN = "dev-tenant.local"
 DEV_AUDIENCE = "https://bff.local/api"
