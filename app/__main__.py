@@ -18,9 +18,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from app.core.db import (
     MIGRATIONS_DIR,
     MigrationChanged,
@@ -30,50 +27,10 @@ from app.core.db import (
     migrate,
 )
 from app.core.errors import DatabaseUnavailable
-from app.core.settings import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    ConfigError,
-    Directory,
-    Port,
-    Settings,
-    describe_validation_error,
-    load_settings,
-    parse_signing_keys,
-)
-
-
-class DatabaseSettings(BaseSettings):
-    """Only what `migrate` and `audit partitions` need: no Auth0 settings required."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-    database_url: str
-    migrations_database_url: str | None = Field(default=None)
-    migrations_dir: Directory = None
-
-    @property
-    def owner_url(self) -> str:
-        return self.migrations_database_url or self.database_url
-
-
-class SigningSettings(DatabaseSettings):
-    """What `audit digest` needs: the application's database and the signing key."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
-    audit_signing_key: SecretStr
-
-    @field_validator("audit_signing_key")
-    @classmethod
-    def _keys(cls, value: SecretStr) -> SecretStr:
-        parse_signing_keys(value.get_secret_value().strip())  # never quotes the key
-        return value
-
-
-class DevSettings(BaseSettings):
-    """What `dev` reads before it configures everything else itself: PORT."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-    port: Port = DEFAULT_PORT
+from app.core.settings import ConfigError, Settings, load_settings
+from app.core.settings.audit import AuditSettings
+from app.core.settings.database import DatabaseSettings
+from app.core.settings.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 
 
 class PortUnavailable(Exception):
@@ -100,19 +57,12 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _database_settings() -> DatabaseSettings:
-    try:
-        return DatabaseSettings()
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
-
-
 def _owner_url() -> str:
-    return _database_settings().owner_url
+    return DatabaseSettings.load().owner_url
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = _database_settings()
+    settings = DatabaseSettings.load()
     directory = settings.migrations_dir or MIGRATIONS_DIR
     if not directory.is_dir():  # an installed copy without the repository: nothing to apply
         raise ConfigError(
@@ -147,14 +97,13 @@ def cmd_audit_digest(args: argparse.Namespace) -> int:
     from app.audit.digests import IssuedDigest, issue_digest
     from app.audit.signing import KeyRing
 
-    try:
-        settings = SigningSettings()
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
-    ring = KeyRing.from_setting(settings.audit_signing_key.get_secret_value().strip())
+    database, audit = DatabaseSettings.load(), AuditSettings.load()
+    if audit.signing_key is None:
+        raise ConfigError("configuration error: missing required setting(s): AUDIT_SIGNING_KEY")
+    ring = KeyRing.from_setting(audit.signing_key.get_secret_value())
 
     async def run() -> IssuedDigest | None:
-        conn = await connect_raw(settings.database_url)
+        conn = await connect_raw(database.url)
         try:
             return await issue_digest(conn, ring)
         finally:
@@ -202,8 +151,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port, workers = _listen(args, settings)
     _check_port(host, port)
     # The database answers, and no migration it applied has been edited since.
-    asyncio.run(check_applied_migrations(settings.database_url, settings.migrations_dir))
-    configure_logging(settings.log_level)
+    asyncio.run(check_applied_migrations(settings.database.url, settings.database.migrations_dir))
+    configure_logging(settings.server.log_level)
     config = uvicorn.Config(
         "app.main:app",
         host=host,
@@ -227,9 +176,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _listen(args: argparse.Namespace, settings: Settings) -> tuple[str, int, int]:
     """HOST, PORT and WORKERS: the command line's, else the settings' (environment, .env)."""
     return (
-        args.host if args.host is not None else settings.host,
-        args.port if args.port is not None else settings.port,
-        args.workers if args.workers is not None else settings.workers,
+        args.host if args.host is not None else settings.server.host,
+        args.port if args.port is not None else settings.server.port,
+        args.workers if args.workers is not None else settings.server.workers,
     )
 
 
@@ -243,12 +192,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     run_dev = _development_tooling()
     if run_dev is None:
         return _fail("`dev` is not part of this installation (the image carries `serve` only)")
-    try:
-        port = args.port if args.port is not None else DevSettings().port
-        _check_port("127.0.0.1", port)
-        return asyncio.run(run_dev(port=port, tenant_port=args.tenant_port or _free_port()))
-    except ValidationError as exc:  # the environment's settings, read by dev's own Settings
-        raise ConfigError(describe_validation_error(exc)) from None
+    port = args.port if args.port is not None else ServerSettings.load().port
+    _check_port("127.0.0.1", port)
+    return asyncio.run(run_dev(port=port, tenant_port=args.tenant_port or _free_port()))
 
 
 def _development_tooling() -> Callable[..., Coroutine[Any, Any, int]] | None:

@@ -64,17 +64,17 @@ def middleware(
         Middleware(
             RequestContextMiddleware,
             metrics=metrics,
-            max_body_bytes=settings.max_body_bytes,
-            trusted_proxies=settings.trusted_proxies,
-            hsts_seconds=settings.hsts_seconds,
+            max_body_bytes=settings.server.max_body_bytes,
+            trusted_proxies=settings.server.trusted_proxies,
+            hsts_seconds=settings.server.hsts_seconds,
         ),
     ]
-    if settings.cors_allowed_origins:
+    if settings.server.cors_allowed_origins:
         # Bearer tokens travel in a header, never a cookie: no credentials mode needed.
         stack.append(
             Middleware(
                 CORSMiddleware,
-                allow_origins=settings.cors_allowed_origins,
+                allow_origins=settings.server.cors_allowed_origins,
                 allow_methods=["GET", "POST", "PATCH", "DELETE"],
                 allow_headers=[
                     "Authorization",
@@ -103,28 +103,32 @@ def middleware(
 
 def create_app(settings: Settings) -> Starlette:
     metrics = Metrics()
-    rate_limiter = GlobalRateLimiter(sync_interval=settings.rate_limit_sync_seconds)
-    ip_quota = Quota.parse(settings.rate_limit_per_ip)
-    user_quota = Quota.parse(settings.rate_limit_per_user)
+    rate_limiter = GlobalRateLimiter(sync_interval=settings.rate_limits.sync_seconds)
+    ip_quota = Quota.parse(settings.rate_limits.per_ip)
+    user_quota = Quota.parse(settings.rate_limits.per_user)
     per_ip = rate_limiter.limit("ip", ip_quota) if ip_quota else None
     per_user = rate_limiter.limit("user", user_quota) if user_quota else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         database = create_database(
-            settings.database_url,
-            min_size=settings.db_pool_min_size,
-            max_size=settings.db_pool_max_size,
-            statement_timeout_ms=settings.db_statement_timeout_ms,
+            settings.database.url,
+            min_size=settings.database.pool_min_size,
+            max_size=settings.database.pool_max_size,
+            statement_timeout_ms=settings.database.statement_timeout_ms,
         )
         timeout = httpx.Timeout(
-            settings.auth0_timeout_seconds, connect=min(settings.auth0_timeout_seconds, 2.0)
+            settings.auth0.timeout_seconds, connect=min(settings.auth0.timeout_seconds, 2.0)
         )
         http = httpx.AsyncClient(
             timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=50)
         )
         await database.connect()
-        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        redis_url = (
+            settings.rate_limits.redis_url.get_secret_value()
+            if settings.rate_limits.redis_url
+            else None
+        )
         await rate_limiter.start(database, redis_url=redis_url)
         verifier = TokenVerifier(settings, http)
         account = account_services(settings)
@@ -151,12 +155,12 @@ def create_app(settings: Settings) -> Starlette:
             ],
         )
         digests = None
-        if settings.audit_digests and settings.audit_signing_key is not None:
-            ring = KeyRing.from_setting(settings.audit_signing_key.get_secret_value())
-            interval = settings.audit_digest_interval_seconds
+        if settings.audit.digests and settings.audit.signing_key is not None:
+            ring = KeyRing.from_setting(settings.audit.signing_key.get_secret_value())
+            interval = settings.audit.digest_interval_seconds
             digests = DigestIssuer(database, ring, interval_seconds=interval)
         try:
-            async with running_account_services(account, settings.database_url, verifier):
+            async with running_account_services(account, settings.database.url, verifier):
                 if sessions is not None:
                     await sessions.start()  # LISTENs for ended and refreshed sessions
                 housekeeping.start()
@@ -176,7 +180,7 @@ def create_app(settings: Settings) -> Starlette:
             await database.disconnect()
 
     # Cookie mode off: no /auth/* route at all, so every such path is a 404.
-    session_routes = session_endpoints.routes if settings.cookie_sessions else []
+    session_routes = session_endpoints.routes if settings.sessions.enabled else []
     app = Starlette(
         routes=[*all_routes(), *session_routes],
         middleware=middleware(settings, metrics, per_ip),
@@ -193,9 +197,9 @@ def _session_service(
     settings: Settings, database: Database, http: httpx.AsyncClient
 ) -> SessionService | None:
     """Cookie sessions (app/session/), when SESSION_CLIENT_ID is set."""
-    if not settings.cookie_sessions or settings.session_encryption_key is None:
+    if not settings.sessions.enabled or settings.sessions.encryption_key is None:
         return None
-    box = TokenBox(settings.session_encryption_key.get_secret_value())
+    box = TokenBox(settings.sessions.encryption_key.get_secret_value())
     return SessionService(settings, database, TenantOAuth(settings, http), box)
 
 

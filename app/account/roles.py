@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.auth0.management import Auth0Client
 from app.core.errors import Forbidden
-from app.core.settings import ROLE_ID
+from app.core.settings.account import ROLE_ID
 
 # Auth0 user ids are `provider|id` (some ids hold more `|`); printable ASCII, no slash.
 USER_ID = re.compile(r"^(?=.*\|)[\x21-\x2e\x30-\x7e]{3,255}$")

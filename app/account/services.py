@@ -121,24 +121,27 @@ class AccountServices:
 
 def account_services(settings: Settings) -> AccountServices:
     """`AccountServices` configured from settings."""
-    s = settings
+    account = settings.account
     return AccountServices(
         limiter=RateLimiter(
             password_reset_per_ip=Rate(
-                s.rate_limit_password_reset_ip_count, s.rate_limit_password_reset_ip_seconds
+                account.rate_limit_password_reset_ip_count,
+                account.rate_limit_password_reset_ip_seconds,
             ),
             password_reset_per_email=Rate(
-                s.rate_limit_password_reset_email_count,
-                s.rate_limit_password_reset_email_seconds,
+                account.rate_limit_password_reset_email_count,
+                account.rate_limit_password_reset_email_seconds,
             ),
             verification_email_per_user=Rate(
-                s.rate_limit_verification_email_count, s.rate_limit_verification_email_seconds
+                account.rate_limit_verification_email_count,
+                account.rate_limit_verification_email_seconds,
             ),
         ),
         revocations=RevocationStore(
-            leeway_seconds=s.token_leeway_seconds, session_seconds=s.revoked_session_seconds
+            leeway_seconds=settings.auth.leeway_seconds,
+            session_seconds=settings.auth.revoked_session_seconds,
         ),
-        log_id_retention_days=s.auth0_log_id_retention_days,
+        log_id_retention_days=settings.auth0.log_id_retention_days,
     )
 
 

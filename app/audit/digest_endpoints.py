@@ -126,8 +126,8 @@ def _configured_keys(setting: str) -> tuple[dict[str, str], ...]:
 async def audit_keys(request: Request) -> Response:
     settings = context(request).settings
     configured = (
-        _configured_keys(settings.audit_signing_key.get_secret_value())
-        if settings.audit_signing_key is not None
+        _configured_keys(settings.audit.signing_key.get_secret_value())
+        if settings.audit.signing_key is not None
         else ()
     )
     async with connection(context(request).database) as conn:

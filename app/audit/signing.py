@@ -33,7 +33,7 @@ from typing import Any, cast
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from app.core.settings import parse_signing_keys
+from app.core.settings.values import parse_signing_keys
 
 with warnings.catch_warnings():
     # authlib 1.x announces on import that authlib.jose moves to joserfc in 2.0 (and forces

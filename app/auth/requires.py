@@ -33,7 +33,7 @@ from app.core.errors import (
     StepUpRequired,
     Unauthorized,
 )
-from app.core.settings import Settings
+from app.core.settings.auth import AuthSettings
 from app.core.state import DenialHook
 from app.http.context import context
 from app.ratelimit import Limit
@@ -72,7 +72,7 @@ def bearer_token(conn: HTTPConnection) -> str:
 
 
 def check_requirement(
-    principal: Principal, requirement: AuthRequirement, settings: Settings | None = None
+    principal: Principal, requirement: AuthRequirement, policy: AuthSettings | None = None
 ) -> None:
     """Raise the 403 a frontend can act on, checked in the order that makes sense to fix.
 
@@ -84,9 +84,9 @@ def check_requirement(
         raise InsufficientScope(" ".join(requirement.permissions))
     routed = set(requirement.permissions)
     needs_email = requirement.verified_email or bool(
-        settings and routed & set(settings.require_verified_email_for)
+        policy and routed & set(policy.require_verified_email_for)
     )
-    needs_mfa = requirement.mfa or bool(settings and routed & set(settings.require_mfa_for))
+    needs_mfa = requirement.mfa or bool(policy and routed & set(policy.require_mfa_for))
     if needs_email and principal.email_verified is not True:
         if principal.email_verified is None:
             raise EmailNotVerified("the access token does not say the email address is verified")
@@ -106,7 +106,7 @@ async def authenticate(request: Request, requirement: AuthRequirement) -> Princi
             token = bearer_token(request)
         found = await context(request).verifier.verify_access_token(token)
         _limit_user(request, found)  # before the permission check: 403 floods count too
-        check_requirement(found, requirement, context(request).settings)
+        check_requirement(found, requirement, context(request).settings.auth)
     except (Unauthorized, Forbidden) as error:  # a 503 is not a denial
         if sessions is not None and found is None:
             await sessions.refused(request, error)

@@ -118,13 +118,13 @@ class TokenVerifier:
         self.jwks_fetch_count = 0
         self._clock = clock
         self._monotonic = monotonic
-        self._issuer = settings.issuer
-        self._audience = settings.auth0_audience
-        self._leeway = settings.token_leeway_seconds
-        self._max_lifetime = settings.max_token_lifetime_seconds
-        self._cooldown = settings.jwks_cooldown_seconds
-        self._algorithms = frozenset(settings.auth0_algorithms) & SUPPORTED_ALGORITHMS
-        if unsupported := set(settings.auth0_algorithms) - SUPPORTED_ALGORITHMS:
+        self._issuer = settings.auth0.issuer
+        self._audience = settings.auth0.audience
+        self._leeway = settings.auth.leeway_seconds
+        self._max_lifetime = settings.auth.max_token_lifetime_seconds
+        self._cooldown = settings.auth.jwks_cooldown_seconds
+        self._algorithms = frozenset(settings.auth0.algorithms) & SUPPORTED_ALGORITHMS
+        if unsupported := set(settings.auth0.algorithms) - SUPPORTED_ALGORITHMS:
             logger.warning(
                 "python-jose cannot verify %s; such tokens are rejected", sorted(unsupported)
             )
@@ -173,9 +173,9 @@ class TokenVerifier:
         principal = self._principal(claims)
         self._check_revoked(principal)
         valid_until = principal.claims["exp"] - self._leeway
-        if self.settings.token_cache_size > 0 and valid_until > self._clock():
+        if self.settings.auth.token_cache_size > 0 and valid_until > self._clock():
             self._cache[digest] = _Cached(principal, kid, valid_until)
-            if len(self._cache) > self.settings.token_cache_size:
+            if len(self._cache) > self.settings.auth.token_cache_size:
                 self._cache.popitem(last=False)
         return principal
 
@@ -264,7 +264,7 @@ class TokenVerifier:
         methods = tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else ()
         if any(len(a) > _MAX_METHOD_LENGTH or _CONTROL.search(a) for a in methods):
             raise Unauthorized("invalid amr claim")  # recorded with each sign-in
-        email_verified = claims.get(self.settings.auth0_email_verified_claim)
+        email_verified = claims.get(self.settings.auth0.email_verified_claim)
         return Principal(
             sub=sub,
             permissions=permissions,
@@ -323,12 +323,12 @@ class TokenVerifier:
 
     async def _fetch(self) -> None:
         self.jwks_fetch_count += 1
-        url = self.settings.jwks_url
+        url = self.settings.auth0.jwks_url
         try:
             response = await self.http.get(
                 url,
                 headers={"Accept": "application/json"},
-                timeout=httpx.Timeout(self.settings.auth0_timeout_seconds),
+                timeout=httpx.Timeout(self.settings.auth0.timeout_seconds),
             )
             if response.status_code != 200:
                 raise BadJWKS(f"HTTP {response.status_code}")
@@ -349,7 +349,7 @@ class TokenVerifier:
         gone = {kid for kid, old in self._jwks.items() if jwks.get(kid) != old}
         self._jwks, self._keys, self._loaded = jwks, keys, True
         max_age = cache_max_age(response.headers.get("cache-control"))
-        ttl = min(self.settings.jwks_max_age_seconds, max_age if max_age is not None else 1e9)
+        ttl = min(self.settings.auth.jwks_max_age_seconds, max_age if max_age is not None else 1e9)
         # Fresher than the cooldown is pointless: we could not refetch sooner anyway.
         self._fresh_until = self._monotonic() + max(ttl, self._cooldown)
         if gone:

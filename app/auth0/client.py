@@ -77,12 +77,12 @@ class Auth0Transport:
         self.http = http
         self.stats: Counter[str] = Counter()
         self._sleep, self._clock, self._wall, self._rand = sleep, clock, wall_clock, rand
-        self._base = settings.tenant_url
-        self._timeout = httpx.Timeout(settings.auth0_timeout_seconds)
+        self._base = settings.auth0.tenant_url
+        self._timeout = httpx.Timeout(settings.auth0.timeout_seconds)
         self._token = M2MToken(self._grant, clock=clock, stats=self.stats)
         self._breaker = CircuitBreaker(
-            failures=settings.auth0_breaker_failures,
-            cooldown_seconds=settings.auth0_breaker_cooldown_seconds,
+            failures=settings.auth0.breaker_failures,
+            cooldown_seconds=settings.auth0.breaker_cooldown_seconds,
             clock=clock,
             stats=self.stats,
             on_change=lambda is_open: AUTH0_BREAKER_OPEN.set(1 if is_open else 0),
@@ -105,9 +105,9 @@ class Auth0Transport:
         """A client-credentials grant for the Management API: the token and its lifetime."""
         grant = {
             "grant_type": "client_credentials",
-            "client_id": self.settings.auth0_client_id,
-            "client_secret": self.settings.auth0_client_secret.get_secret_value(),
-            "audience": f"https://{self.settings.auth0_domain}/api/v2/",
+            "client_id": self.settings.auth0.client_id,
+            "client_secret": self.settings.auth0.client_secret.get_secret_value(),
+            "audience": f"https://{self.settings.auth0.domain}/api/v2/",
         }
         # JSON, which Auth0 accepts as well as a form. Repeating the grant only mints another
         # token, so it is safe to retry.
@@ -231,7 +231,7 @@ class Auth0Transport:
         m2m: bool,
         our_input: bool,
     ) -> T:
-        budget = self.settings.auth0_retry_budget_seconds
+        budget = self.settings.auth0.retry_budget_seconds
         waited, token_renewed, attempts = 0.0, False, 0
         while True:
             attempts += 1

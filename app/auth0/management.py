@@ -77,11 +77,11 @@ class Auth0Client:
         )
         # `token` is required but never sent: `async_token` replaces it on every request.
         self.sdk = AsyncAuth0(
-            base_url=f"{settings.tenant_url}/api/v2",
+            base_url=f"{settings.auth0.tenant_url}/api/v2",
             token="",
             async_token=self.transport.sdk_token,
             httpx_client=http,
-            timeout=settings.auth0_timeout_seconds,
+            timeout=settings.auth0.timeout_seconds,
             max_retries=0,
         )
         self.stats = self.transport.stats
@@ -111,8 +111,8 @@ class Auth0Client:
             )
         )
         # An update that ran while we read may have made this answer stale: don't keep it.
-        if writes == self._profile_writes and self.settings.profile_cache_seconds > 0:
-            expires = self._clock() + self.settings.profile_cache_seconds
+        if writes == self._profile_writes and self.settings.auth0.profile_cache_seconds > 0:
+            expires = self._clock() + self.settings.auth0.profile_cache_seconds
             self._profiles[user_id] = (expires, copy.deepcopy(user))
             self._profiles.move_to_end(user_id)
             while len(self._profiles) > PROFILE_CACHE_SIZE:
@@ -257,9 +257,9 @@ class Auth0Client:
     async def request_password_reset(self, email: str) -> None:
         """Ask Auth0 to email a password-reset link; a POST that sends mail, never retried."""
         body = {
-            "client_id": self.settings.auth0_client_id,
+            "client_id": self.settings.auth0.client_id,
             "email": email,
-            "connection": self.settings.auth0_db_connection,
+            "connection": self.settings.auth0.db_connection,
         }
         await self.transport.request(
             "dbconnections.change_password",

@@ -68,7 +68,7 @@ def _base(request: Request) -> str:
 
 def _mapper(request: Request) -> AuditEventMapper:
     settings = context(request).settings
-    return AuditEventMapper(settings.issuer, settings.auth0_audience)
+    return AuditEventMapper(settings.auth0.issuer, settings.auth0.audience)
 
 
 def _actor(request: Request) -> Actor:

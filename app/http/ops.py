@@ -67,7 +67,7 @@ async def readyz(request: Request) -> Response:
     },
 )
 async def metrics(request: Request) -> Response:
-    token = context(request).settings.metrics_token
+    token = context(request).settings.server.metrics_token
     if token is not None:
         _check_bearer(request, token.get_secret_value())
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,7 @@ import secrets
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from app.core.settings import parse_fernet_keys
+from app.core.settings.values import parse_fernet_keys
 
 # `secrets.token_urlsafe(32)`: 43 characters of base64url.
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")

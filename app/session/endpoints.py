@@ -121,11 +121,11 @@ async def logout(request: Request) -> Response:
     query = urlencode(
         {
             "id_token_hint": found.id_token,
-            "post_logout_redirect_uri": f"{settings.public_url}/",
-            "client_id": settings.session_client_id,
+            "post_logout_redirect_uri": f"{settings.server.public_url}/",
+            "client_id": settings.sessions.client_id,
         }
     )
-    body = {"logout_url": f"{settings.tenant_url}/oidc/logout?{query}"}
+    body = {"logout_url": f"{settings.auth0.tenant_url}/oidc/logout?{query}"}
     response = JSONResponse(body, headers=NO_STORE)
     response.headers["Set-Cookie"] = clear_cookie(SESSION_COOKIE)
     return response
@@ -153,7 +153,7 @@ async def backchannel_logout(request: Request) -> Response:
     if len(tokens) != 1 or not tokens[0]:
         raise _logout_refused("the form must have exactly one logout_token")
     token = tokens[0]
-    client_id = ctx.settings.session_client_id
+    client_id = ctx.settings.sessions.client_id
     assert client_id is not None
     try:
         claims = await verify_logout_token(ctx.verifier, token, client_id=client_id)
@@ -161,7 +161,7 @@ async def backchannel_logout(request: Request) -> Response:
         raise _logout_refused(f"the logout token is not valid: {exc.reason}") from None
     sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
     sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
-    until = replay_window_end(claims, ctx.settings.token_leeway_seconds)
+    until = replay_window_end(claims, ctx.settings.auth.leeway_seconds)
     async with transaction(ctx.database) as conn:
         if not await store.remember_jti(conn, claims["jti"], until):
             raise _logout_refused("the logout token was already used")

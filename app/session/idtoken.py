@@ -48,8 +48,8 @@ def _check_common(
     claims: dict[str, Any], verifier: TokenVerifier, client_id: str, now: float
 ) -> None:
     settings = verifier.settings
-    leeway = settings.token_leeway_seconds
-    if claims.get("iss") != settings.issuer:
+    leeway = settings.auth.leeway_seconds
+    if claims.get("iss") != settings.auth0.issuer:
         raise InvalidToken("invalid issuer")
     aud = claims.get("aud")
     audiences = aud if isinstance(aud, list) else [aud]
@@ -107,10 +107,7 @@ async def verify_logout_token(
     now = clock()
     _check_common(claims, verifier, client_id, now)
     iat = _time(claims, "iat")
-    if (
-        iat is not None
-        and iat < now - MAX_LOGOUT_TOKEN_AGE - verifier.settings.token_leeway_seconds
-    ):
+    if iat is not None and iat < now - MAX_LOGOUT_TOKEN_AGE - verifier.settings.auth.leeway_seconds:
         raise InvalidToken("token too old")
     events = claims.get("events")
     if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):

@@ -77,16 +77,16 @@ class TenantOAuth:
     """The session client's calls to the tenant; one per process."""
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
-        if settings.session_client_id is None or settings.session_client_secret is None:
+        if settings.sessions.client_id is None or settings.sessions.client_secret is None:
             raise ValueError("cookie sessions are off (SESSION_CLIENT_ID is unset)")
-        self.client_id = settings.session_client_id
-        self._secret = settings.session_client_secret
-        self.redirect_uri = f"{settings.public_url}/auth/callback"
-        self.audience = settings.auth0_audience
-        self.base = settings.tenant_url
+        self.client_id = settings.sessions.client_id
+        self._secret = settings.sessions.client_secret
+        self.redirect_uri = f"{settings.server.public_url}/auth/callback"
+        self.audience = settings.auth0.audience
+        self.base = settings.auth0.tenant_url
         self._http = http
         self._timeout = httpx.Timeout(
-            settings.auth0_timeout_seconds, connect=min(settings.auth0_timeout_seconds, 2.0)
+            settings.auth0.timeout_seconds, connect=min(settings.auth0.timeout_seconds, 2.0)
         )
 
     def _client(self) -> AsyncOAuth2Client:

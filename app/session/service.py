@@ -76,8 +76,8 @@ class SessionService:
         self.database = database
         self.oauth = oauth
         self.box = box
-        self.idle_seconds = float(settings.session_idle_seconds)
-        self.absolute_seconds = float(settings.session_absolute_seconds)
+        self.idle_seconds = float(settings.sessions.idle_seconds)
+        self.absolute_seconds = float(settings.sessions.absolute_seconds)
         # Restart the idle clock at most this often per session and copy: no write per request.
         self.touch_seconds = min(60.0, self.idle_seconds / 10)
         self.refresh_grants = 0  # refresh grants this copy sent (tests, metrics)
@@ -88,7 +88,7 @@ class SessionService:
     # --- Lifecycle and cache ------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._cache.listener.start(self.settings.database_url)
+        await self._cache.listener.start(self.settings.database.url)
 
     async def stop(self) -> None:
         await self._cache.listener.stop()
@@ -293,7 +293,7 @@ class SessionService:
             scope=session.scope,
             sub=session.sub,
             session_id=session.sid,
-            client_id=self.settings.session_client_id,
+            client_id=self.settings.sessions.client_id,
         )
 
     async def end(

@@ -170,7 +170,7 @@ async def callback(request: Request) -> Response:
         raise _CallbackFailed(f"the identity provider refused the code ({exc.error})") from None
     if tokens.id_token is None:
         raise _CallbackFailed("the identity provider sent no ID token")
-    client_id = ctx.settings.session_client_id
+    client_id = ctx.settings.sessions.client_id
     assert client_id is not None
     try:
         claims = await verify_id_token(

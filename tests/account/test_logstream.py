@@ -345,7 +345,7 @@ class TestRetention:
             " ('old', now() - interval '91 days'), ('recent', now() - interval '1 day')"
         )
         services = account_services(settings)
-        conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+        conn = await asyncpg.connect(asyncpg_dsn(settings.database.url))
         try:
             for purge in services.purges():  # what the housekeeping task runs each minute
                 await purge.run(conn)

@@ -56,9 +56,9 @@ class TestPasswordReset:
         assert response.json()["status"] == "accepted"
         assert change_password_bodies(tenant) == [
             {
-                "client_id": settings.auth0_client_id,
+                "client_id": settings.auth0.client_id,
                 "email": "Ada@example.com",
-                "connection": settings.auth0_db_connection,
+                "connection": settings.auth0.db_connection,
             }
         ]
         [row] = await audit_rows(owner, "account.password_reset")
@@ -313,7 +313,7 @@ class TestMyLogins:
         async with account_app(settings) as running:
             hook = await running.http.post(
                 "/hooks/auth0/log-stream",
-                headers={"Authorization": settings.auth0_log_stream_token.get_secret_value()},  # type: ignore[union-attr]
+                headers={"Authorization": settings.auth0.log_stream_token.get_secret_value()},  # type: ignore[union-attr]
                 json=[
                     {
                         "log_id": "L1",

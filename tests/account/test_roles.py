@@ -174,7 +174,7 @@ class TestRefusedChanges:
         mint: Callable[..., str],
     ) -> None:
         stub_tenant_roles(tenant)
-        assert settings.assignable_roles == []
+        assert settings.account.assignable_roles == []
         token = mint(sub=ADMIN, permissions=["update:users"])
         async with account_app(settings) as running:
             response = await running.http.post(
@@ -226,7 +226,7 @@ class TestRefusedChanges:
 class TestSettings:
     def test_assignable_roles_are_role_ids(self, database: ProvisionedDatabase) -> None:
         settings = make_settings(database, assignable_roles=f"{ASSIGNABLE}, rol_B2,{ASSIGNABLE}")
-        assert settings.assignable_roles == [ASSIGNABLE, "rol_B2"]
+        assert settings.account.assignable_roles == [ASSIGNABLE, "rol_B2"]
         with pytest.raises(ValueError, match="ASSIGNABLE_ROLES"):
             make_settings(database, assignable_roles="admin")
 

@@ -35,7 +35,7 @@ class TestAccountServicesFromSettings:
         assert services.limiter.password_reset_per_email == Rate(5, 900)
         assert services.limiter.password_reset_per_ip == Rate(20, 900)
         assert services.limiter.verification_email_per_user == Rate(3, 900)
-        assert services.revocations.leeway_seconds == settings.token_leeway_seconds
+        assert services.revocations.leeway_seconds == settings.auth.leeway_seconds
         assert [p.name for p in services.purges()] == [
             "revocations",
             "flow rate limits",

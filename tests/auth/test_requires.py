@@ -376,16 +376,18 @@ class TestPolicyFromSettings:
     def test_patient_writes_need_a_verified_email_by_default(self) -> None:
         requirement = AuthRequirement(("create:patients",))
         with pytest.raises(EmailNotVerified):
-            check_requirement(self.principal(email_verified=False), requirement, settings())
-        check_requirement(self.principal(email_verified=True), requirement, settings())
+            check_requirement(self.principal(email_verified=False), requirement, settings().auth)
+        check_requirement(self.principal(email_verified=True), requirement, settings().auth)
 
     def test_reads_do_not(self) -> None:
         check_requirement(
-            self.principal(email_verified=False), AuthRequirement(("read:patients",)), settings()
+            self.principal(email_verified=False),
+            AuthRequirement(("read:patients",)),
+            settings().auth,
         )
 
     def test_lists_are_configurable(self) -> None:
-        config = settings().model_copy(
+        config = settings().auth.model_copy(
             update={"require_verified_email_for": [], "require_mfa_for": ["read:patients"]}
         )
         check_requirement(

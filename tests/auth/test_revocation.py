@@ -148,7 +148,7 @@ class TestLogout:
         async with account_app(settings) as running:
             await running.http.post(LOGOUT, headers=bearer(mint(jti="j", sid=None, exp=exp)))
         expires = await owner.fetchval("SELECT extract(epoch FROM expires_at) FROM revocations")
-        assert float(expires) == exp + settings.token_leeway_seconds
+        assert float(expires) == exp + settings.auth.leeway_seconds
 
     async def test_token_without_jti_is_revoked_by_digest(
         self,
@@ -242,10 +242,10 @@ class TestLogout:
             " ('jti', 'auth0|ada', 'live', now() + interval '1 hour')"
         )
         store = RevocationStore()
-        await store.start(settings.database_url)
+        await store.start(settings.database.url)
         try:
             assert store.size == 1  # only live rows are loaded
-            conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+            conn = await asyncpg.connect(asyncpg_dsn(settings.database.url))
             try:
                 await store.purge(conn)
             finally:
@@ -258,7 +258,7 @@ class TestLogout:
         self, settings: Settings, tenant: respx.MockRouter, mint: Callable[..., str]
     ) -> None:
         store = RevocationStore()
-        await store.start(settings.database_url)
+        await store.start(settings.database.url)
         try:
             assert store._conn is not None
             queries: list[str] = []

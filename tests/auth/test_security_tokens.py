@@ -163,8 +163,8 @@ class TestRevokedSessionSetting:
 
     def test_defaults_keep_a_revoked_session_for_the_longest_token(self) -> None:
         settings = load_settings(**self.VALID)
-        assert settings.max_token_lifetime_seconds == 30 * DAY
-        assert settings.revoked_session_seconds >= settings.max_token_lifetime_seconds
+        assert settings.auth.max_token_lifetime_seconds == 30 * DAY
+        assert settings.auth.revoked_session_seconds >= settings.auth.max_token_lifetime_seconds
 
     def test_revoked_sessions_forgotten_before_tokens_expire_stop_start_up(self) -> None:
         with pytest.raises(ConfigError) as caught:
@@ -176,7 +176,7 @@ class TestRevokedSessionSetting:
         shorter = load_settings(
             **self.VALID, revoked_session_seconds=DAY, max_token_lifetime_seconds=DAY
         )
-        assert shorter.revoked_session_seconds == DAY
+        assert shorter.auth.revoked_session_seconds == DAY
 
     def test_serve_says_so_in_one_line(self, tmp_path: Path) -> None:
         env = {

@@ -32,16 +32,16 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_valid_settings_derive_issuer_and_tenant_url() -> None:
     settings = load_settings(**VALID)
-    assert settings.issuer == "https://tenant.eu.auth0.com/"
-    assert settings.tenant_url == "https://tenant.eu.auth0.com"
-    assert settings.jwks_url == "https://tenant.eu.auth0.com/.well-known/jwks.json"
-    assert settings.owner_database_url == VALID["database_url"]
+    assert settings.auth0.issuer == "https://tenant.eu.auth0.com/"
+    assert settings.auth0.tenant_url == "https://tenant.eu.auth0.com"
+    assert settings.auth0.jwks_url == "https://tenant.eu.auth0.com/.well-known/jwks.json"
+    assert settings.database.owner_url == VALID["database_url"]
 
 
 def test_base_url_redirects_requests_but_not_the_issuer() -> None:
     settings = load_settings(**VALID, auth0_base_url="http://127.0.0.1:9999/")
-    assert settings.tenant_url == "http://127.0.0.1:9999"
-    assert settings.issuer == "https://tenant.eu.auth0.com/"
+    assert settings.auth0.tenant_url == "http://127.0.0.1:9999"
+    assert settings.auth0.issuer == "https://tenant.eu.auth0.com/"
 
 
 @pytest.mark.parametrize(
@@ -65,8 +65,8 @@ def test_settings_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("AUTH0_CLIENT_SECRET", "s")
     monkeypatch.setenv("AUTH0_ALGORITHMS", "RS256, ES256")
     settings = load_settings(_env_file=None)
-    assert settings.auth0_domain == "env-tenant.auth0.com"
-    assert settings.auth0_algorithms == ["RS256", "ES256"]
+    assert settings.auth0.domain == "env-tenant.auth0.com"
+    assert settings.auth0.algorithms == ["RS256", "ES256"]
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_env_example_documents_every_setting_with_a_comment() -> None:
     text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     lines = text.splitlines()
     names = {line.split("=", 1)[0] for line in lines if line and not line.startswith("#")}
-    assert {name.upper() for name in Settings.model_fields} <= names
+    assert set(Settings.env_names()) <= names
     for index, line in enumerate(lines):
         if line and not line.startswith("#"):
             # A comment directly above, or above the group of settings it belongs to.

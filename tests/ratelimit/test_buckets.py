@@ -17,7 +17,7 @@ from app.ratelimit.buckets import Rate, RateLimiter
 
 @pytest.fixture
 async def app_conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    conn = await asyncpg.connect(asyncpg_dsn(settings.database.url))
     yield conn
     await conn.close()
 

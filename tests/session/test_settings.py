@@ -43,15 +43,15 @@ def _error(**values: Any) -> str:
 
 def test_off_by_default() -> None:
     settings = load_settings(**BASE)
-    assert settings.cookie_sessions is False
-    assert settings.session_idle_seconds == 8 * 3600
-    assert settings.session_absolute_seconds == 7 * 86_400
+    assert settings.sessions.enabled is False
+    assert settings.sessions.idle_seconds == 8 * 3600
+    assert settings.sessions.absolute_seconds == 7 * 86_400
 
 
 def test_on_with_everything_it_needs() -> None:
     settings = load_settings(**BASE, **ON)
-    assert settings.cookie_sessions is True
-    assert settings.public_url == "https://app.example.com"
+    assert settings.sessions.enabled is True
+    assert settings.server.public_url == "https://app.example.com"
     assert KEY not in repr(settings) and "web-secret-value" not in repr(settings)
 
 
@@ -67,7 +67,7 @@ def test_a_client_id_without_what_it_needs_is_one_line_naming_it(missing: str) -
 
 def test_several_keys_for_rotation() -> None:
     keys = f"{Fernet.generate_key().decode()}, {KEY}"
-    assert load_settings(**BASE, **{**ON, "session_encryption_key": keys}).cookie_sessions
+    assert load_settings(**BASE, **{**ON, "session_encryption_key": keys}).sessions.enabled
 
 
 @pytest.mark.parametrize("keys", ["not-a-key", f"{KEY},short", "", f"{KEY},,"])
@@ -90,7 +90,7 @@ def test_public_url_is_an_https_origin(url: str) -> None:
 
 def test_plain_http_is_allowed_for_localhost_only() -> None:
     settings = load_settings(**BASE, **{**ON, "public_url": "http://localhost:8000"})
-    assert settings.public_url == "http://localhost:8000"
+    assert settings.server.public_url == "http://localhost:8000"
 
 
 def test_idle_may_not_outlast_absolute() -> None:

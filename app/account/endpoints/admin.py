@@ -34,7 +34,7 @@ from app.audit.record import record_independently
 from app.auth.requires import AuthRequirement, Endpoint, authenticate, check_requirement, principal
 from app.auth.tokens import Principal
 from app.core.errors import AppError, Forbidden, NotFound, ValidationFailed
-from app.core.settings import ROLE_ID
+from app.core.settings.account import ROLE_ID
 from app.http.bodies import JSONResponse, parse_body, read_json
 from app.http.context import context
 from app.http.openapi import Problem, Resp, operation
@@ -72,7 +72,7 @@ def requires_audited(permission: str, action: str, crud: Crud) -> Callable[[Endp
         async def wrapper(request: Request) -> Response:
             caller = await authenticate(request, AuthRequirement())
             try:
-                check_requirement(caller, requirement, context(request).settings)
+                check_requirement(caller, requirement, context(request).settings.auth)
             except Forbidden as error:
                 roles = await _attempted_roles(request) if crud == "U" else None
                 event = Event(
@@ -175,7 +175,7 @@ async def _change_roles(request: Request, action: str) -> Response:
         action, "U", entity_type="user", entity_id=user_id, detail={"roles": change.roles}
     )
     try:
-        check_change(caller.sub, user_id, change.roles, ctx.settings.assignable_roles)
+        check_change(caller.sub, user_id, change.roles, ctx.settings.account.assignable_roles)
     except Forbidden as error:
         denied = Event(
             action,

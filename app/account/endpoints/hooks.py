@@ -82,12 +82,12 @@ MAX_LISTED_REJECTIONS = 100
 async def log_stream(request: Request) -> Response:
     ctx = context(request)
     if not secret_matches(
-        request.headers.getlist("authorization"), ctx.settings.auth0_log_stream_token
+        request.headers.getlist("authorization"), ctx.settings.auth0.log_stream_token
     ):
         # Not audited: unauthenticated traffic must not be able to write to the audit log.
         logger.warning("log stream delivery refused: bad or missing secret")
         raise Unauthorized("the log stream secret is missing or wrong", realm="log-stream")
-    limit = ctx.settings.log_stream_max_items
+    limit = ctx.settings.account.log_stream_max_items
     try:
         items = parse_batch(await request.body(), max_items=limit)
     except MalformedBatch as exc:

@@ -1,0 +1,88 @@
+"""The Auth0 tenant: where it is, the service's machine-to-machine application for the
+Management API, and the policy of calls to it (timeouts, retries, breaker, profile cache)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from app.core.settings.group import Group
+from app.core.settings.values import blank_is_unset, csv
+
+# What python-jose can verify with a public key: no HS* (algorithm confusion), no none.
+ASYMMETRIC_ALGORITHMS = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
+
+
+class Auth0Settings(Group):
+    model_config = SettingsConfigDict(env_prefix="AUTH0_")
+
+    domain: str
+    audience: str
+    client_id: str
+    client_secret: SecretStr
+    base_url: str | None = None
+    log_stream_token: SecretStr | None = None
+    algorithms: Annotated[list[str], NoDecode] = ["RS256"]
+    email_verified_claim: str = "email_verified"
+    db_connection: str = "Username-Password-Authentication"
+    timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    retry_budget_seconds: float = Field(default=3.0, ge=0, le=60)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=10.0, gt=0)
+    log_id_retention_days: int = Field(default=90, ge=1)
+    profile_cache_seconds: float = Field(
+        default=30.0, ge=0, validation_alias="PROFILE_CACHE_SECONDS"
+    )
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "/" in value or ":" in value or " " in value:
+            raise ValueError("AUTH0_DOMAIN is a host name like your-tenant.us.auth0.com")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError("AUTH0_BASE_URL must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("log_stream_token")
+    @classmethod
+    def _blank(cls, value: SecretStr | None) -> SecretStr | None:
+        return blank_is_unset(value)  # type: ignore[no-any-return]
+
+    @field_validator("algorithms", mode="before")
+    @classmethod
+    def _algorithms(cls, value: Any) -> Any:
+        return csv(value)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        bad = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if bad or not value:
+            raise ValueError(f"AUTH0_ALGORITHMS may list only {sorted(ASYMMETRIC_ALGORITHMS)}")
+        return value
+
+    @property
+    def issuer(self) -> str:
+        """The exact `iss` every token must carry, whatever `AUTH0_BASE_URL` says."""
+        return f"https://{self.domain}/"
+
+    @property
+    def tenant_url(self) -> str:
+        """Where requests to the tenant go (a local stand-in in development and tests)."""
+        return self.base_url or f"https://{self.domain}"
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.tenant_url}/.well-known/jwks.json"
