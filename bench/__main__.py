@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+from bench.kit.loopback import check_loopback
+
 ALL_SCENARIOS = ("read", "read_cookie", "read_cold", "me", "post", "profile", "insert")
 
 
@@ -119,16 +119,6 @@ def finish_options(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def check_loopback(url: str) -> None:
-    parts = urlsplit(url)
-    socket_dir = dict(parse_qsl(parts.query)).get("host", "")
-    if parts.hostname in LOOPBACK_HOSTS or (not parts.hostname and not socket_dir):
-        return
-    if socket_dir.startswith("/"):
-        return
-    raise SystemExit("the benchmark only uses a Postgres on 127.0.0.1 (or a local socket)")
-
-
 @contextlib.contextmanager
 def admin_database(url: str | None) -> Iterator[str]:
     import asyncio
@@ -151,7 +141,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = finish_options(build_parser().parse_args(argv))
-    from bench.deps import MissingTool, ensure_py_spy, ensure_python_packages, ensure_wrk
+    from bench.kit.deps import MissingTool, ensure_py_spy, ensure_python_packages, ensure_wrk
 
     try:
         ensure_python_packages()
@@ -162,8 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from bench.harness import Run, execute, log, results_json
-    from bench.report import markdown
+    from bench.harness.model import Run
+    from bench.harness.report import markdown
+    from bench.harness.runner import execute, results_json
+    from bench.kit.log import log
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import build_parser, finish_options
-from bench.harness import Measurement, Run, Sample, TenantCounts
-from bench.load import WrkResult
-from bench.report import cookie_table, tenant_table
+from bench.harness.model import Measurement, Run, Sample, TenantCounts
+from bench.harness.report import cookie_table, tenant_table
+from bench.kit.wrk import WrkResult
 
 
 def _cell(scenario: str, requests: int, app_s: float) -> Measurement:

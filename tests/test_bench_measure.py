@@ -15,12 +15,14 @@ import asyncpg
 import orjson
 
 from app.core.db import asyncpg_dsn
-from bench.auditgrow import COLUMNS, LINK_TABLE, Traffic, grow, link_rows, link_shape, make_scopes
-from bench.harness import Measurement, OpenLoopCell, OpenLoopSample, Run, Sample
-from bench.load import WrkResult
-from bench.loadgen import Answer, Call, Load
-from bench.openloop import FixedRateResult, summarise
-from bench.report import cpu_table, open_loop_table
+from bench.auditlog.grow import grow
+from bench.auditlog.tables import LINK_TABLE, link_rows, link_shape
+from bench.auditlog.traffic import COLUMNS, Traffic, make_scopes
+from bench.harness.model import Measurement, OpenLoopCell, OpenLoopSample, Run, Sample
+from bench.harness.report import cpu_table, open_loop_table
+from bench.kit.loadgen import Answer, Call, Load
+from bench.kit.openloop import FixedRateResult, summarise
+from bench.kit.wrk import WrkResult
 from devkit.db import ProvisionedDatabase
 
 

@@ -77,7 +77,7 @@ def test_dockerignore_leaves_out_the_venv_history_secrets_and_caches() -> None:
         ".git/HEAD",
         ".env",
         "tests/test_cli.py",
-        "bench/harness.py",
+        "bench/harness/runner.py",
         "docs/benchmarks.md",
         "app/__pycache__/main.cpython-311.pyc",
         "app/core/__pycache__/db.cpython-311.pyc",

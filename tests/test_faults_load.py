@@ -1,8 +1,8 @@
-"""Faults under load (issue 9), short versions of `python -m bench.faults` scenarios.
+"""Faults under load (issue 9), short versions of `python -m bench.studies.faults` scenarios.
 
 Each test starts the service as production runs it (`python -m app serve`), the stand-in
-tenant and a database, drives a few seconds of load with `bench.loadgen`, injects one fault
-in the middle and asserts every criterion the scenario checks (see `bench/faults.py`):
+tenant and a database, drives a few seconds of load with `bench.kit.loadgen`, injects one fault
+in the middle and asserts every criterion the scenario checks (see `bench/studies/faults.py`):
 only documented statuses, 503s with `Retry-After`, bounded latency, recovery without a
 restart, nothing stuck, and for writes a row and an audit event for every 201. Each takes
 about 10 s; the longer runs and the soak are documented in docs/reliability.md.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.faults import run_scenario
-from bench.faultstack import Report
+from bench.kit.faultstack import Report
+from bench.studies.faults import run_scenario
 
 pytestmark = pytest.mark.slow  # about 10 s each: a service, a tenant and a database per test
 

@@ -11,7 +11,7 @@
 --   floor_get   as get, plus "X-Bench-Scope: <scope>" (the floor has no auth to find it)
 --   floor_post  as post, plus "X-Bench-Scope: <scope>"
 --   cookie_get  GET URL with "Cookie: __Host-bff_session=<token>" and "X-CSRF: 1" (the
---               lines hold session cookies instead of access tokens: bench/sessions.py)
+--               lines hold session cookies instead of access tokens: bench/harness/sessions.py)
 -- TAG makes identifiers unique across runs. At the end one line "BENCH_JSON {...}" holds
 -- the counts and latency percentiles (microseconds) for the harness.
 

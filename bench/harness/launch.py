@@ -1,0 +1,90 @@
+"""Each target's server: its command and environment, and the stand-in tenant's counts.
+
+Ours runs as production runs it (`python -m app serve`), the peer and the floor under
+uvicorn by import string (`bench.targets`); all three read the same database, and each
+talks to a stand-in tenant of its own so that the tenant's counts are that target's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from bench.harness import data
+from bench.harness.model import (
+    AUDIENCE,
+    CLIENT_ID,
+    DOMAIN,
+    REPO,
+    UNREACHABLE_LIMIT,
+    Run,
+    cookie_mode,
+)
+from bench.kit.loopback import LOOPBACK, free_port, http_call
+from bench.kit.servers import Server
+from bench.kit.tenant import SESSION_CLIENT_ID
+
+
+def base_env() -> dict[str, str]:
+    """This environment without any of the service's settings (and no `.env`: cwd is the
+    run directory), so nothing from the shell changes what is measured."""
+    import os
+
+    from app.core.settings import Settings
+
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def server_for(run: Run, target: str, workers: int) -> Server:
+    tenant = run.tenants[target]
+    assert run.db is not None
+    port = free_port()
+    env = base_env()
+    common = ["--host", LOOPBACK, "--port", str(port), "--workers", str(workers)]
+    uvicorn = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools"]
+    if target == "ours":
+        argv = [sys.executable, "-m", "app", "serve", *common]
+        env |= {
+            "DATABASE_URL": run.db.app_url,
+            "MIGRATIONS_DATABASE_URL": run.db.owner_url,
+            "AUTH0_DOMAIN": DOMAIN,
+            "AUTH0_AUDIENCE": AUDIENCE,
+            "AUTH0_CLIENT_ID": CLIENT_ID,
+            "AUTH0_CLIENT_SECRET": run.client_secret,
+            "AUTH0_BASE_URL": tenant.url,
+            "AUTH0_EMAIL_VERIFIED_CLAIM": data.EMAIL_VERIFIED_CLAIM,
+            "LOG_LEVEL": "INFO",
+            "DB_POOL_MAX_SIZE": str(run.args.pool_max),
+            # All the load comes from one address and 1,000 users: limits high enough never
+            # to refuse, so the limiter's per-request check is measured but not its 429s.
+            "RATE_LIMIT_PER_IP": UNREACHABLE_LIMIT,
+            "RATE_LIMIT_PER_USER": UNREACHABLE_LIMIT,
+        }
+        if cookie_mode(run):  # on for every scenario of ours, so the reads compare alike
+            env |= {
+                "SESSION_CLIENT_ID": SESSION_CLIENT_ID,
+                "SESSION_CLIENT_SECRET": run.session_secret,
+                "PUBLIC_URL": f"http://{LOOPBACK}:{port}",
+                "SESSION_ENCRYPTION_KEY": run.session_key,
+            }
+        env |= dict(item.split("=", 1) for item in run.args.service_env)
+    elif target == "peer":
+        argv = [*uvicorn, "bench.targets.fastapi_auth0:app", *common]
+        env |= {"AUTH0_DOMAIN": DOMAIN, "AUTH0_AUDIENCE": AUDIENCE}
+    else:
+        argv = [*uvicorn, "bench.targets.floor:app", "--no-access-log", *common]
+    env |= {
+        "BENCH_DATABASE_URL": run.db.app_url,
+        "BENCH_TENANT_URL": tenant.url,
+        "BENCH_POOL_MAX_SIZE": str(run.args.pool_max),
+    }
+    log_path = run.run_dir / f"{target}-w{workers}.log"
+    return Server(target, argv, env, port, workers, log_path, run.run_dir)
+
+
+def tenant_stats(run: Run, target: str) -> dict[str, int]:
+    status, body = http_call(run.tenants[target].url + "/dev/stats")
+    return dict(json.loads(body)) if status == 200 else {}

@@ -1,0 +1,378 @@
+"""The run's results as Markdown: the table, the ratios against the targets, tenant counts."""
+
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+from collections.abc import Iterable
+
+from bench.harness.model import Measurement, OpenLoopCell, Run, TenantCounts
+
+JWKS_PERIOD_S = 600  # at most one JWKS request per 10 minutes per process
+M2M_LIFETIME_S = 86_400  # the stand-in tenant's M2M token lifetime, as Auth0's default
+
+
+def _find(run: Run, target: str, scenario: str, workers: int, conns: int) -> Measurement | None:
+    for m in run.measurements:
+        key = (m.target, m.scenario, m.workers, m.connections)
+        if key == (target, scenario, workers, conns) and m.samples:
+            return m
+    return None
+
+
+def table(measurements: Iterable[Measurement]) -> list[str]:
+    lines = [
+        "| target | scenario | workers | conns | req/s | p50 ms | p95 ms | p99 ms | errors "
+        "| app CPU µs/req | DB CPU µs/req |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for m in measurements:
+        head = f"| {m.target} | {m.scenario} | {m.workers} | {m.connections} "
+        if not m.samples:
+            lines.append(head + f"| skipped: {m.skipped or 'not run'} | | | | | | |")
+            continue
+        errors, status = m.total("errors"), m.total("status_errors")
+        text = f"{errors}" + (f" ({status} non-2xx)" if status else "")
+        if m.scenario.endswith("_cold") and m.total("wraps"):
+            text += f", tokens reused {m.total('wraps')}x"
+        lines.append(
+            head + f"| {m.median('rps'):,.0f} | {m.median('p50_ms'):.1f} "
+            f"| {m.median('p95_ms'):.1f} | {m.median('p99_ms'):.1f} | {text} "
+            f"| {m.median('app_us'):,.0f} | {m.median('db_us'):,.0f} |"
+        )
+    return lines
+
+
+def _ratio(a: Measurement | None, b: Measurement | None) -> tuple[float, float, float] | None:
+    """Ratio of the median throughputs, and the lowest and highest per-round ratio."""
+    if a is None or b is None or not b.median("rps"):
+        return None
+    rounds = [
+        x.result.rps / y.result.rps for x, y in zip(a.samples, b.samples, strict=False)
+        if y.result.rps
+    ]  # fmt: skip
+    ratio = a.median("rps") / b.median("rps")
+    return ratio, min(rounds, default=ratio), max(rounds, default=ratio)
+
+
+def _verdict(value: tuple[float, float, float] | None, target: float) -> str:
+    if value is None:
+        return "n/a"
+    ratio, low, high = value
+    spread = f" [{low:.2f}..{high:.2f}]" if high - low > 0.005 else ""
+    return f"{ratio:.2f}{spread} {'met' if ratio >= target else 'MISSED'}"
+
+
+# The targets (one run, two cores, the log grown first): docs/benchmarks.md.
+READ_PEER, READ_FLOOR, POST_INSERT, PROFILE_READ = 2.0, 0.5, 0.7, 0.8
+SERVICE_CPU, POSTGRES_CPU, OPEN_P99 = 2.0, 2.5, 2.0  # at most these times the floor's
+
+
+def ratios(run: Run) -> list[str]:
+    lines = [
+        f"| workers | conns | read ours/peer (≥ {READ_PEER}) | read ours/floor (≥ {READ_FLOOR}) "
+        f"| POST ours/insert (≥ {POST_INSERT}) | profile/read (≥ {PROFILE_READ}) "
+        "| cold/warm read | ours read p99 ms (closed loop, no target) | ours errors (0) |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for workers in run.args.workers:
+        for conns in run.args.connections:
+
+            def get(target: str, scenario: str) -> Measurement | None:
+                return _find(run, target, scenario, workers, conns)  # noqa: B023
+
+            read = get("ours", "read")
+            p99_text = f"{read.median('p99_ms'):.1f}" if read else "n/a"
+            errors = sum(
+                m.total("errors")
+                for m in run.measurements
+                if m.target == "ours" and m.workers == workers and m.connections == conns
+            )
+            cold = _ratio(get("ours", "read_cold"), read)
+            lines.append(
+                f"| {workers} | {conns} "
+                f"| {_verdict(_ratio(read, get('peer', 'read')), READ_PEER)} "
+                f"| {_verdict(_ratio(read, get('floor', 'read')), READ_FLOOR)} "
+                f"| {_verdict(_ratio(get('ours', 'post'), get('floor', 'insert')), POST_INSERT)} "
+                f"| {_verdict(_ratio(get('ours', 'profile'), read), PROFILE_READ)} "
+                f"| {f'{cold[0]:.2f}' if cold else 'n/a'} | {p99_text} "
+                f"| {errors}{' MISSED' if errors else ' met'} |"
+            )
+    return lines
+
+
+COOKIE_COST = 1.2  # a cookie read costs at most this times the bearer read
+
+
+def cookie_table(run: Run) -> list[str]:
+    """The cookie-authenticated read next to the bearer read: the same path, users and
+    patients, the session looked up instead of a token sent."""
+    lines = [
+        "| workers | conns | req/s bearer / cookie | cost cookie/bearer (throughput, "
+        f"≤ {COOKIE_COST}) | service µs/read bearer / cookie | cookie/bearer CPU "
+        f"(≤ {COOKIE_COST}) | p50 ms bearer / cookie | p99 ms bearer / cookie |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for workers in run.args.workers:
+        for conns in run.args.connections:
+            bearer = _find(run, "ours", "read", workers, conns)
+            cookie = _find(run, "ours", "read_cookie", workers, conns)
+            if bearer is None or cookie is None:
+                continue
+            cost = _ratio(bearer, cookie)
+            cost_text = "n/a"
+            if cost is not None:
+                spread = f" [{cost[1]:.2f}..{cost[2]:.2f}]" if cost[2] - cost[1] > 0.005 else ""
+                verdict = "met" if cost[0] <= COOKIE_COST else "MISSED"
+                cost_text = f"{cost[0]:.2f}{spread} {verdict}"
+            lines.append(
+                f"| {workers} | {conns} | {bearer.median('rps'):,.0f} / "
+                f"{cookie.median('rps'):,.0f} | {cost_text} "
+                f"| {bearer.median('app_us'):,.0f} / {cookie.median('app_us'):,.0f} "
+                f"| {_at_most(cookie.median('app_us'), bearer.median('app_us'), COOKIE_COST)} "
+                f"| {bearer.median('p50_ms'):.1f} / {cookie.median('p50_ms'):.1f} "
+                f"| {bearer.median('p99_ms'):.1f} / {cookie.median('p99_ms'):.1f} |"
+            )
+    return lines if len(lines) > 2 else []
+
+
+def _at_most(value: float, floor: float, bound: float) -> str:
+    if not floor:
+        return "n/a"
+    ratio = value / floor
+    return f"{ratio:.2f} {'met' if ratio <= bound else 'MISSED'}"
+
+
+def cpu_table(run: Run) -> list[str]:
+    """CPU per read, split into the server's processes and the Postgres backends of the
+    benchmark database, for ours, the peer and the floor (medians over the rounds)."""
+    lines = [
+        "| workers | conns | service µs/read: ours / peer / floor | ours/floor "
+        f"(≤ {SERVICE_CPU}) | Postgres µs/read: ours / peer / floor | ours/floor "
+        f"(≤ {POSTGRES_CPU}) |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
+    for workers in run.args.workers:
+        for conns in run.args.connections:
+            cells = {t: _find(run, t, "read", workers, conns) for t in ("ours", "peer", "floor")}
+            if not any(cells.values()):
+                continue
+
+            def cpu(target: str, name: str) -> str:
+                cell = cells[target]  # noqa: B023
+                return f"{cell.median(name):,.0f}" if cell else "n/a"
+
+            ours, floor = cells["ours"], cells["floor"]
+            app = _at_most(ours.median("app_us"), floor.median("app_us"), SERVICE_CPU) if (
+                ours and floor) else "n/a"  # fmt: skip
+            db = _at_most(ours.median("db_us"), floor.median("db_us"), POSTGRES_CPU) if (
+                ours and floor) else "n/a"  # fmt: skip
+            lines.append(
+                f"| {workers} | {conns} "
+                f"| {cpu('ours', 'app_us')} / {cpu('peer', 'app_us')} / {cpu('floor', 'app_us')} "
+                f"| {app} | {cpu('ours', 'db_us')} / {cpu('peer', 'db_us')} / "
+                f"{cpu('floor', 'db_us')} | {db} |"
+            )
+    return lines
+
+
+def open_loop_table(cells: Iterable[OpenLoopCell]) -> list[str]:
+    """The read at a fixed rate: ours and the floor side by side, and the p99 target."""
+    cells = list(cells)
+    lines = [
+        "| workers | target | asked req/s | conns | achieved req/s | p50 ms | p99 ms "
+        "| p99 from due ms | late (> 10 ms) | errors | app CPU µs/req | DB CPU µs/req "
+        "| load generator CPU µs/req |",
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    verdicts = []
+    for cell in cells:
+        if not cell.samples:
+            continue
+        lines.append(
+            f"| {cell.workers} | {cell.target} | {cell.rate:,.0f} | {cell.connections} "
+            f"| {cell.median('rate'):,.0f} | {cell.median('p50_ms'):.1f} "
+            f"| {cell.median('p99_ms'):.1f} | {cell.median('p99_due_ms'):.1f} "
+            f"| {cell.total('late')} | {cell.total('errors')} | {cell.median('app_us'):,.0f} "
+            f"| {cell.median('db_us'):,.0f} | {cell.median('generator_us'):,.0f} |"
+        )
+    for workers in sorted({c.workers for c in cells}):
+        by = {c.target: c for c in cells if c.workers == workers and c.samples}
+        if "ours" in by and "floor" in by:
+            ours, floor = by["ours"].median("p99_ms"), by["floor"].median("p99_ms")
+            short = [
+                t for t, c in by.items() if not all(s.result.kept_up for s in c.samples)
+            ]  # fmt: skip
+            caveat = (
+                f"; the asked rate was not delivered to {' and '.join(short)} in every round "
+                "(the server or the machine saturated): a saturated figure, not an open-loop one"
+                if short
+                else ""
+            )
+            verdicts.append(
+                f"- {workers} worker(s), {by['ours'].rate:,.0f} req/s: ours p99 {ours:.1f} ms, "
+                f"the floor's {floor:.1f} ms: ours/floor {_at_most(ours, floor, OPEN_P99)} "
+                f"(target ≤ {OPEN_P99}x){caveat}"
+            )
+    return [*lines, "", *verdicts] if verdicts else lines
+
+
+def audit_log_lines(run: Run) -> list[str]:
+    lines = []
+    if run.audit_grown is not None:
+        lines.append(f"- audit log grown first: {run.audit_grown.text()}")
+    elif run.args.audit_events == 0:
+        lines.append("- audit log not grown (`--audit-events 0`): a fresh table's indexes")
+    if run.audit_before is not None:
+        lines.append(f"- audit log when the measurements started: {run.audit_before.text()}")
+    if run.audit_after is not None:
+        lines.append(f"- audit log when they ended: {run.audit_after.text()}")
+    return lines
+
+
+def waits_table(run: Run) -> list[str]:
+    """Postgres backends by state during the busiest cells (medians would hide the mix)."""
+    conns = max(run.args.connections)
+    lines = [
+        f"| {conns} connections, 1 worker | backends on CPU | top waits (backends, average) |",
+        "|---|--:|---|",
+    ]
+    for m in run.measurements:
+        if m.workers != min(run.args.workers) or m.connections != conns or not m.samples:
+            continue
+        merged: dict[str, float] = {}
+        for sample in m.samples:
+            for state, value in sample.waits.items():
+                merged[state] = merged.get(state, 0.0) + value / len(m.samples)
+        cpu = merged.pop("CPU", 0.0)
+        top = sorted(merged.items(), key=lambda item: -item[1])[:4]
+        waits = ", ".join(f"{name} {value:.1f}" for name, value in top) or "none"
+        lines.append(f"| {m.target} {m.scenario} | {cpu:.1f} | {waits} |")
+    return lines
+
+
+# The stand-in tenant's counts of the cookie sessions' sign-ins (bench/harness/sessions.py).
+_BROWSER_LOGIN = {"authorize", "code_grant", "refresh_grant", "refresh_reuse", "revoke"}
+_BROWSER_LOGIN |= {"sign_in", "logout", "backchannel"}
+
+
+def tenant_table(counts: Iterable[TenantCounts]) -> list[str]:
+    lines = [
+        "| server | workers | alive s | JWKS | discovery | M2M token | Management API "
+        "| per process: JWKS, M2M | bound |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for t in counts:
+        c = t.counts
+        # `oauth_token` counts every grant; the browser sign-ins' own are not M2M tokens.
+        jwks = c.get("jwks", 0)
+        m2m = c.get("oauth_token", 0) - c.get("code_grant", 0) - c.get("refresh_grant", 0)
+        skip = {"jwks", "oauth_token", "discovery", "total", *_BROWSER_LOGIN}
+        management = sum(v for k, v in c.items() if k not in skip)
+        jwks_bound = t.workers * math.ceil(max(t.seconds, 1) / JWKS_PERIOD_S)
+        m2m_bound = t.workers * math.ceil(max(t.seconds, 1) / M2M_LIFETIME_S)
+        ok = jwks <= jwks_bound and m2m <= m2m_bound
+        verdict = f"{'within' if ok else 'EXCEEDED'} (JWKS ≤ {jwks_bound}, M2M ≤ {m2m_bound})"
+        if t.target != "ours":
+            verdict = "(the target is ours)" if ok else f"would exceed: {verdict}"
+        lines.append(
+            f"| {t.target} | {t.workers} | {t.seconds:.0f} | {jwks} | {c.get('discovery', 0)} "
+            f"| {m2m} | {management} | {jwks / t.workers:.1f}, {m2m / t.workers:.1f} "
+            f"| {verdict} |"
+        )
+    return lines
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0].split(" Copyright")[0] if text else "?"
+
+
+def machine(run: Run) -> list[str]:
+    import asyncpg
+    import starlette
+    import uvicorn
+
+    cpu = "?"
+    with open("/proc/cpuinfo", encoding="utf-8") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import os
+
+    return [
+        f"- date: {__import__('datetime').datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"- machine: {os.cpu_count()} cores (`nproc`), {cpu}, {platform.platform()}",
+        f"- Python {platform.python_version()}, uvicorn {uvicorn.__version__}, "
+        f"starlette {starlette.__version__}, asyncpg {asyncpg.__version__}, "
+        f"PostgreSQL {run.server_version}",
+        f"- {_version(['wrk', '--version'])}",
+    ]
+
+
+def markdown(run: Run) -> str:
+    a = run.args
+    lines = [
+        f"Run `{run.run_id}` of commit {run.git}: {a.patients:,} patients in {a.users:,} "
+        f"scopes, {a.users:,} tokens; every cell measured {a.rounds}x for {a.duration:g}s "
+        f"(wrk, 2 threads; {a.warmup:g}s warm-up in the first round), cells interleaved; "
+        "figures are medians over the rounds, ratios are of the medians [lowest..highest "
+        "per-round ratio].",
+        "",
+        *machine(run),
+        *audit_log_lines(run),
+        "",
+        *table(run.measurements),
+        "",
+        "Ratios (throughput, same workers and connections, this run):",
+        "",
+        *ratios(run),
+        "",
+        "CPU per read (service: the server's processes; Postgres: the backends of the "
+        "benchmark database; medians over the rounds):",
+        "",
+        *cpu_table(run),
+        "",
+        *(
+            [
+                "Cookie sessions (issue 19): `GET /api/patients` with the session cookie "
+                f"and `X-CSRF: 1` ({a.sessions} sessions signed in through the stand-in "
+                "tenant's form, bench/harness/sessions.py) next to the bearer read; cost is the "
+                "bearer's throughput over the cookie's:",
+                "",
+                *cookie_table(run),
+                "",
+            ]
+            if cookie_table(run)
+            else []
+        ),
+        *(
+            [
+                "Read at a fixed rate (open loop, bench/kit/openloop.py: "
+                f"{a.open_loop:g} x our read's saturation throughput, the same rate for "
+                "the floor; latency from the send, and from when the request was due):",
+                "",
+                *open_loop_table(run.open_loop),
+                "",
+            ]
+            if run.open_loop
+            else []
+        ),
+        "Postgres backends of the benchmark database, sampled every 50 ms during the runs "
+        "(`idle in transaction`: waiting for the application inside a transaction):",
+        "",
+        *waits_table(run),
+        "",
+        "Stand-in tenant requests during each server's life (one tenant per server):",
+        "",
+        *tenant_table(run.tenant_counts),
+    ]
+    if run.profile:
+        lines += ["", *run.profile]
+    return "\n".join(lines)
