@@ -3,9 +3,6 @@ audit verify-export`.
 
 Every failure a user can cause (bad configuration, no database) ends in one readable line on
 stderr and a non-zero exit, never a traceback.
-
-Past 300 lines because every command is here with its options, their help and the settings
-it reads before start-up, so that `--help` and what each option does are read together.
 """
 
 from __future__ import annotations
@@ -241,7 +238,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = _HelpFormatter
-    summary = "\n\n".join((__doc__ or "").split("\n\n")[:2])  # not the note on length
+    summary = __doc__
     parser = argparse.ArgumentParser(prog="python -m app", description=summary, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
 

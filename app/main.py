@@ -1,15 +1,15 @@
-"""`create_app(settings)`: explicit routes, middleware and a lifespan that owns the pool,
-the shared HTTP client and the caches. `app.main:app` builds itself from the environment on
+"""`create_app(settings, parts)`: explicit routes, middleware and a lifespan that builds every
+part's runtime object (or takes the one `parts` hands in) and puts it in the app's state,
+where each part's accessor finds it. `app.main:app` builds itself from the environment on
 first use, so importing this module has no side effects."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
-from databases import Database
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -17,30 +17,35 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from app.account import endpoints as account_endpoints
-from app.account.services import account_services, running_account_services
-from app.audit import digest_endpoints
+from app.account.runtime import AccountRuntime, account_runtime, running_account
 from app.audit import endpoints as audit_endpoints
-from app.audit.batcher import AuditWriter
-from app.audit.digests import DigestIssuer
-from app.audit.http import record_denial
-from app.audit.signing import KeyRing
+from app.audit.edge import record_denial
+from app.audit.runtime import running_audit
+from app.auth.runtime import AuthRuntime
 from app.auth.tokens import TokenVerifier
 from app.auth0.management import Auth0Client
-from app.core.db import create_database
 from app.core.settings import Settings, load_settings
-from app.core.state import AppContext
+from app.core.state import running_core
 from app.core.tasks import Housekeeping, Purge
 from app.fhir import endpoints as fhir_endpoints
-from app.fhir.http import OperationOutcomes
+from app.fhir.outcomes import OperationOutcomes
 from app.http import idempotency, ops, problems
 from app.http.middleware import Metrics, RequestContextMiddleware
 from app.patients import endpoints as patient_endpoints
-from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit, Quota
+from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit
 from app.session import endpoints as session_endpoints
-from app.session.crypto import TokenBox
-from app.session.oauth import TenantOAuth
+from app.session import lifecycle
 from app.session.resolver import SessionResolver
-from app.session.service import SessionService
+from app.session.runtime import running_sessions, session_runtime
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Runtime objects to use instead of the ones the lifespan would build (tests pass their
+    own in); the lifespan still starts and stops them."""
+
+    account: AccountRuntime | None = None
+    auth0: Auth0Client | None = None
 
 
 def all_routes() -> list[BaseRoute]:
@@ -48,7 +53,6 @@ def all_routes() -> list[BaseRoute]:
         *ops.routes,
         *patient_endpoints.routes,
         *audit_endpoints.routes_with(fhir_endpoints.EXPORT_FORMATS),
-        *digest_endpoints.routes,
         *account_endpoints.routes,
         *fhir_endpoints.routes,
     ]
@@ -58,7 +62,7 @@ def middleware(
     settings: Settings, metrics: Metrics, per_ip: Limit | None = None
 ) -> list[Middleware]:
     """Outermost first: the request envelope sees everything, CORS answers preflights.
-    Outside them all, errors under /fhir become OperationOutcomes (app/fhir/http.py)."""
+    Outside them all, errors under /fhir become OperationOutcomes (app/fhir/outcomes.py)."""
     stack = [
         Middleware(OperationOutcomes),
         Middleware(
@@ -101,83 +105,63 @@ def middleware(
     return stack
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
+    parts = parts or Parts()
     metrics = Metrics()
     rate_limiter = GlobalRateLimiter(sync_interval=settings.rate_limits.sync_seconds)
-    ip_quota = Quota.parse(settings.rate_limits.per_ip)
-    user_quota = Quota.parse(settings.rate_limits.per_user)
+    ip_quota, user_quota = settings.rate_limits.ip_quota, settings.rate_limits.user_quota
     per_ip = rate_limiter.limit("ip", ip_quota) if ip_quota else None
     per_user = rate_limiter.limit("user", user_quota) if user_quota else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        database = create_database(
-            settings.database.url,
-            min_size=settings.database.pool_min_size,
-            max_size=settings.database.pool_max_size,
-            statement_timeout_ms=settings.database.statement_timeout_ms,
-        )
-        timeout = httpx.Timeout(
-            settings.auth0.timeout_seconds, connect=min(settings.auth0.timeout_seconds, 2.0)
-        )
-        http = httpx.AsyncClient(
-            timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=50)
-        )
-        await database.connect()
-        redis_url = (
-            settings.rate_limits.redis_url.get_secret_value()
-            if settings.rate_limits.redis_url
-            else None
-        )
-        await rate_limiter.start(database, redis_url=redis_url)
-        verifier = TokenVerifier(settings, http)
-        account = account_services(settings)
-        sessions = _session_service(settings, database, http)
-        ctx = AppContext(
-            settings=settings,
-            database=database,
-            http=http,
-            verifier=verifier,
-            auth0=Auth0Client(settings, http),
-            account=account,
-            audit=AuditWriter(database),
-            per_user_limit=per_user,
-            on_denied=record_denial,
-            sessions=SessionResolver(sessions) if sessions is not None else None,
-        )
-        housekeeping = Housekeeping(
-            database,
-            [
+        async with contextlib.AsyncExitStack() as stack:
+            core = await stack.enter_async_context(running_core(settings))
+            redis = settings.rate_limits.redis_url
+            await rate_limiter.start(
+                core.database, redis_url=redis.get_secret_value() if redis else None
+            )
+            stack.push_async_callback(rate_limiter.stop)  # flushes this copy's last counts
+            verifier = TokenVerifier(settings, core.http)
+            core.checks["jwks"] = verifier.ready
+            auth0 = parts.auth0 or Auth0Client(settings, core.http)
+            stack.push_async_callback(auth0.aclose)
+            audit = await stack.enter_async_context(running_audit(core.database, settings.audit))
+            account = await stack.enter_async_context(
+                running_account(
+                    parts.account or account_runtime(settings), settings.database.url, verifier
+                )
+            )
+            sessions = session_runtime(settings, core.database, core.http, verifier)
+            if sessions is not None:
+                await stack.enter_async_context(running_sessions(sessions))
+            purges = [
                 *account.purges(),
                 Purge("idempotency keys", idempotency.purge_expired),
                 Purge("rate-limit counters", rate_limiter.purge),
-                *([Purge("cookie sessions", sessions.purge)] if sessions is not None else []),
-            ],
-        )
-        digests = None
-        if settings.audit.digests and settings.audit.signing_key is not None:
-            ring = KeyRing.from_setting(settings.audit.signing_key.get_secret_value())
-            interval = settings.audit.digest_interval_seconds
-            digests = DigestIssuer(database, ring, interval_seconds=interval)
-        try:
-            async with running_account_services(account, settings.database.url, verifier):
-                if sessions is not None:
-                    await sessions.start()  # LISTENs for ended and refreshed sessions
-                housekeeping.start()
-                if digests is not None:
-                    digests.start()
-                yield {"ctx": ctx}
-        finally:
-            await housekeeping.stop()
+            ]
             if sessions is not None:
-                await sessions.stop()
-            if digests is not None:
-                await digests.stop()
-            await ctx.audit.aclose()
-            await rate_limiter.stop()  # flushes this copy's last counts
-            await ctx.auth0.aclose()
-            await http.aclose()
-            await database.disconnect()
+                purges.append(
+                    Purge("cookie sessions", lambda conn: lifecycle.purge(sessions, conn))
+                )
+            housekeeping = Housekeeping(core.database, purges)
+            housekeeping.start()
+            stack.push_async_callback(housekeeping.stop)
+            auth = AuthRuntime(
+                verifier,
+                policy=settings.auth,
+                per_user_limit=per_user,
+                on_denied=record_denial,
+                sessions=SessionResolver(sessions) if sessions is not None else None,
+            )
+            yield {
+                "core": core,
+                "auth": auth,
+                "auth0": auth0,
+                "audit": audit,
+                "account": account,
+                "sessions": sessions,
+            }
 
     # Cookie mode off: no /auth/* route at all, so every such path is a 404.
     session_routes = session_endpoints.routes if settings.sessions.enabled else []
@@ -191,16 +175,6 @@ def create_app(settings: Settings) -> Starlette:
     app.state.rate_limiter = rate_limiter
     app.state.settings = settings
     return app
-
-
-def _session_service(
-    settings: Settings, database: Database, http: httpx.AsyncClient
-) -> SessionService | None:
-    """Cookie sessions (app/session/), when SESSION_CLIENT_ID is set."""
-    if not settings.sessions.enabled or settings.sessions.encryption_key is None:
-        return None
-    box = TokenBox(settings.sessions.encryption_key.get_secret_value())
-    return SessionService(settings, database, TenantOAuth(settings, http), box)
 
 
 class _AppFromEnvironment:

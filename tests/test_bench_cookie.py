@@ -1,4 +1,4 @@
-"""The benchmark's cookie read (issue 19): its options, its table against the 1.2x bound,
+"""The benchmark's cookie read: its options, its table against the 1.2x bound,
 and the tenant table, which must not count the sessions' sign-ins as M2M tokens."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The benchmark's measuring aids (issue 15): the audit-log grower, the fixed-rate summary."""
+"""The benchmark's measuring aids: the audit-log grower, the fixed-rate summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Faults under load (issue 9), short versions of `python -m bench.studies.faults` scenarios.
+"""Faults under load, short versions of `python -m bench.studies.faults` scenarios.
 
 Each test starts the service as production runs it (`python -m app serve`), the stand-in
 tenant and a database, drives a few seconds of load with `bench.kit.loadgen`, injects one fault

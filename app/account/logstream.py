@@ -18,9 +18,6 @@ original code is kept in `detail.type`, and the event's `occurred_at` is the log
 `date`. Fields Auth0 does not document as stable are ignored, and the free-text
 `description` and `user_name` are never stored: they can hold email addresses. A user name
 is kept only as a keyed hash, the same one the password-reset audit uses.
-
-Past 300 lines because parsing, validating and storing a batch are one pipeline with one
-set of limits; Auth0's log-type table is app/account/logtypes.py.
 """
 
 from __future__ import annotations

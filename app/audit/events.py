@@ -50,6 +50,20 @@ class Actor:
     user_agent: str | None = None
     request_id: str | None = None
 
+    def acting_as(self, principal: Principal, *, scope: str | None = None) -> Actor:
+        """This request's actor as the verified caller `principal`, in its data scope (or
+        `scope`), keeping where the request came from."""
+        return Actor(
+            scope=scope or scope_of(principal),
+            sub=principal.sub,
+            client_id=principal.client_id,
+            session_id=principal.sid,
+            token_id=principal.jti,
+            source_ip=self.source_ip,
+            user_agent=self.user_agent,
+            request_id=self.request_id,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

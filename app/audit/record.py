@@ -3,7 +3,7 @@
 `record_event` writes inside the caller's transaction, so a change and its record commit
 together; `record_change` does both in one statement. `record_independently` uses a
 connection of its own, so a denied or failed request is recorded even when the request's
-transaction rolls back (app/audit/http.py builds those from a request).
+transaction rolls back (app/audit/edge.py builds those from a request).
 
 Each write takes its scope's chain lock before it takes seq numbers and holds it until its
 transaction ends (migrations/0002_audit.sql), so writers in one scope queue while writers

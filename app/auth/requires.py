@@ -7,10 +7,11 @@
 Only decorated endpoints read the `Authorization` header or touch the verifier, so public
 routes (`/healthz`, the password-reset form) work with Auth0 down or a garbage header.
 
-Denials can be recorded: when `request.state.ctx` has an `on_denied` attribute (a
-`DenialHook`), every 401/403 raised here first awaits
-`on_denied(request, principal_or_none, error)`. The hook runs before the error response
-is sent; if it fails, the failure is logged and the denial still goes out.
+What it needs at run time is the process's `AuthRuntime` (app/auth/runtime.py): the
+verifier, the route policy, the per-user limit, and, when they are wired, the cookie sessions
+and a `DenialHook`, which every 401/403 raised here first awaits with the request, the
+principal (or None) and the error. The hook runs before the error response is sent; if it
+fails, the failure is logged and the denial still goes out.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from app.auth.runtime import AuthRuntime, CookieSessions, auth_of
 from app.auth.tokens import Principal
 from app.core.errors import (
     AppError,
@@ -34,12 +36,6 @@ from app.core.errors import (
     Unauthorized,
 )
 from app.core.settings.auth import AuthSettings
-from app.core.state import DenialHook
-from app.http.context import context
-from app.ratelimit import Limit
-
-if TYPE_CHECKING:
-    from app.session.resolver import SessionResolver
 
 logger = logging.getLogger(__name__)
 
@@ -97,40 +93,34 @@ def check_requirement(
 
 async def authenticate(request: Request, requirement: AuthRequirement) -> Principal:
     """Verify the request's token against `requirement`; store the result on the request."""
+    runtime = auth_of(request)
     found: Principal | None = None
-    sessions = _sessions(request)
+    sessions = _cookie_sessions(request, runtime)
     try:
         if sessions is not None:  # the session cookie, when the request sends no bearer token
             token = await sessions.access_token(request)
         else:
             token = bearer_token(request)
-        found = await context(request).verifier.verify_access_token(token)
-        _limit_user(request, found)  # before the permission check: 403 floods count too
-        check_requirement(found, requirement, context(request).settings.auth)
+        found = await runtime.verifier.verify_access_token(token)
+        if runtime.per_user_limit is not None:  # before the permission check: 403s count too
+            runtime.per_user_limit.enforce(found.sub)
+        check_requirement(found, requirement, runtime.policy)
     except (Unauthorized, Forbidden) as error:  # a 503 is not a denial
         if sessions is not None and found is None:
             await sessions.refused(request, error)
-        await _report_denial(request, found, error)
+        await _report_denial(runtime, request, found, error)
         raise
     request.state.principal = found
     return found
 
 
-def _sessions(request: Request) -> SessionResolver | None:
-    """The cookie-session resolver, when cookie mode is on and this request should use it:
-    it carries the session cookie and no Authorization header (app/session/resolver.py)."""
-    ctx = getattr(request.state, "ctx", None)
-    sessions: SessionResolver | None = getattr(ctx, "sessions", None)
+def _cookie_sessions(request: Request, runtime: AuthRuntime) -> CookieSessions | None:
+    """The cookie sessions, when cookie mode is on and this request should use them: it
+    carries the session cookie and no Authorization header."""
+    sessions = runtime.sessions
     if sessions is None or request.headers.getlist("authorization"):
         return None
     return sessions if sessions.has_cookie(request) else None
-
-
-def _limit_user(request: Request, found: Principal) -> None:
-    """Count the request against its user's limit (429 when over); no I/O."""
-    limit: Limit | None = getattr(getattr(request.state, "ctx", None), "per_user_limit", None)
-    if limit is not None:
-        limit.enforce(found.sub)
 
 
 def requires(
@@ -170,11 +160,12 @@ def principal(request: Request) -> Principal:
     return found
 
 
-async def _report_denial(request: Request, found: Principal | None, error: AppError) -> None:
-    hook: DenialHook | None = getattr(getattr(request.state, "ctx", None), "on_denied", None)
-    if hook is None:
+async def _report_denial(
+    runtime: AuthRuntime, request: Request, found: Principal | None, error: AppError
+) -> None:
+    if runtime.on_denied is None:
         return
     try:
-        await hook(request, found, error)
+        await runtime.on_denied(request, found, error)
     except Exception:
         logger.exception("recording a denied request failed")

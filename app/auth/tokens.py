@@ -12,9 +12,6 @@ The JWKS is fetched lazily, kept for min(Cache-Control max-age, JWKS_MAX_AGE_SEC
 refetched on an unknown `kid`, one fetch at a time and at most `FETCHES_PER_COOLDOWN` (3)
 times in any JWKS_COOLDOWN_SECONDS whatever the traffic. Already verified tokens are remembered in a
 bounded LRU keyed by a digest of the token until `exp` minus the leeway.
-
-Past 300 lines because the verifier, its token cache and its JWKS fetch policy share one
-lock and one clock; parsing the JWKS and choosing keys is app/auth/jwks.py.
 """
 
 from __future__ import annotations

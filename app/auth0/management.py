@@ -29,6 +29,7 @@ from auth0.management.core.pydantic_utilities import UniversalBaseModel
 from app.auth0.client import Auth0Transport, Clock, Sleep
 from app.core.errors import NotFound, UpstreamError
 from app.core.settings import Settings
+from app.core.state import HasState, part_of
 
 PROFILE_CACHE_SIZE = 4096
 PAGE_SIZE = 100
@@ -268,3 +269,8 @@ class Auth0Client:
             json=body,
             m2m=False,
         )
+
+
+def auth0_of(conn: HasState) -> Auth0Client:
+    """The process's Management API client (built by the lifespan)."""
+    return part_of(conn, "auth0", Auth0Client)

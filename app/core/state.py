@@ -1,49 +1,73 @@
-"""The typed state the lifespan creates once (`app.main.create_app`) and every handler
-reads through `app.http.context.context(request)`.
+"""What every part stands on at run time, and how a part finds its own runtime object.
 
-`core` imports nothing else of `app` at run time: the parts' types are named for the type
-checker only, so this module can sit below every part that reads it.
+`Core` is built once per process by the lifespan (`running_core`): the settings, the
+database pool and the one shared HTTP client, plus the named readiness checks the parts add
+for `/readyz`. Every other part owns its runtime object (a verifier, a writer, a client) and
+the accessor that finds it on a request (`part_of`); `core` knows none of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from databases import Database
 
-from app.core.errors import AppError
+from app.core.db import create_database
 from app.core.settings import Settings
 
-if TYPE_CHECKING:
-    from app.account.services import AccountServices
-    from app.audit.batcher import AuditWriter
-    from app.auth.tokens import TokenVerifier
-    from app.auth0.management import Auth0Client
-    from app.ratelimit import Limit
-    from app.session.resolver import SessionResolver
+T = TypeVar("T")
+# True when the part can serve; `/readyz` answers 503 while any check says False.
+ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
-# Awaited by `requires` (app/auth/requires.py) for every 401/403 it raises, with the request,
-# the verified principal (None for a 401) and the error; app/audit/http.py records the 403s.
-DenialHook = Callable[[Any, Any, AppError], Awaitable[None]]
+class HasState(Protocol):
+    """A request or a WebSocket: whatever carries the lifespan's state (Starlette's
+    `HTTPConnection`), named structurally so `core` needs no web framework."""
+
+    @property
+    def state(self) -> Any: ...
 
 
 @dataclass
-class AppContext:
+class Core:
     settings: Settings
     database: Database
     http: httpx.AsyncClient
-    verifier: TokenVerifier
-    auth0: Auth0Client
-    account: AccountServices
-    # Records reads: their events, batched with other requests' (app/audit/batcher.py).
-    audit: AuditWriter
-    per_user_limit: Limit | None = None
-    # Called by `requires` for every 401/403 it raises (the audit log records the 403s).
-    on_denied: DenialHook | None = None
-    # Cookie sessions (app/session/), when SESSION_CLIENT_ID is set: `requires` takes the
-    # access token of a request with the session cookie and no bearer token from here.
-    sessions: SessionResolver | None = None
+    # `/readyz` beside the database: a check per name, each True for the copy to take traffic.
+    checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+
+def part_of(conn: HasState, name: str, kind: type[T]) -> T:
+    """The runtime object the lifespan put in its state under `name`; a `RuntimeError` when
+    the app was built without it (a wiring mistake, never a client's)."""
+    found = getattr(conn.state, name, None)
+    if not isinstance(found, kind):
+        raise RuntimeError(f"{name} ({kind.__name__}) is not wired into this app")
+    return found
+
+
+@contextlib.asynccontextmanager
+async def running_core(settings: Settings) -> AsyncIterator[Core]:
+    """The pool connected and the shared HTTP client open; both closed on exit."""
+    database = create_database(
+        settings.database.url,
+        min_size=settings.database.pool_min_size,
+        max_size=settings.database.pool_max_size,
+        statement_timeout_ms=settings.database.statement_timeout_ms,
+    )
+    timeout = settings.auth0.timeout_seconds
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=50),
+    )
+    await database.connect()
+    try:
+        yield Core(settings, database, http)
+    finally:
+        await http.aclose()
+        await database.disconnect()

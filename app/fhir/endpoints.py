@@ -2,7 +2,7 @@
 to (`/fhir/Patient/{id}`), the `CapabilityStatement`, and the `fhir-ndjson` export format.
 
 Like every read of the log, each search and read is recorded (`audit.read`, view `fhir`) in
-the transaction that reads. Errors are raised as everywhere else; app/fhir/http.py answers
+the transaction that reads. Errors are raised as everywhere else; app/fhir/outcomes.py answers
 them as `OperationOutcome`.
 """
 
@@ -17,18 +17,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.audit.endpoints import ExportFormat
+from app.audit.edge import actor_from
+from app.audit.endpoints.log import ExportFormat
 from app.audit.events import Actor, Event, scope_of
-from app.audit.http import actor_from
 from app.audit.query import AuditFilters, RowEncoder, fetch_event, fetch_page
 from app.audit.record import record_event
+from app.audit.runtime import audit_of
 from app.auth.requires import principal, requires
 from app.core.db import transaction
 from app.core.errors import BadRequest, NotFound
 from app.fhir.bundle import Position, page_of, searchset
 from app.fhir.capability import capability_statement
-from app.fhir.http import FHIR_JSON, FhirResponse
 from app.fhir.mapping import AuditEventMapper, ResourceId
+from app.fhir.outcomes import FHIR_JSON, FhirResponse
 from app.fhir.patient import patient_resource
 from app.fhir.schemas import (
     AuditEventSearchQuery,
@@ -44,7 +45,7 @@ from app.http.cursors import open_cursor, sign_cursor
 from app.http.openapi import Resp, operation
 from app.http.ops import API_TITLE, API_VERSION
 from app.patients import service
-from app.patients.repository import etag
+from app.patients.schemas import etag
 
 TAGS = ["fhir"]
 CURSOR_PURPOSE = "fhir-cursor"
@@ -212,7 +213,9 @@ async def read_fhir_patient(request: Request) -> Response:
     ctx, found = context(request), principal(request)
     patient_id: UUID = request.path_params["patient_id"]
     actor = actor_from(request, found)
-    row = await service.read_patient(ctx.database, ctx.audit, actor, scope_of(found), patient_id)
+    row = await service.read_patient(
+        ctx.database, audit_of(request).writer, actor, scope_of(found), patient_id
+    )
     return FhirResponse(patient_resource(row), headers={"ETag": etag(row["version"])})
 
 

@@ -1,12 +1,12 @@
-"""The lifespan's typed state, as a handler reads it from its request."""
+"""The request's view of what every part stands on: `context(request)` is the process's `Core`
+(settings, database, the shared HTTP client)."""
 
 from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from app.core.state import AppContext
+from app.core.state import Core, part_of
 
 
-def context(request: HTTPConnection) -> AppContext:
-    ctx: AppContext = request.state.ctx
-    return ctx
+def context(request: HTTPConnection) -> Core:
+    return part_of(request, "core", Core)

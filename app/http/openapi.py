@@ -4,9 +4,6 @@ handler, the pydantic models it names, and the `requires(...)` permissions on it
 Nothing here is kept by hand beside the handlers; a test checks every served route is listed.
 Two types with one name would share one component schema, so building refuses them
 (`SchemaNameClash`) rather than describe one model with the other's fields.
-
-Past 300 lines because the generator is one walk (routes, then operations, then the
-schemas they name) that reads best whole; the docs page lives in app/http/ops.py.
 """
 
 from __future__ import annotations

@@ -46,11 +46,10 @@ async def healthz(request: Request) -> Response:
     responses={200: Readiness, 503: Resp(Readiness, "Not ready")},
 )
 async def readyz(request: Request) -> Response:
-    ctx = context(request)
-    checks = {
-        "database": "ok" if await is_ready(ctx.database) else "failing",
-        "jwks": "ok" if await ctx.verifier.ready() else "failing",
-    }
+    core = context(request)
+    checks = {"database": "ok" if await is_ready(core.database) else "failing"}
+    for name, check in core.checks.items():
+        checks[name] = "ok" if await check() else "failing"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},

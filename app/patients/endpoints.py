@@ -15,21 +15,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from app.audit.edge import actor_from
 from app.audit.events import Actor, scope_of
-from app.audit.http import actor_from
+from app.audit.runtime import audit_of
 from app.auth.requires import Endpoint, principal, requires
 from app.core.errors import AppError, BadRequest, PreconditionRequired
-from app.core.state import AppContext
+from app.core.state import Core
 from app.http import idempotency
 from app.http.bodies import JSONResponse, parse_body, parse_query
 from app.http.context import context
 from app.http.openapi import Problem, Resp, operation
 from app.patients import service
-from app.patients.repository import (
+from app.patients.schemas import (
+    PatientCreate,
+    PatientOut,
+    PatientPage,
+    PatientPatch,
+    PatientSearch,
     etag,
     patient_json,
 )
-from app.patients.schemas import PatientCreate, PatientOut, PatientPage, PatientPatch, PatientSearch
 from app.patients.search import PatientFilters, read_page_audited
 
 CURSOR_PURPOSE = "patient-cursor"
@@ -75,7 +80,7 @@ def _if_match(request: Request, *, required: bool) -> int | None:
     return int(tag) if tag.isdigit() and len(tag) < 10 else 0  # 0 matches no version
 
 
-def _caller(request: Request) -> tuple[AppContext, str, Actor]:
+def _caller(request: Request) -> tuple[Core, str, Actor]:
     found = principal(request)
     return context(request), scope_of(found), actor_from(request, found)
 
@@ -95,7 +100,7 @@ async def search_patients(request: Request) -> Response:
     filters = PatientFilters(query.name, query.birth_date, query.identifier_pair())
     page = await read_page_audited(
         ctx.database,
-        ctx.audit,
+        audit_of(request).writer,
         actor,
         scope,
         cursor_key=ctx.settings.derived_key(CURSOR_PURPOSE),
@@ -150,7 +155,9 @@ async def create(request: Request) -> Response:
 async def get_one(request: Request) -> Response:
     ctx, scope, actor = _caller(request)
     patient_id: UUID = request.path_params["patient_id"]
-    row = await service.read_patient(ctx.database, ctx.audit, actor, scope, patient_id)
+    row = await service.read_patient(
+        ctx.database, audit_of(request).writer, actor, scope, patient_id
+    )
     return JSONResponse(patient_json(row), headers={"ETag": etag(row["version"])})
 
 

@@ -7,9 +7,6 @@ concurrent updates from the same version exactly one wins. Each version replaced
 or a delete is copied to `patient_versions`, the only place old values are kept.
 
 Search, cursors and audited page reads are in `app.patients.search`.
-
-Past 300 lines because it holds every statement on `patients` and `patient_versions`
-(STYLE: SQL in the module that owns the table) and the errors they raise.
 """
 
 from __future__ import annotations
@@ -25,8 +22,7 @@ import orjson
 from app.audit.events import Actor, Event
 from app.audit.record import record_change
 from app.core.errors import Conflict, Gone, NotFound, PreconditionFailed
-
-Patient = dict[str, Any]
+from app.patients.schemas import etag, patient_json
 
 COLUMNS = """id, identifier_system, identifier_value, given_name, family_name, birth_date,
     gender, phone, email, address::text AS address, active, version, created_at, updated_at,
@@ -118,34 +114,10 @@ class DuplicateIdentifier(Conflict):
         self.existing_id = existing_id
 
 
-def etag(version: int) -> str:
-    return f'W/"{version}"'
-
-
 def fold(text: str) -> str:
     """The search form of a name: compatibility-decomposed, marks dropped, case-folded."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def patient_json(row: asyncpg.Record) -> Patient:
-    """A stored row as the API shows it (`PatientOut`); orjson renders dates and UUIDs."""
-    system = row["identifier_system"]
-    return {
-        "id": str(row["id"]),
-        "identifier": {"system": system, "value": row["identifier_value"]} if system else None,
-        "given_name": row["given_name"],
-        "family_name": row["family_name"],
-        "birth_date": row["birth_date"],
-        "gender": row["gender"],
-        "phone": row["phone"],
-        "email": row["email"],
-        "address": orjson.loads(row["address"]) if row["address"] else None,
-        "active": row["active"],
-        "version": row["version"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-    }
 
 
 def _values(fields: Mapping[str, Any]) -> tuple[Any, ...]:

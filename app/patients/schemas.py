@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import orjson
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
@@ -268,3 +270,33 @@ class PatientSearch(BaseModel):
             clean_text(system, max_length=255),
             clean_text(value, max_length=255),
         )
+
+
+# --- A stored patient as the API shows it --------------------------------------------------
+
+Patient = dict[str, Any]
+
+
+def etag(version: int) -> str:
+    """The weak ETag of a patient's version, as `If-Match` must name it."""
+    return f'W/"{version}"'
+
+
+def patient_json(row: Mapping[str, Any]) -> Patient:
+    """A stored row as the API shows it (`PatientOut`); orjson renders dates and UUIDs."""
+    system = row["identifier_system"]
+    return {
+        "id": str(row["id"]),
+        "identifier": {"system": system, "value": row["identifier_value"]} if system else None,
+        "given_name": row["given_name"],
+        "family_name": row["family_name"],
+        "birth_date": row["birth_date"],
+        "gender": row["gender"],
+        "phone": row["phone"],
+        "email": row["email"],
+        "address": orjson.loads(row["address"]) if row["address"] else None,
+        "active": row["active"],
+        "version": row["version"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }

@@ -32,7 +32,8 @@ from app.core.db import connection
 from app.core.errors import BadRequest
 from app.http.cursors import open_cursor, sign_cursor
 from app.patients.events import listed_event, searched_event
-from app.patients.repository import COLUMNS, Patient, fold, patient_json
+from app.patients.repository import COLUMNS, fold
+from app.patients.schemas import Patient, patient_json
 
 Position = tuple[datetime, UUID]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

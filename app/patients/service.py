@@ -31,8 +31,8 @@ from app.patients.events import (
     refusal_event,
     refusals_recorded,
 )
-from app.patients.repository import DuplicateIdentifier, Patient, etag, patient_json
-from app.patients.schemas import PatientCreate
+from app.patients.repository import DuplicateIdentifier
+from app.patients.schemas import Patient, PatientCreate, etag, patient_json
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Cookie sessions: the backend-for-frontend of issue 19 (docs/sessions.md).
+"""Cookie sessions: the backend-for-frontend proper (docs/sessions.md).
 
 The browser holds one `HttpOnly` cookie; the tokens stay here, encrypted in Postgres.
 `endpoints` and `signin` serve `/auth/*`; `resolver` turns a cookie into an access token for

@@ -37,6 +37,12 @@ def cookie_hash(value: str) -> bytes | None:
     return hashlib.sha256(value.encode()).digest()
 
 
+def new_cookie() -> tuple[str, bytes]:
+    """A fresh cookie value and the hash the database stores for it."""
+    value = new_secret()
+    return value, hashlib.sha256(value.encode()).digest()
+
+
 class TokenBox:
     """Encrypts and decrypts tokens with the configured keys; one per process."""
 

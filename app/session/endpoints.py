@@ -1,5 +1,5 @@
-"""`/auth/*`: the session, sign-out and back-channel logout here, sign-in in
-app/session/signin.py; `routes` lists all five.
+"""`/auth/*`, the cookie mode's HTTP handlers: each parses, makes one call to
+app/session/service.py and sets the cookies; `routes` lists all five.
 
 Mounted only when SESSION_CLIENT_ID is set (app/main.py), so with cookie mode off every
 `/auth/*` path is a 404. docs/sessions.md walks through the flows.
@@ -7,77 +7,117 @@ Mounted only when SESSION_CLIENT_ID is set (app/main.py), so with cookie mode of
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
-from typing import Any
-from urllib.parse import parse_qs, urlencode
+import re
+from urllib.parse import parse_qs
 
-from jose import jwt
-from pydantic import BaseModel, Field
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.core.db import transaction
 from app.core.errors import AppError, BadRequest, UnsupportedMediaType
 from app.http.bodies import JSONResponse
-from app.http.context import context
-from app.http.openapi import Resp, operation
-from app.session import store
-from app.session.idtoken import InvalidToken, replay_window_end, verify_logout_token
-from app.session.resolver import (
-    NO_STORE,
-    SESSION_COOKIE,
-    base_actor,
-    clear_cookie,
-    problem,
-    resolver_of,
-)
-from app.session.signin import callback, login
+from app.http.openapi import Problem, Resp, operation
+from app.session import service
+from app.session.cookies import NO_STORE, SESSION_COOKIE, TX_COOKIE, clear_cookie, set_cookie
+from app.session.resolver import base_actor, live_session
+from app.session.runtime import sessions_of
+from app.session.schemas import LoginQuery, LogoutAnswer, SessionInfo, relative_path
 
-logger = logging.getLogger(__name__)
-
+_PARAM = re.compile(r"[A-Za-z0-9_-]{1,64}")  # organization and connection names
 _MAX_LOGOUT_FORM = 16 * 1024
 _CSRF_HEADER = ("X-CSRF", True, "Must be 1 on every cookie-authenticated request")
+
+
+def problem(description: str) -> Resp:
+    """An error response of `/auth/*`, for `/openapi.json`."""
+    return Resp(Problem, description, media_type="application/problem+json")
+
+
 _COOKIE_ERRORS = {
     401: problem("No live session: no, an unknown or an expired cookie (which is cleared)"),
     403: problem("X-CSRF: 1 is missing, or the request is cross-site"),
 }
 
 
-# --- The session ------------------------------------------------------------------------------
+def _refused(error: AppError, *, clear: str | None = None) -> AppError:
+    """`error`, never cached, clearing the cookie named `clear`."""
+    error.headers.update(NO_STORE)
+    if clear is not None:
+        error.headers["Set-Cookie"] = clear_cookie(clear)
+    return error
 
 
-class SessionUser(BaseModel):
-    sub: str
-    name: str | None
-    email: str | None
-    picture: str | None
-    email_verified: bool | None
+# --- Sign-in ---------------------------------------------------------------------------------
 
 
-class SessionInfo(BaseModel):
-    user: SessionUser
-    idle_expires_at: dt.datetime = Field(description="Ends unless used before then")
-    absolute_expires_at: dt.datetime = Field(description="Ends then, used or not")
+def _login_params(request: Request) -> tuple[str, dict[str, str]]:
+    """`return_to` and what to ask the tenant for, or a 400 naming every bad parameter."""
+    params = request.query_params
+    errors: list[dict[str, str]] = []
+    for name in params:
+        if name not in LoginQuery.model_fields:
+            errors.append({"field": name, "message": "unknown parameter"})
+        elif len(params.getlist(name)) > 1:
+            errors.append({"field": name, "message": "repeated"})
+    return_to = params.get("return_to", "/")
+    if not relative_path(return_to):
+        errors.append({"field": "return_to", "message": "must be a path on this site, like /x"})
+    extra: dict[str, str] = {}
+    hint = params.get("screen_hint")
+    if hint is not None:
+        if hint != "signup":
+            errors.append({"field": "screen_hint", "message": "only signup"})
+        extra["screen_hint"] = hint
+    for name in ("organization", "connection"):
+        value = params.get(name)
+        if value is not None:
+            if not _PARAM.fullmatch(value):
+                errors.append({"field": name, "message": "1-64 of A-Z a-z 0-9 _ -"})
+            extra[name] = value
+    if errors:
+        raise BadRequest("the sign-in request is invalid", errors=errors)
+    return return_to, extra
 
 
-def _user(id_token: str, sub: str) -> dict[str, Any]:
-    # Verified when it was stored (or received over the tenant's TLS at a refresh).
-    claims = jwt.get_unverified_claims(id_token)
+@operation(
+    "Sign in: redirect to the tenant's login (code flow, PKCE S256, state, nonce)",
+    tags=["session"],
+    query=LoginQuery,
+    responses={302: Resp(None, "To the tenant's /authorize", headers=("Location", "Set-Cookie"))},
+)
+async def login(request: Request) -> Response:
+    return_to, extra = _login_params(request)
+    started = await service.begin_sign_in(sessions_of(request), return_to, extra)
+    response = RedirectResponse(started.url, status_code=302, headers=NO_STORE)
+    response.headers["Set-Cookie"] = set_cookie(TX_COOKIE, started.tx_cookie, started.max_age)
+    return response
 
-    def text(name: str) -> str | None:
-        value = claims.get(name)
-        return value if isinstance(value, str) else None
 
-    verified = claims.get("email_verified")
-    return {
-        "sub": sub,
-        "name": text("name"),
-        "email": text("email"),
-        "picture": text("picture"),
-        "email_verified": verified if isinstance(verified, bool) else None,
-    }
+@operation(
+    "Sign-in callback: check the state, exchange the code, start the session",
+    tags=["session"],
+    responses={
+        302: Resp(None, "Signed in: to return_to, with the session cookie", headers=("Location",)),
+        400: problem("An error from the tenant, an unknown, used or expired state, a bad token"),
+        503: problem("The tenant cannot be reached (see Retry-After)"),
+    },
+)
+async def callback(request: Request) -> Response:
+    tx_cookie = request.cookies.get(TX_COOKIE)
+    try:
+        signed_in = await service.complete_sign_in(
+            sessions_of(request), tx_cookie, request.query_params, base_actor(request)
+        )
+    except service.SignInFailed as exc:
+        raise _refused(BadRequest(exc.reason), clear=TX_COOKIE) from None
+    response = RedirectResponse(signed_in.return_to, status_code=302, headers=NO_STORE)
+    response.headers.append("Set-Cookie", clear_cookie(TX_COOKIE))
+    cookie = set_cookie(SESSION_COOKIE, signed_in.cookie, signed_in.max_age)
+    response.headers.append("Set-Cookie", cookie)
+    return response
+
+
+# --- The session and sign-out ------------------------------------------------------------------
 
 
 @operation(
@@ -87,20 +127,13 @@ def _user(id_token: str, sub: str) -> dict[str, Any]:
     responses={200: SessionInfo, **_COOKIE_ERRORS},
 )
 async def session_info(request: Request) -> Response:
-    found = await resolver_of(request).session(request, refresh=False)
+    found = await live_session(request, sessions_of(request), refresh=False)
     body = {
-        "user": _user(found.id_token, found.sub),
+        "user": service.session_user(found),
         "idle_expires_at": found.idle_expires(),
         "absolute_expires_at": found.absolute_expires(),
     }
     return JSONResponse(body, headers=NO_STORE)
-
-
-# --- Sign-out ---------------------------------------------------------------------------------
-
-
-class LogoutAnswer(BaseModel):
-    logout_url: str = Field(description="Send the browser here to end the tenant's session too")
 
 
 @operation(
@@ -112,23 +145,29 @@ class LogoutAnswer(BaseModel):
     "OpenID Connect RP-Initiated Logout asks.",
 )
 async def logout(request: Request) -> Response:
-    sessions = resolver_of(request)
-    found = await sessions.session(request, refresh=False)
-    service = sessions.service
-    await service.end(found.id, base_actor(request), "logout", action="user.signed_out")
-    await service.revoke_quietly(found.refresh_token)
-    settings = context(request).settings
-    query = urlencode(
-        {
-            "id_token_hint": found.id_token,
-            "post_logout_redirect_uri": f"{settings.server.public_url}/",
-            "client_id": settings.sessions.client_id,
-        }
-    )
-    body = {"logout_url": f"{settings.auth0.tenant_url}/oidc/logout?{query}"}
-    response = JSONResponse(body, headers=NO_STORE)
+    runtime = sessions_of(request)
+    found = await live_session(request, runtime, refresh=False)
+    logout_url = await service.sign_out(runtime, found, base_actor(request))
+    response = JSONResponse({"logout_url": logout_url}, headers=NO_STORE)
     response.headers["Set-Cookie"] = clear_cookie(SESSION_COOKIE)
     return response
+
+
+# --- Back-channel logout -----------------------------------------------------------------------
+
+
+async def _logout_token(request: Request) -> str:
+    """The form's one `logout_token`, or a 400 (a 415 when the body is not a form)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType("send the logout token as a form (logout_token=...)")
+    raw = await request.body()
+    if len(raw) > _MAX_LOGOUT_FORM:
+        raise _refused(BadRequest("the form is too large"))
+    tokens = parse_qs(raw.decode("latin-1"), max_num_fields=8).get("logout_token", [])
+    if len(tokens) != 1 or not tokens[0]:
+        raise _refused(BadRequest("the form must have exactly one logout_token"))
+    return tokens[0]
 
 
 @operation(
@@ -141,41 +180,12 @@ async def logout(request: Request) -> Response:
     },
 )
 async def backchannel_logout(request: Request) -> Response:
-    ctx = context(request)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise UnsupportedMediaType("send the logout token as a form (logout_token=...)")
-    raw = await request.body()
-    if len(raw) > _MAX_LOGOUT_FORM:
-        raise _logout_refused("the form is too large")
-    fields = parse_qs(raw.decode("latin-1"), max_num_fields=8)
-    tokens = fields.get("logout_token", [])
-    if len(tokens) != 1 or not tokens[0]:
-        raise _logout_refused("the form must have exactly one logout_token")
-    token = tokens[0]
-    client_id = ctx.settings.sessions.client_id
-    assert client_id is not None
+    token = await _logout_token(request)
     try:
-        claims = await verify_logout_token(ctx.verifier, token, client_id=client_id)
-    except InvalidToken as exc:
-        raise _logout_refused(f"the logout token is not valid: {exc.reason}") from None
-    sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
-    sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
-    until = replay_window_end(claims, ctx.settings.auth.leeway_seconds)
-    async with transaction(ctx.database) as conn:
-        if not await store.remember_jti(conn, claims["jti"], until):
-            raise _logout_refused("the logout token was already used")
-        ended = await resolver_of(request).service.end_matching(
-            conn, base_actor(request), sub=sub, sid=sid
-        )
-    logger.info("back-channel logout ended %d session(s)", len(ended))
+        await service.end_by_logout_token(sessions_of(request), token, base_actor(request))
+    except service.LogoutRefused as exc:
+        raise _refused(BadRequest(exc.reason)) from None
     return Response(status_code=200, headers=NO_STORE)
-
-
-def _logout_refused(detail: str) -> AppError:
-    error = BadRequest(detail)
-    error.headers.update(NO_STORE)
-    return error
 
 
 routes: list[BaseRoute] = [

@@ -7,7 +7,7 @@ import uuid
 
 from app.audit.events import Event
 from app.session.cache import Session
-from app.session.store import Ended
+from app.session.repository import Ended
 
 
 def started_event(

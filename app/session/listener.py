@@ -1,4 +1,4 @@
-"""One dedicated connection per process that LISTENs for session changes (app/session/store.py
+"""One dedicated connection per process that LISTENs for session changes (app/session/repository.py
 NOTIFYs them when a session ends or is refreshed), kept up by `app.core.listen.Listener` as
 the revocations' listener is.
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import asyncpg
 
 from app.core.listen import Listener
-from app.session.store import CHANNEL
+from app.session.repository import CHANNEL
 
 APPLICATION_NAME = "auth0-bff-sessions"  # names the listener in pg_stat_activity
 OnChange = Callable[[list[str] | None], None]

@@ -1,6 +1,6 @@
-"""The session cookie on a request: which session it names, CSRF checks, and the cookies set.
+"""The session cookie on a request: which live session it names, and the CSRF checks.
 
-`SessionResolver` is what `AppContext.sessions` holds. `requires` (app/auth/requires.py)
+`SessionResolver` is the auth part's `CookieSessions` (app/auth/runtime.py): `requires`
 asks it for the access token of a request that carries the session cookie and no
 `Authorization` header, and then takes exactly the bearer path.
 
@@ -14,41 +14,16 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection, Request
 
+from app.audit.edge import actor_from
 from app.audit.events import Actor
-from app.audit.http import actor_from
 from app.core.errors import AppError, Forbidden, Unauthorized
-from app.http.context import context
-from app.http.openapi import Problem, Resp
+from app.session import lifecycle
 from app.session.cache import Session
+from app.session.cookies import SESSION_COOKIE, clear_cookie
 from app.session.crypto import cookie_hash
-from app.session.service import SessionInvalid, SessionService
+from app.session.runtime import SessionRuntime
 
-SESSION_COOKIE = "__Host-bff_session"
-TX_COOKIE = "__Host-bff_tx"
 CSRF_HEADER = "x-csrf"
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-def problem(description: str) -> Resp:
-    """An error response of `/auth/*`, for `/openapi.json`."""
-    return Resp(Problem, description, media_type="application/problem+json")
-
-
-def resolver_of(request: Request) -> SessionResolver:
-    """The process's `SessionResolver` (wired by app/main.py when cookie mode is on)."""
-    found = context(request).sessions
-    if found is None:
-        raise RuntimeError("cookie sessions are not wired into the app context")
-    return found
-
-
-def set_cookie(name: str, value: str, max_age: int) -> str:
-    """A `__Host-` cookie: Secure, HttpOnly, SameSite=Lax, Path=/, no Domain."""
-    return f"{name}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Lax"
-
-
-def clear_cookie(name: str) -> str:
-    return f"{name}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Lax"
 
 
 class SessionRequired(Unauthorized):
@@ -72,35 +47,37 @@ def base_actor(request: Request) -> Actor:
     return actor_from(request, None)
 
 
-class SessionResolver:
-    """Cookie → live session → access token; one per process, around the `SessionService`."""
+async def live_session(
+    request: Request, runtime: SessionRuntime, *, refresh: bool = True
+) -> Session:
+    """The request's live session (CSRF checked before any lookup), or a 401 that clears the
+    cookie; 503 when a refresh is due and the tenant is down (the session is kept)."""
+    value = request.cookies.get(SESSION_COOKIE)
+    if not value:
+        raise Unauthorized("sign in first: no session cookie", error=None)
+    check_csrf(request)  # before the cookie is even looked up
+    hashed = cookie_hash(value)
+    if hashed is None:
+        raise SessionRequired("the session cookie is not valid")
+    try:
+        found = await lifecycle.current(runtime, hashed, base_actor(request), refresh=refresh)
+    except lifecycle.SessionInvalid as exc:
+        raise SessionRequired(exc.reason) from None
+    request.state.session = found
+    return found
 
-    def __init__(self, service: SessionService) -> None:
-        self.service = service
+
+class SessionResolver:
+    """Cookie → live session → access token; one per process, around the `SessionRuntime`."""
+
+    def __init__(self, runtime: SessionRuntime) -> None:
+        self.runtime = runtime
 
     def has_cookie(self, conn: HTTPConnection) -> bool:
         return SESSION_COOKIE in conn.cookies
 
-    async def session(self, request: Request, *, refresh: bool = True) -> Session:
-        """The request's live session (CSRF checked before any lookup), or a 401 that clears
-        the cookie; 503 when a refresh is due and the tenant is down (the session is kept)."""
-        value = request.cookies.get(SESSION_COOKIE)
-        if not value:
-            raise Unauthorized("sign in first: no session cookie", error=None)
-        check_csrf(request)  # before the cookie is even looked up
-        hashed = cookie_hash(value)
-        if hashed is None:
-            raise SessionRequired("the session cookie is not valid")
-        try:
-            found = await self.service.current(hashed, base_actor(request), refresh=refresh)
-        except SessionInvalid as exc:
-            raise SessionRequired(exc.reason) from None
-        request.state.session = found
-        return found
-
     async def access_token(self, request: Request) -> str:
-        """The access token `requires` verifies for a cookie-authenticated request."""
-        return (await self.session(request)).access_token
+        return (await live_session(request, self.runtime)).access_token
 
     async def refused(self, request: Request, error: AppError) -> None:
         """The session's access token was refused by the verifier (a revoked session, say):
@@ -109,4 +86,4 @@ class SessionResolver:
         if not isinstance(error, Unauthorized) or found is None:
             return
         error.headers["Set-Cookie"] = clear_cookie(SESSION_COOKIE)
-        await self.service.end(found.id, base_actor(request), "access_token_refused")
+        await lifecycle.end(self.runtime, found.id, base_actor(request), "access_token_refused")

@@ -1,368 +1,222 @@
-"""Sessions as the service keeps them: started at the callback, found by cookie hash (cached
-in the process), refreshed once across every copy, ended and recorded.
+"""The flows of cookie mode, one call each for the `/auth/*` handlers (docs/sessions.md):
+sign-in begun and completed, the signed-in user, sign-out, and the back-channel logout.
 
-A cached session (app/session/cache.py) is used until the earliest of its idle end, absolute
-end and refresh time; after that the row is read again (another copy may have restarted the
-idle clock or refreshed). Every end and refresh NOTIFYs the hash, so every copy drops it.
-
-Refresh: within a process one task per session refreshes and the others wait for it; across
-copies `SELECT ... FOR UPDATE` on the session row serialises them, and whoever gets the
-lock second finds fresh tokens and uses them. So ten racing requests over two workers
-cause one refresh grant.
-
-Past 300 lines because finding, refreshing and ending share one notion of "current session"
-and one clock; SQL is in app/session/store.py, the events in app/session/events.py, HTTP in
-app/session/resolver.py.
+A flow either returns what the handler answers with or raises one typed refusal whose
+`reason` is safe to show (`SignInFailed`, `LogoutRefused`); outages (`UpstreamUnavailable`)
+pass through as the error family's 503.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
+import hmac
 import logging
-import time
-import uuid
-from collections.abc import Callable
-from dataclasses import replace
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
 
-import asyncpg
-from databases import Database
+from jose import jwt
 
-from app.audit.events import Actor, Event
-from app.audit.record import record_events, record_independently
-from app.core.db import connection, transaction
-from app.core.errors import UpstreamError, UpstreamUnavailable
-from app.core.settings import Settings
-from app.session import store
-from app.session.cache import Session, SessionCache
-from app.session.crypto import TokenBox, Undecryptable, cookie_hash, new_secret
-from app.session.events import ended_event, refresh_failed_event, started_event
-from app.session.oauth import GrantRefused, TenantOAuth, TokenSet
+from app.account import service as account
+from app.audit.events import Actor, scope_of
+from app.auth.tokens import Principal
+from app.core.db import transaction
+from app.core.errors import Unauthorized
+from app.session import lifecycle, repository
+from app.session.cache import Session
+from app.session.crypto import cookie_hash, new_cookie, new_secret
+from app.session.idtoken import (
+    InvalidToken,
+    replay_window_end,
+    verify_id_token,
+    verify_logout_token,
+)
+from app.session.oauth import GrantRefused
+from app.session.runtime import SessionRuntime
 
 logger = logging.getLogger(__name__)
 
-REFRESH_MARGIN_SECONDS = 60.0  # refresh an access token this long before it expires
-PURGE_BATCH = 100
-# Refusals that mean the refresh token is dead (reused, revoked, expired), so the session is.
-# Any other refusal (invalid_client: a misconfigured secret) keeps every session: 502.
-ENDS_SESSION = frozenset({"invalid_grant", "no_refresh_token", "undecryptable_refresh_token"})
+TRANSACTION_SECONDS = 600  # a sign-in must come back within ten minutes
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 
 
-class SessionInvalid(Exception):
-    """No usable session for this cookie: unknown, expired or ended. `reason` is safe to show."""
+class SignInFailed(Exception):
+    """The callback cannot start a session; `reason` is safe to show."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def _epoch(value: dt.datetime) -> float:
-    return value.timestamp()
+class LogoutRefused(Exception):
+    """A back-channel logout token that ends nothing; `reason` is safe to show."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-class SessionService:
-    """One per process; `start`/`stop` run the LISTEN connection."""
+@dataclass(frozen=True, slots=True)
+class SignInStarted:
+    tx_cookie: str  # binds the sign-in to this browser (a secret)
+    url: str  # the tenant's /authorize
+    max_age: int
 
-    def __init__(
-        self,
-        settings: Settings,
-        database: Database,
-        oauth: TenantOAuth,
-        box: TokenBox,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self.database = database
-        self.oauth = oauth
-        self.box = box
-        self.idle_seconds = float(settings.sessions.idle_seconds)
-        self.absolute_seconds = float(settings.sessions.absolute_seconds)
-        # Restart the idle clock at most this often per session and copy: no write per request.
-        self.touch_seconds = min(60.0, self.idle_seconds / 10)
-        self.refresh_grants = 0  # refresh grants this copy sent (tests, metrics)
-        self._clock = clock
-        self._cache = SessionCache()
-        self._refreshing: dict[uuid.UUID, asyncio.Task[Session]] = {}
 
-    # --- Lifecycle and cache ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    cookie: str  # the session cookie's value (a secret)
+    return_to: str
+    max_age: int
 
-    async def start(self) -> None:
-        await self._cache.listener.start(self.settings.database.url)
 
-    async def stop(self) -> None:
-        await self._cache.listener.stop()
-        for task in list(self._refreshing.values()):
-            task.cancel()
+# --- Sign-in ---------------------------------------------------------------------------------
 
-    def _fresh_until(self, session: Session) -> float:
-        return min(
-            session.idle_expires_at,
-            session.absolute_expires_at,
-            session.access_expires_at - REFRESH_MARGIN_SECONDS,
-        )
 
-    # --- Starting -----------------------------------------------------------------------
-
-    async def create(
-        self, actor: Actor, *, sub: str, sid: str | None, scope: str, tokens: TokenSet
-    ) -> str:
-        """Store a new session and record `session.started`; the cookie value (a secret)."""
-        if tokens.id_token is None:
-            raise ValueError("a session needs the ID token")
-        cookie = new_secret()
-        cookie_hash = _hash(cookie)
-        expires = dt.datetime.fromtimestamp(self._clock() + tokens.expires_in, dt.UTC)
-        async with transaction(self.database) as conn:
-            session_id = await store.insert_session(
-                conn,
-                cookie_hash,
-                sub=sub,
-                sid=sid,
-                scope=scope,
-                access_token=self.box.seal(tokens.access_token),
-                refresh_token=self.box.seal(tokens.refresh_token) if tokens.refresh_token else None,
-                id_token=self.box.seal(tokens.id_token),
-                access_expires_at=expires,
-                idle_seconds=self.idle_seconds,
-                absolute_seconds=self.absolute_seconds,
-            )
-            event = started_event(
-                session_id, self.idle_seconds, self.absolute_seconds, tokens.refresh_token
-            )
-            await record_events(conn, actor, [event])
-        return cookie
-
-    # --- Finding -------------------------------------------------------------------------
-
-    async def current(self, cookie_hash: bytes, actor: Actor, *, refresh: bool = True) -> Session:
-        """The live session of this cookie, its access token refreshed when due (`refresh`),
-        its idle clock restarted. `SessionInvalid` when there is none; an expired one is ended
-        and recorded. `UpstreamUnavailable` when a refresh is due and the tenant is down."""
-        now = self._clock()
-        session = self._cache.get(cookie_hash)
-        if session is None or now >= self._fresh_until(session):
-            session = await self._load(cookie_hash, actor)
-        if refresh and session.access_expires_at - REFRESH_MARGIN_SECONDS <= now:
-            session = await self._refresh(session, actor)
-        if now - session.last_seen_at >= self.touch_seconds:
-            session = await self._touch(session)
-        return session
-
-    async def _load(self, cookie_hash: bytes, actor: Actor) -> Session:
-        generation = self._cache.generation
-        async with connection(self.database) as conn:
-            row = await store.select_session(conn, cookie_hash)
-        if row is None:
-            self._cache.drop(cookie_hash)
-            raise SessionInvalid("the session is unknown or has ended")
-        now = self._clock()
-        if _epoch(row["absolute_expires_at"]) <= now or _epoch(row["idle_expires_at"]) <= now:
-            absolute = _epoch(row["absolute_expires_at"]) <= now
-            reason = "absolute_timeout" if absolute else "idle_timeout"
-            await self.end(row["id"], actor, reason)
-            raise SessionInvalid("the session has expired")
-        session = self._decode(row, actor)
-        self._cache.remember(session, generation)
-        return session
-
-    def _decode(self, row: asyncpg.Record, actor: Actor) -> Session:
-        try:
-            access = self.box.open(row["access_token"])
-            id_token = self.box.open(row["id_token"])
-        except Undecryptable:
-            logger.error("a session's tokens cannot be decrypted (SESSION_ENCRYPTION_KEY)")
-            raise SessionInvalid("the session cannot be read") from None
-        return Session(
-            id=row["id"],
-            cookie_hash=bytes(row["cookie_hash"]),
-            sub=row["sub"],
-            sid=row["sid"],
-            scope=row["scope"],
-            access_token=access,
-            access_expires_at=_epoch(row["access_expires_at"]),
-            id_token=id_token,
-            refresh_token=row["refresh_token"],
-            last_seen_at=_epoch(row["last_seen_at"]),
-            idle_expires_at=_epoch(row["idle_expires_at"]),
-            absolute_expires_at=_epoch(row["absolute_expires_at"]),
-        )
-
-    async def _touch(self, session: Session) -> Session:
-        generation = self._cache.generation
-        async with connection(self.database) as conn:
-            idle = await store.touch_session(conn, session.id, self.idle_seconds)
-        if idle is None:
-            self._cache.drop(session.cookie_hash)
-            raise SessionInvalid("the session has ended")
-        touched = replace(session, last_seen_at=self._clock(), idle_expires_at=_epoch(idle))
-        if session.cookie_hash in self._cache:
-            self._cache.remember(touched, generation)
-        return touched
-
-    # --- Refreshing ------------------------------------------------------------------------
-
-    async def _refresh(self, session: Session, actor: Actor) -> Session:
-        task = self._refreshing.get(session.id)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._refresh_locked(session, actor))
-            self._refreshing[session.id] = task
-            task.add_done_callback(lambda _: self._refreshing.pop(session.id, None))
-        # Shielded: a caller that goes away does not cancel the refresh the others await.
-        return await asyncio.shield(task)
-
-    async def _refresh_locked(self, session: Session, actor: Actor) -> Session:
-        actor = self.actor_for(actor, session)
-        refused: GrantRefused | None = None
-        try:
-            async with transaction(self.database) as conn:
-                row = await store.lock_session(conn, session.id)
-                if row is None:
-                    raise SessionInvalid("the session has ended")
-                locked = self._decode(row, actor)
-                if locked.access_expires_at - REFRESH_MARGIN_SECONDS > self._clock():
-                    return locked  # another request or copy refreshed it while we queued
-                try:
-                    tokens = await self._grant(locked)
-                except GrantRefused as exc:
-                    if exc.error not in ENDS_SESSION:  # e.g. invalid_client: our mistake
-                        logger.error("the tenant refused a refresh grant (%s)", exc.error)
-                        raise UpstreamError("the identity provider refused to refresh") from None
-                    refused = exc
-                    await store.end_session(conn, session.id)
-                    await record_events(
-                        conn,
-                        actor,
-                        [
-                            refresh_failed_event(session, exc.error),
-                            ended_event(session, "refresh_refused"),
-                        ],
-                    )
-                else:
-                    return await self._store_refresh(conn, locked, tokens)
-        except (UpstreamUnavailable, UpstreamError) as error:
-            await self._record_quietly(actor, refresh_failed_event(session, error.detail))
-            raise
-        finally:
-            self._cache.drop(session.cookie_hash)
-        logger.info("a session ended: the tenant refused its refresh token (%s)", refused)
-        raise SessionInvalid("the session has ended; sign in again")
-
-    async def _grant(self, session: Session) -> TokenSet:
-        if session.refresh_token is None:
-            raise GrantRefused("no_refresh_token")
-        try:
-            refresh_token = self.box.open(session.refresh_token)
-        except Undecryptable:
-            raise GrantRefused("undecryptable_refresh_token") from None
-        self.refresh_grants += 1
-        return await self.oauth.refresh(refresh_token)
-
-    async def _store_refresh(
-        self, conn: asyncpg.Connection, session: Session, tokens: TokenSet
-    ) -> Session:
-        expires = self._clock() + tokens.expires_in
-        refresh_sealed = (
-            self.box.seal(tokens.refresh_token) if tokens.refresh_token else session.refresh_token
-        )
-        # A new ID token arrives over the same TLS channel as the code exchange's (OIDC Core
-        # 3.1.3.7 6); it is kept for the logout hint and the user's name, never for access.
-        id_token = tokens.id_token or session.id_token
-        await store.update_tokens(
+async def begin_sign_in(
+    runtime: SessionRuntime, return_to: str, extra: Mapping[str, str]
+) -> SignInStarted:
+    """Keep the sign-in transaction (state, nonce, the PKCE verifier sealed) under the hash of
+    a new transaction cookie, and the tenant URL the browser goes to."""
+    (tx_cookie, hashed), state, nonce, verifier = (
+        new_cookie(),
+        new_secret(),
+        new_secret(),
+        new_secret(),
+    )
+    async with transaction(runtime.database) as conn:
+        await repository.insert_transaction(
             conn,
-            session.id,
-            access_token=self.box.seal(tokens.access_token),
-            refresh_token=refresh_sealed,
-            id_token=self.box.seal(id_token),
-            access_expires_at=dt.datetime.fromtimestamp(expires, dt.UTC),
+            hashed,
+            state=state,
+            nonce=nonce,
+            code_verifier=runtime.box.seal(verifier),
+            return_to=return_to,
+            seconds=TRANSACTION_SECONDS,
         )
-        return replace(
-            session,
-            access_token=tokens.access_token,
-            access_expires_at=expires,
-            id_token=id_token,
-            refresh_token=refresh_sealed,
+    url = runtime.oauth.authorization_url(
+        state=state, nonce=nonce, code_verifier=verifier, extra=dict(extra)
+    )
+    return SignInStarted(tx_cookie, url, TRANSACTION_SECONDS)
+
+
+async def complete_sign_in(
+    runtime: SessionRuntime, tx_cookie: str | None, params: Mapping[str, str], actor: Actor
+) -> SignedIn:
+    """The callback: the transaction taken (once, whatever follows), the state matched, the
+    code exchanged, both tokens checked, sign-up and sign-in recorded as flows 1 and 2 record
+    them, and the session started. `SignInFailed` for every refusal."""
+    hashed = cookie_hash(tx_cookie) if tx_cookie else None
+    if hashed is None:
+        raise SignInFailed("no sign-in is in progress in this browser")
+    async with transaction(runtime.database) as conn:
+        tx = await repository.take_transaction(conn, hashed)
+    if tx is None:
+        raise SignInFailed("the sign-in is unknown or was already completed")
+    if not tx.live:
+        raise SignInFailed("the sign-in took too long; start again")
+    if not hmac.compare_digest(params.get("state", "").encode(), tx.state.encode()):
+        raise SignInFailed("the state does not match this browser's sign-in")
+    error = params.get("error")
+    if error is not None:
+        reason = error if _ERROR_CODE.fullmatch(error) else "error"
+        raise SignInFailed(f"the identity provider did not sign you in ({reason})")
+    code = params.get("code")
+    if not code or len(code) > 512:
+        raise SignInFailed("the callback has no authorization code")
+    try:
+        tokens = await runtime.oauth.exchange_code(code, runtime.box.open(tx.code_verifier))
+    except GrantRefused as exc:
+        raise SignInFailed(f"the identity provider refused the code ({exc.error})") from None
+    if tokens.id_token is None:
+        raise SignInFailed("the identity provider sent no ID token")
+    caller, claims = await _signed_in_user(runtime, tokens.access_token, tokens.id_token, tx.nonce)
+    actor = actor.acting_as(caller)
+    await account.sign_up(runtime.database, actor, caller)
+    await account.sign_in(runtime.database, actor, caller)
+    sid = claims.get("sid") if isinstance(claims.get("sid"), str) else caller.sid
+    cookie = await lifecycle.create(
+        runtime, actor, sub=caller.sub, sid=sid, scope=scope_of(caller), tokens=tokens
+    )
+    return SignedIn(cookie, tx.return_to, int(runtime.absolute_seconds))
+
+
+async def _signed_in_user(
+    runtime: SessionRuntime, access_token: str, id_token: str, nonce: str
+) -> tuple[Principal, dict[str, Any]]:
+    """The caller the access token names, and the ID token's claims: both valid, one user."""
+    try:
+        claims = await verify_id_token(
+            runtime.verifier, id_token, client_id=runtime.client_id, nonce=nonce
         )
-
-    # --- Ending --------------------------------------------------------------------------
-
-    def actor_for(self, base: Actor, session: Session | store.Ended) -> Actor:
-        """The request's actor as the session's user, in the session's audit scope."""
-        return replace(
-            base,
-            scope=session.scope,
-            sub=session.sub,
-            session_id=session.sid,
-            client_id=self.settings.sessions.client_id,
-        )
-
-    async def end(
-        self, session_id: uuid.UUID, actor: Actor, reason: str, *, action: str = "session.ended"
-    ) -> store.Ended | None:
-        """Delete the session, record its end, tell every copy; None if it had ended."""
-        async with transaction(self.database) as conn:
-            ended = await store.end_session(conn, session_id)
-            if ended is not None:
-                await record_events(
-                    conn, self.actor_for(actor, ended), [ended_event(ended, reason, action)]
-                )
-        self._cache.drop_sessions({session_id})  # here at once; the other copies on NOTIFY
-        return ended
-
-    async def end_matching(
-        self, conn: asyncpg.Connection, actor: Actor, *, sub: str | None, sid: str | None
-    ) -> list[store.Ended]:
-        """End every session of `sub` and/or `sid` inside the caller's transaction (the
-        back-channel logout), recording each end in its scope, scopes in a fixed order."""
-        found = await store.sessions_of(conn, sub=sub, sid=sid)
-        if not found:
-            return []
-        ended = await store.end_sessions(conn, [r["id"] for r in found])
-        for scope in sorted({e.scope for e in ended}):
-            mine = [e for e in ended if e.scope == scope]
-            events = [ended_event(e, "backchannel_logout") for e in mine]
-            await record_events(conn, self.actor_for(actor, mine[0]), events)
-        self._cache.drop_sessions({e.id for e in ended})
-        return ended
-
-    async def purge(self, conn: asyncpg.Connection) -> None:
-        """End sessions past their idle or absolute time, each recorded (a periodic purge),
-        and forget finished sign-ins and old logout token ids."""
-        await store.purge_expired(conn)
-        system = Actor(scope="system")
-        for _ in range(100):
-            rows = await store.expired_sessions(conn, PURGE_BATCH)
-            for row in rows:
-                reason = "absolute_timeout" if row["absolute"] else "idle_timeout"
-                async with conn.transaction():
-                    ended = await store.end_session(conn, row["id"])
-                    if ended is not None:
-                        await record_events(
-                            conn, self.actor_for(system, ended), [ended_event(ended, reason)]
-                        )
-            if len(rows) < PURGE_BATCH:
-                return
-
-    async def _record_quietly(self, actor: Actor, event: Event) -> None:
-        try:
-            await record_independently(self.database, actor, event)
-        except Exception:
-            logger.exception("recording a session event failed")
-
-    async def revoke_quietly(self, sealed_refresh_token: bytes | None) -> bool:
-        """Revoke a refresh token at the tenant; a failure is logged, never raised (the
-        session is already gone here)."""
-        if sealed_refresh_token is None:
-            return False
-        try:
-            await self.oauth.revoke(self.box.open(sealed_refresh_token))
-        except Exception as exc:  # whatever the tenant did, signing out goes on
-            logger.warning("revoking a refresh token at sign-out failed (%s)", type(exc).__name__)
-            return False
-        return True
+    except InvalidToken as exc:
+        raise SignInFailed(f"the ID token is not valid: {exc.reason}") from None
+    try:
+        caller = await runtime.verifier.verify_access_token(access_token)
+    except Unauthorized as exc:
+        raise SignInFailed(f"the access token is not valid: {exc.detail}") from None
+    if caller.sub != claims["sub"]:
+        raise SignInFailed("the ID token and the access token name different users")
+    return caller, claims
 
 
-def _hash(cookie: str) -> bytes:
-    hashed = cookie_hash(cookie)
-    assert hashed is not None  # new_secret() makes exactly the values cookie_hash takes
-    return hashed
+# --- The session and sign-out ------------------------------------------------------------------
+
+
+def session_user(session: Session) -> dict[str, Any]:
+    """Who the session is, from its ID token: never a token itself."""
+    # Verified when it was stored (or received over the tenant's TLS at a refresh).
+    claims = jwt.get_unverified_claims(session.id_token)
+
+    def text(name: str) -> str | None:
+        value = claims.get(name)
+        return value if isinstance(value, str) else None
+
+    verified = claims.get("email_verified")
+    return {
+        "sub": session.sub,
+        "name": text("name"),
+        "email": text("email"),
+        "picture": text("picture"),
+        "email_verified": verified if isinstance(verified, bool) else None,
+    }
+
+
+async def sign_out(runtime: SessionRuntime, session: Session, actor: Actor) -> str:
+    """End the session (recorded as `user.signed_out`), revoke its refresh token at the
+    tenant (a failure there is logged; the session is gone either way), and the tenant's
+    logout URL, which carries the ID token as `id_token_hint` (OIDC RP-Initiated Logout)."""
+    await lifecycle.end(runtime, session.id, actor, "logout", action="user.signed_out")
+    await lifecycle.revoke_quietly(runtime, session.refresh_token)
+    settings = runtime.settings
+    query = urlencode(
+        {
+            "id_token_hint": session.id_token,
+            "post_logout_redirect_uri": f"{settings.server.public_url}/",
+            "client_id": runtime.client_id,
+        }
+    )
+    return f"{settings.auth0.tenant_url}/oidc/logout?{query}"
+
+
+# --- Back-channel logout -----------------------------------------------------------------------
+
+
+async def end_by_logout_token(runtime: SessionRuntime, token: str, actor: Actor) -> int:
+    """OpenID Connect Back-Channel Logout: the logout token checked and its `jti` remembered
+    (never accepted twice), and every session of its `sub` and/or `sid` ended on every copy.
+    How many ended; `LogoutRefused` when the token is not valid or was used."""
+    try:
+        claims = await verify_logout_token(runtime.verifier, token, client_id=runtime.client_id)
+    except InvalidToken as exc:
+        raise LogoutRefused(f"the logout token is not valid: {exc.reason}") from None
+    sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
+    sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
+    until = replay_window_end(claims, runtime.settings.auth.leeway_seconds)
+    async with transaction(runtime.database) as conn:
+        if not await repository.remember_jti(conn, claims["jti"], until):
+            raise LogoutRefused("the logout token was already used")
+        ended = await lifecycle.end_matching(runtime, conn, actor, sub=sub, sid=sid)
+    logger.info("back-channel logout ended %d session(s)", len(ended))
+    return len(ended)

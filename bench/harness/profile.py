@@ -33,7 +33,7 @@ STAGES = (
     ("  canonical detail JSON (canonical_detail)", "app/audit/chain.py", "canonical_detail"),
     ("pool acquire + release (db.connection)", "app/core/db.py", "connection"),
     ("transaction begin/commit (asyncpg transaction)", "asyncpg/transaction.py", "__aexit__"),
-    ("rows to JSON shape (patient_json)", "app/patients/repository.py", "patient_json"),
+    ("rows to JSON shape (patient_json)", "app/patients/schemas.py", "patient_json"),
     ("response rendering (orjson, JSONResponse)", "app/http/bodies.py", "render"),
     ("query-string validation (parse_query)", "app/http/bodies.py", "parse_query"),
     ("access log line (logging)", "logging/__init__.py", "info"),

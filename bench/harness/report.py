@@ -341,7 +341,7 @@ def markdown(run: Run) -> str:
         "",
         *(
             [
-                "Cookie sessions (issue 19): `GET /api/patients` with the session cookie "
+                "Cookie sessions: `GET /api/patients` with the session cookie "
                 f"and `X-CSRF: 1` ({a.sessions} sessions signed in through the stand-in "
                 "tenant's form, bench/harness/sessions.py) next to the bearer read; cost is the "
                 "bearer's throughput over the cookie's:",

@@ -10,8 +10,9 @@ import orjson
 import pytest
 import respx
 
+from app.account.emails import email_hash
 from app.account.logstream import MalformedBatch, classify, parse_batch, validate_records
-from app.account.services import account_services, email_hash
+from app.account.runtime import account_runtime
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
 from tests.fixtures.app import account_app
@@ -344,7 +345,7 @@ class TestRetention:
             "INSERT INTO auth0_log_ids (log_id, ingested_at) VALUES"
             " ('old', now() - interval '91 days'), ('recent', now() - interval '1 day')"
         )
-        services = account_services(settings)
+        services = account_runtime(settings)
         conn = await asyncpg.connect(asyncpg_dsn(settings.database.url))
         try:
             for purge in services.purges():  # what the housekeeping task runs each minute

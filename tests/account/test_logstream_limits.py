@@ -1,4 +1,4 @@
-"""Issue 18, finding 5: the Log Streams webhook cannot be used to amplify or stall. At most
+"""The Log Streams webhook cannot be used to amplify or stall. At most
 LOG_STREAM_MAX_ITEMS entries a request, a capped report, validation that gives the event
 loop back, and log dates inside a sane window."""
 

@@ -14,7 +14,8 @@ import orjson
 import pytest
 import respx
 
-from app.account.services import AccountServices, email_hash
+from app.account.emails import email_hash
+from app.account.runtime import AccountRuntime
 from app.audit.events import Actor, Event
 from app.audit.record import record_event
 from app.core.settings import Settings
@@ -23,8 +24,8 @@ from tests.fixtures.app import account_app
 from tests.helpers import assert_problem, audit_rows, bearer, everything_stored
 
 
-def limited(**rates: Rate) -> AccountServices:
-    return AccountServices(limiter=RateLimiter(**rates))
+def limited(**rates: Rate) -> AccountRuntime:
+    return AccountRuntime(limiter=RateLimiter(**rates))
 
 
 # --- POST /api/account/password-reset ---------------------------------------------------

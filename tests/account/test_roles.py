@@ -1,4 +1,4 @@
-"""Issue 18, finding 1: an organization admin manages roles inside its organization only,
+"""An organization admin manages roles inside its organization only,
 only ASSIGNABLE_ROLES change hands, nobody changes their own roles, and every attempt is
 audited with the role ids. Also the stand-in tenant's organization member-role endpoints."""
 

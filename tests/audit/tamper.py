@@ -37,9 +37,9 @@ async def issue(database: ProvisionedDatabase, ring: KeyRing = RING) -> IssuedDi
 
 
 async def forge_backdated(owner: asyncpg.Connection, scope: str, *, days: int) -> int:
-    """The forgery of issue 16, by a role that may still INSERT: a `patient.deleted` by
-    another actor, recorded `days` ago, linked and hashed as the service would, and made
-    the scope's head. Returns its seq."""
+    """A forgery by a role that may still INSERT: a `patient.deleted` by another actor,
+    recorded `days` ago, linked and hashed as the service would, and made the scope's head.
+    Returns its seq."""
     head = await owner.fetchrow(
         "SELECT last_seq, last_hash FROM audit_chain_heads WHERE scope = $1", scope
     )

@@ -1,5 +1,5 @@
 """The audit log's defences against the service's own database login and against a
-superuser (issue 16, migrations/0009_audit_integrity.sql): only the append functions
+superuser (migrations/0009_audit_integrity.sql): only the append functions
 write, the verifier refuses a backdated event, and an existing log upgrades intact."""
 
 from __future__ import annotations

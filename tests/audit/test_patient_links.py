@@ -1,4 +1,4 @@
-"""One audit event per request (issue 15): "who saw this patient" stays one indexed lookup,
+"""One audit event per request: "who saw this patient" stays one indexed lookup,
 for search pages, the profile page and single reads alike, old events included."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Appending audit events (app/audit/record.py) and recording a request's refusals and
-failures (app/audit/http.py): one unbroken chain per scope under concurrent writers,
+failures (app/audit/edge.py): one unbroken chain per scope under concurrent writers,
 append-only storage, and records that commit on their own."""
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import pytest
 from databases import Database
 from starlette.requests import Request
 
+from app.audit.edge import actor_from, record_denial, record_failure
 from app.audit.events import Actor, Event, scope_of
-from app.audit.http import actor_from, record_denial, record_failure
 from app.audit.record import record_event, record_independently
 from app.auth.tokens import Principal
 from app.core.db import create_database, transaction
 from app.core.errors import InsufficientScope, UpstreamUnavailable
+from app.core.state import Core
 from devkit.db import ProvisionedDatabase
 from tests.audit.support import ACTOR, abandoned, chain, record, verify
 
@@ -209,7 +210,8 @@ def fake_request(
             "client": ("10.1.2.3", 5555),
             "path_params": path_params or {},
             "route": SimpleNamespace(path=path),
-            "state": {"ctx": SimpleNamespace(database=database), "request_id": "req-9"},
+            # The slice of the lifespan's state that recording reads: the database.
+            "state": {"core": Core(None, database, None), "request_id": "req-9"},  # type: ignore[arg-type]
         }
     )
 

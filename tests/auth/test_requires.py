@@ -1,7 +1,7 @@
 """Route permissions through HTTP: `requires(...)` on a tiny Starlette app, and the backend.
 
-The app here is built for the test: a few routes, a middleware that puts a context with the
-verifier (and a denial recorder) on `request.state.ctx`, and the app's error handlers. No
+The app here is built for the test: a few routes, a middleware that puts the verifier (and a
+denial recorder) in the app's state as the auth runtime, and the app's error handlers. No
 database and no lifespan; the JWKS is stubbed with respx.
 """
 
@@ -29,6 +29,7 @@ from app.auth.requires import (
     principal,
     requires,
 )
+from app.auth.runtime import AuthRuntime
 from app.auth.tokens import Principal, TokenVerifier
 from app.core.errors import AppError, EmailNotVerified, StepUpRequired
 from app.core.settings import Settings
@@ -52,7 +53,7 @@ class Denial:
 
 @dataclass
 class Ctx:
-    """The slice of `AppContext` that `requires` reads."""
+    """What the test gives `requires` (as an `AuthRuntime`), and the denials it reported."""
 
     verifier: Any
     settings: Any = None
@@ -65,14 +66,16 @@ class Ctx:
 
 
 class InjectContext:
-    """What the real lifespan does for `request.state.ctx`, without one."""
+    """What the real lifespan does for `request.state.auth`, without one."""
 
     def __init__(self, app: ASGIApp, ctx: Ctx) -> None:
         self.app = app
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope.setdefault("state", {})["ctx"] = self.ctx
+        policy = self.ctx.settings.auth if self.ctx.settings is not None else None
+        auth = AuthRuntime(self.ctx.verifier, policy=policy, on_denied=self.ctx.on_denied)
+        scope.setdefault("state", {})["auth"] = auth
         await self.app(scope, receive, send)
 
 

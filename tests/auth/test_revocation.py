@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import respx
 
-from app.account.services import AccountServices
+from app.account.runtime import AccountRuntime
 from app.auth.revocation import APPLICATION_NAME, RevocationStore, compact, token_digest
 from app.auth.tokens import Principal
 from app.core.db import asyncpg_dsn
@@ -202,7 +202,7 @@ class TestLogout:
         b_store = RevocationStore(keepalive_seconds=0.2)
         async with (
             account_app(settings) as a,
-            account_app(settings, AccountServices(revocations=b_store)) as b,
+            account_app(settings, AccountRuntime(revocations=b_store)) as b,
         ):
             before = b_store.reloads
             # Cut B's listening connection (a failover, a network blip), then revoke on A

@@ -1,4 +1,4 @@
-"""Issue 18, findings 2 to 4 at the token: permissions fail closed, token lifetimes are
+"""Security findings at the token: permissions fail closed, token lifetimes are
 bounded, and claims that do not fit the tables are refused before the database is asked."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 18, finding 4 in the log: a database error's details (the DETAIL line, the row it
+"""Nothing personal in the log: a database error's details (the DETAIL line, the row it
 quotes, the key it names) never reach a log line, whichever way the error is logged."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ async def conn(database: ProvisionedDatabase) -> AsyncIterator[asyncpg.Connectio
 
 
 async def refused_registration(conn: asyncpg.Connection) -> asyncpg.PostgresError:
-    """The error of issue 18: a 306-character user id with an email, refused by the table."""
+    """A 306-character user id with an email, refused by the table."""
     try:
         await conn.execute(INSERT_REGISTRATION, LONG_SUB, EMAIL)
     except asyncpg.PostgresError as exc:

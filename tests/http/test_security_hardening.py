@@ -1,4 +1,4 @@
-"""Issue 18, finding 6: bidirectional text controls refused in names, HSTS on by default
+"""Security hardening: bidirectional text controls refused in names, HSTS on by default
 (off in `python -m app dev`), /metrics behind METRICS_TOKEN, and `dev` trusting
 X-Forwarded-For from TRUSTED_PROXIES only."""
 

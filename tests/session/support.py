@@ -15,7 +15,7 @@ import httpx
 from cryptography.fernet import Fernet
 
 from app.core.settings import Settings
-from app.session.resolver import SESSION_COOKIE, TX_COOKIE
+from app.session.cookies import SESSION_COOKIE, TX_COOKIE
 from devkit.db import ProvisionedDatabase
 from tests.fixtures.settings import make_settings
 from tests.fixtures.standin import SESSION_CLIENT_ID, SESSION_CLIENT_SECRET, sign_in

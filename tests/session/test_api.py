@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.session.resolver import SESSION_COOKIE
+from app.session.cookies import SESSION_COOKIE
 from tests.fixtures.standin import SESSION_CLIENT_ID
 from tests.helpers import assert_problem, bearer
 from tests.session.support import cleared, login, session_rows, set_cookies, with_cookie

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.session import store
+from app.session import repository
 from tests.session.support import login, with_cookie
 
 
@@ -15,14 +15,14 @@ async def test_repeated_requests_read_the_session_row_once(
 ) -> None:
     cookie = await login(app)
     reads = 0
-    select = store.select_session
+    select = repository.select_session
 
     async def counted(*args: object) -> object:
         nonlocal reads
         reads += 1
         return await select(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "select_session", counted)
+    monkeypatch.setattr(repository, "select_session", counted)
     for _ in range(5):
         assert (await app.get("/api/patients", headers=with_cookie(cookie))).status_code == 200
     assert reads == 1

@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 
+from app.session.cookies import SESSION_COOKIE, TX_COOKIE
 from app.session.crypto import TokenBox
-from app.session.resolver import SESSION_COOKIE, TX_COOKIE
 from devkit.keys import SigningKey, TokenMinter
 from tests.fixtures.standin import StandIn
 from tests.helpers import assert_problem, audit_rows

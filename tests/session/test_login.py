@@ -9,8 +9,8 @@ import asyncpg
 import httpx
 import pytest
 
+from app.session.cookies import TX_COOKIE
 from app.session.crypto import TokenBox
-from app.session.resolver import TX_COOKIE
 from tests.fixtures.standin import SESSION_CLIENT_ID
 from tests.fixtures.tenant import AUDIENCE, TENANT_URL
 from tests.helpers import assert_problem

@@ -7,11 +7,13 @@ import asyncpg
 import httpx
 from databases import Database
 
+from app.auth.tokens import TokenVerifier
 from app.core.db import connection
 from app.core.settings import Settings
+from app.session import lifecycle
 from app.session.crypto import TokenBox
 from app.session.oauth import TenantOAuth
-from app.session.service import SessionService
+from app.session.runtime import SessionRuntime
 from tests.helpers import audit_rows
 from tests.session.support import ENCRYPTION_KEY, login, session_rows, start_login
 
@@ -41,11 +43,15 @@ async def test_purge_ends_expired_sessions_and_forgets_stale_rows(
         " ('old', now() - interval '1 second'), ('new', now() + interval '1 hour')"
     )
     async with httpx.AsyncClient() as http:
-        service = SessionService(
-            settings, pool, TenantOAuth(settings, http), TokenBox(ENCRYPTION_KEY)
+        runtime = SessionRuntime(
+            settings,
+            pool,
+            TenantOAuth(settings, http),
+            TokenBox(ENCRYPTION_KEY),
+            TokenVerifier(settings, http),
         )
         async with connection(pool) as conn:
-            await service.purge(conn)
+            await lifecycle.purge(runtime, conn)
 
     assert [r["sub"] for r in await session_rows(owner)] == ["auth0|bob"]
     assert await owner.fetchval("SELECT count(*) FROM login_transactions") == 1

@@ -7,8 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import httpx
 
+from app.session.cookies import SESSION_COOKIE
 from app.session.crypto import TokenBox
-from app.session.resolver import SESSION_COOKIE
 from tests.fixtures.standin import SESSION_CLIENT_ID, StandIn
 from tests.fixtures.tenant import TENANT_URL
 from tests.helpers import assert_problem, audit_rows

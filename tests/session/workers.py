@@ -23,7 +23,7 @@ import httpx
 import uvicorn
 
 from app.core import metrics
-from app.session.resolver import SESSION_COOKIE, TX_COOKIE
+from app.session.cookies import SESSION_COOKIE, TX_COOKIE
 from devkit.db import ProvisionedDatabase
 from devkit.tenant.app import create_tenant_app
 from devkit.tenant.state import TenantState

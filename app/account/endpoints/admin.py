@@ -28,11 +28,12 @@ from app.account.roles import (
     is_user_id,
     user_roles,
 )
+from app.audit.edge import actor_from, record_failure
 from app.audit.events import Crud, Event
-from app.audit.http import actor_from, record_failure
 from app.audit.record import record_independently
 from app.auth.requires import AuthRequirement, Endpoint, authenticate, check_requirement, principal
 from app.auth.tokens import Principal
+from app.auth0.management import auth0_of
 from app.core.errors import AppError, Forbidden, NotFound, ValidationFailed
 from app.core.settings.account import ROLE_ID
 from app.http.bodies import JSONResponse, parse_body, read_json
@@ -123,7 +124,7 @@ async def check_same_org(request: Request, caller: Principal, user_id: str, even
     if caller.org_id is None:
         return
     try:
-        member = await context(request).auth0.is_org_member(caller.org_id, user_id)
+        member = await auth0_of(request).is_org_member(caller.org_id, user_id)
     except AppError as error:
         await record_failure(request, caller, event, error)
         raise
@@ -158,7 +159,7 @@ async def get_roles(request: Request) -> Response:
     event = Event("user.roles.read", "R", entity_type="user", entity_id=user_id)
     await check_same_org(request, caller, user_id, event)
     try:
-        body = await user_roles(ctx.auth0, user_id, org_id=caller.org_id)
+        body = await user_roles(auth0_of(request), user_id, org_id=caller.org_id)
     except AppError as error:
         await record_failure(request, caller, event, error)
         raise
@@ -191,7 +192,7 @@ async def _change_roles(request: Request, action: str) -> Response:
     await check_same_org(request, caller, user_id, event)
     try:
         await change_roles(
-            ctx.auth0,
+            auth0_of(request),
             user_id,
             change.roles,
             assign=action == "user.roles.assigned",

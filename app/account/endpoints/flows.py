@@ -1,6 +1,6 @@
 """HTTP handlers of the account flows of seed 000: sign-up, sign-in, update profile, and
 profile + patients (create patient lives with the other patient endpoints). Each reads like
-its diagram: `requires` verifies the token, one call to app/account/flows.py talks to
+its diagram: `requires` verifies the token, one call to app/account/service.py talks to
 Auth0 and the database, then the reply."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.account import flows
+from app.account import service
 from app.account.profiles import (
     Me,
     Profile,
@@ -19,8 +19,10 @@ from app.account.profiles import (
     ProfileUpdate,
     Registration,
 )
-from app.audit.http import actor_from
+from app.audit.edge import actor_from
+from app.audit.runtime import audit_of
 from app.auth.requires import principal, requires
+from app.auth0.management import auth0_of
 from app.http.bodies import JSONResponse, parse_body
 from app.http.context import context
 from app.http.openapi import Resp, operation
@@ -41,7 +43,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 async def create_registration(request: Request) -> Response:
     caller = principal(request)
     actor = actor_from(request, caller)
-    registered_at, created = await flows.sign_up(context(request).database, actor, caller)
+    registered_at, created = await service.sign_up(context(request).database, actor, caller)
     body = Registration(user_id=caller.sub, registered_at=registered_at)
     return JSONResponse(body, status_code=201 if created else 200, headers=NO_STORE)
 
@@ -50,7 +52,7 @@ async def create_registration(request: Request) -> Response:
 @requires()
 async def get_me(request: Request) -> Response:
     caller = principal(request)
-    me = await flows.sign_in(context(request).database, actor_from(request, caller), caller)
+    me = await service.sign_in(context(request).database, actor_from(request, caller), caller)
     return JSONResponse(me, headers=NO_STORE)
 
 
@@ -69,7 +71,7 @@ async def update_profile(request: Request) -> Response:
     ctx = context(request)
     update = await parse_body(request, ProfileUpdate)
     actor = actor_from(request, caller)
-    profile = await flows.update_profile(ctx.database, ctx.auth0, actor, caller, update)
+    profile = await service.update_profile(ctx.database, auth0_of(request), actor, caller, update)
     return JSONResponse(profile, headers=NO_STORE)
 
 
@@ -82,10 +84,10 @@ async def update_profile(request: Request) -> Response:
 async def get_profile(request: Request) -> Response:
     caller = principal(request)
     ctx = context(request)
-    body = await flows.profile_and_patients(
+    body = await service.profile_and_patients(
         ctx.database,
-        ctx.audit,
-        ctx.auth0,
+        audit_of(request).writer,
+        auth0_of(request),
         actor_from(request, caller),
         caller,
         cursor_key=ctx.settings.derived_key("patient-cursor"),

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from app.account.emails import EMAIL_HASH_KEY, email_hash
 from app.account.logstream import (
     MalformedBatch,
     TooManyItems,
@@ -19,7 +20,6 @@ from app.account.logstream import (
     parse_batch,
     validate_batch,
 )
-from app.account.services import EMAIL_HASH_KEY, email_hash
 from app.core.errors import BadRequest, PayloadTooLarge, Unauthorized
 from app.http.bodies import JSONResponse
 from app.http.context import context

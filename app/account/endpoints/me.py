@@ -19,13 +19,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from app.account.emails import EMAIL_HASH_KEY, email_hash
 from app.account.history import sign_in_history
-from app.account.services import EMAIL_HASH_KEY, AccountServices, email_hash
+from app.account.runtime import account_of
+from app.audit.edge import actor_from, record_failure
 from app.audit.events import Event
-from app.audit.http import actor_from, record_failure
 from app.audit.record import record_event, record_independently
 from app.auth.requires import principal, requires
 from app.auth.tokens import Principal
+from app.auth0.management import auth0_of
 from app.core.db import connection, transaction
 from app.core.errors import AppError, BadRequest
 from app.http.bodies import JSONResponse, parse_body, parse_query
@@ -42,14 +44,6 @@ def _problem(description: str) -> Resp:
 
 
 CURSOR_KEY = "cursor:me-logins"
-
-
-def account_of(request: Request) -> AccountServices:
-    """The process's `AccountServices` (built and started by the lifespan)."""
-    found = getattr(context(request), "account", None)
-    if not isinstance(found, AccountServices):
-        raise RuntimeError("AccountServices are not wired into the app context")
-    return found
 
 
 # --- Password reset ----------------------------------------------------------------------
@@ -110,7 +104,7 @@ async def password_reset(request: Request) -> Response:
     event = Event(
         "account.password_reset.requested", "E", entity_type="email", detail={"email_hash": hashed}
     )
-    auth0, database, email = ctx.auth0, ctx.database, body.email
+    auth0, database, email = auth0_of(request), ctx.database, body.email
 
     async def ask_auth0() -> None:
         outcome = event
@@ -158,7 +152,7 @@ async def verification_email(request: Request) -> Response:
         )
         raise
     try:
-        await ctx.auth0.send_verification_email(caller.sub)
+        await auth0_of(request).send_verification_email(caller.sub)
     except AppError as error:
         await record_failure(request, caller, event, error)
         raise

@@ -18,8 +18,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from app.audit.digests import fetch_digests, keys_that_signed
+from app.audit.edge import actor_from
 from app.audit.events import Event
-from app.audit.http import actor_from
 from app.audit.record import record_event
 from app.audit.schemas import AuditKeySet, DigestPage, DigestsQuery
 from app.audit.signing import KeyRing

@@ -1,5 +1,5 @@
-"""The audit facts of an HTTP request: its actor, and the records of refused and failed
-requests (`record_denial` is the app's `DenialHook`, app/core/state.py)."""
+"""The audit log at the HTTP edge: a request's actor, and the records of refused and failed
+requests (`record_denial` is the auth part's `DenialHook`, app/auth/runtime.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from dataclasses import replace
 
 from starlette.requests import Request
 
-from app.audit.events import CRUD_OF_METHOD, Actor, Event, scope_of
+from app.audit.events import CRUD_OF_METHOD, Actor, Event
 from app.audit.record import record_independently
 from app.auth.tokens import Principal
 from app.core.errors import AppError
+from app.http.context import context
 
 logger = logging.getLogger(__name__)
 
@@ -20,16 +21,13 @@ logger = logging.getLogger(__name__)
 def actor_from(request: Request, principal: Principal | None, *, scope: str | None = None) -> Actor:
     """The actor of a request: the verified caller (if any), its address and user agent."""
     client = request.client
-    return Actor(
-        scope=scope or (scope_of(principal) if principal else "anonymous"),
-        sub=principal.sub if principal else None,
-        client_id=principal.client_id if principal else None,
-        session_id=principal.sid if principal else None,
-        token_id=principal.jti if principal else None,
+    anonymous = Actor(
+        scope=scope or "anonymous",
         source_ip=client.host if client else None,
         user_agent=request.headers.get("user-agent") or None,
         request_id=getattr(request.state, "request_id", None),
     )
+    return anonymous.acting_as(principal, scope=scope) if principal else anonymous
 
 
 def _route_facts(request: Request) -> tuple[str, uuid.UUID | None]:
@@ -45,9 +43,8 @@ def _route_facts(request: Request) -> tuple[str, uuid.UUID | None]:
 async def record_denial(request: Request, principal: Principal | None, error: AppError) -> None:
     """Record a refused request (403) independently of the request's own transaction.
 
-    Fits `app.core.state.DenialHook`. A 401 (no principal) is not recorded: anonymous
-    traffic must
-    not be able to write to the audit log; the access log and metrics count it.
+    Fits `app.auth.runtime.DenialHook`. A 401 (no principal) is not recorded: anonymous
+    traffic must not be able to write to the audit log; the access log and metrics count it.
     """
     if principal is None:
         return
@@ -62,7 +59,7 @@ async def record_denial(request: Request, principal: Principal | None, error: Ap
         patient_id=patient_id,
         detail={"method": request.method, "status": error.status, "problem": error.type_name},
     )
-    await record_independently(request.state.ctx.database, actor_from(request, principal), event)
+    await record_independently(context(request).database, actor_from(request, principal), event)
 
 
 async def record_failure(
@@ -82,7 +79,7 @@ async def record_failure(
     )
     try:
         await record_independently(
-            request.state.ctx.database, actor_from(request, principal), failed
+            context(request).database, actor_from(request, principal), failed
         )
     except Exception:
         logger.exception(

@@ -1,14 +1,11 @@
-"""Account services: keyed email hashes, calls made after the response, and
-`AccountServices`, which bundles them with the flows' rate limits (`app.ratelimit.buckets`)
-and the revocation store.
-"""
+"""The account part's per-process object (`AccountRuntime`: the flows' rate limits, the
+revocation store, the calls made after the response), how the lifespan runs it, and its
+accessor (`account_of`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,30 +17,11 @@ from app.account.profiles import purge_sessions
 from app.auth.revocation import RevocationStore
 from app.auth.tokens import TokenVerifier
 from app.core.settings import Settings
+from app.core.state import HasState, part_of
 from app.core.tasks import Purge
 from app.ratelimit.buckets import Rate, RateLimiter
 
 logger = logging.getLogger(__name__)
-
-
-# --- Email addresses, never stored in clear -----------------------------------------------
-
-# Derives the key of `email_hash` from the service's secret (`Settings.derived_key`).
-EMAIL_HASH_KEY = "email-hash"
-
-
-def normalise_email(email: str) -> str:
-    return email.strip().lower()
-
-
-def email_hash(key: bytes, email: str) -> str:
-    """A keyed hash of an address: the same person's requests can be linked in the audit
-    log and rate-limited, but the address cannot be recovered or guessed by hashing a list
-    of candidates without the key."""
-    return hmac.new(key, normalise_email(email).encode(), hashlib.sha256).hexdigest()
-
-
-# --- Work done after the response ---------------------------------------------------------
 
 
 class AfterResponse:
@@ -85,11 +63,8 @@ class AfterResponse:
             await asyncio.wait(pending)
 
 
-# --- The bundle the app holds -------------------------------------------------------------
-
-
 @dataclass
-class AccountServices:
+class AccountRuntime:
     """What the account endpoints need besides the database and Auth0; one per process."""
 
     limiter: RateLimiter = field(default_factory=RateLimiter)
@@ -119,10 +94,10 @@ class AccountServices:
         await self.revocations.stop()
 
 
-def account_services(settings: Settings) -> AccountServices:
-    """`AccountServices` configured from settings."""
+def account_runtime(settings: Settings) -> AccountRuntime:
+    """`AccountRuntime` configured from settings."""
     account = settings.account
-    return AccountServices(
+    return AccountRuntime(
         limiter=RateLimiter(
             password_reset_per_ip=Rate(
                 account.rate_limit_password_reset_ip_count,
@@ -146,14 +121,18 @@ def account_services(settings: Settings) -> AccountServices:
 
 
 @contextlib.asynccontextmanager
-async def running_account_services(
-    services: AccountServices, database_url: str, verifier: TokenVerifier
-) -> AsyncIterator[AccountServices]:
-    """Start the services, plug revocation into the verifier, and stop them on exit."""
-    await services.start(database_url)
-    verifier.revocation_check = services.revocations.is_revoked
+async def running_account(
+    runtime: AccountRuntime, database_url: str, verifier: TokenVerifier
+) -> AsyncIterator[AccountRuntime]:
+    """Start the runtime, plug revocation into the verifier, and stop them on exit."""
+    await runtime.start(database_url)
+    verifier.revocation_check = runtime.revocations.is_revoked
     try:
-        yield services
+        yield runtime
     finally:
         verifier.revocation_check = None
-        await services.aclose()
+        await runtime.aclose()
+
+
+def account_of(conn: HasState) -> AccountRuntime:
+    return part_of(conn, "account", AccountRuntime)

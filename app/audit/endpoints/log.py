@@ -2,9 +2,6 @@
 
 Every handler reads the caller's scope only (`scope_of(principal)`), and records its own
 read of the log before it answers.
-
-Past 300 lines because its five handlers share the window, filter and cursor helpers at
-the top; the digest endpoints are app/audit/digest_endpoints.py.
 """
 
 from __future__ import annotations
@@ -20,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from app.audit.edge import actor_from
 from app.audit.events import Actor, Event
-from app.audit.http import actor_from
 from app.audit.query import (
     MAX_WINDOW,
     AuditFilters,

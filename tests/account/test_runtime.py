@@ -1,11 +1,12 @@
-"""The account's per-process services (app/account/services.py): the keyed email hash, the
-after-response runner, and what the settings make of them."""
+"""The account's per-process runtime (app/account/runtime.py) and its keyed email hash
+(app/account/emails.py): the after-response runner, and what the settings make of them."""
 
 from __future__ import annotations
 
 import asyncio
 
-from app.account.services import AfterResponse, account_services, email_hash
+from app.account.emails import email_hash
+from app.account.runtime import AfterResponse, account_runtime
 from app.core.settings import Settings
 from app.ratelimit.buckets import Rate
 
@@ -29,9 +30,9 @@ class TestAfterResponse:
         await runner.drain()
 
 
-class TestAccountServicesFromSettings:
+class TestAccountRuntimeFromSettings:
     def test_defaults(self, settings: Settings) -> None:
-        services = account_services(settings)
+        services = account_runtime(settings)
         assert services.limiter.password_reset_per_email == Rate(5, 900)
         assert services.limiter.password_reset_per_ip == Rate(20, 900)
         assert services.limiter.verification_email_per_user == Rate(3, 900)
