@@ -17,12 +17,18 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from app.account import endpoints as account_endpoints
-from app.account.runtime import AccountRuntime, account_runtime, running_account
+from app.account.runtime import (
+    AccountRuntime,
+    account_runtime,
+    cached_profiles,
+    running_account,
+)
 from app.audit import endpoints as audit_endpoints
 from app.audit.edge import record_denial
 from app.audit.runtime import running_audit
 from app.auth.runtime import AuthRuntime
 from app.auth.tokens import TokenVerifier
+from app.auth0.budget import management_budget
 from app.auth0.management import Auth0Client
 from app.core.settings import Settings, load_settings
 from app.core.state import running_core
@@ -124,13 +130,21 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
             stack.push_async_callback(rate_limiter.stop)  # flushes this copy's last counts
             verifier = TokenVerifier(settings, core.http)
             core.checks["jwks"] = verifier.ready
-            auth0 = parts.auth0 or Auth0Client(settings, core.http)
+            budget = management_budget(
+                settings.auth0.management_quota,
+                core.database,
+                redis.get_secret_value() if redis else None,
+            )
+            if budget is not None:
+                stack.push_async_callback(budget.aclose)
+            auth0 = parts.auth0 or Auth0Client(settings, core.http, budget=budget)
             stack.push_async_callback(auth0.aclose)
             audit = await stack.enter_async_context(running_audit(core.database, settings.audit))
-            account = await stack.enter_async_context(
-                running_account(
-                    parts.account or account_runtime(settings), settings.database.url, verifier
-                )
+            account = parts.account or account_runtime(settings)
+            if account.profiles is None:
+                account.profiles = cached_profiles(settings, core.database, auth0)
+            await stack.enter_async_context(
+                running_account(account, settings.database.url, verifier)
             )
             sessions = session_runtime(settings, core.database, core.http, verifier)
             if sessions is not None:

@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=float, help="warm-up seconds, first round (2)")
     parser.add_argument("--rounds", type=int, help="measure every cell this often (3)")
     parser.add_argument("--pool-max", type=int, default=10, help="DB pool size per process")
+    parser.add_argument(
+        "--management-rate",
+        default="2/1",
+        help="ours' Auth0 Management API budget, AUTH0_MANAGEMENT_RATE (2/1: the free plan's "
+        "limit; 15/1 a paid self-service plan's)",
+    )
     parser.add_argument("--connections", type=_list(int), help="wrk connections (32,64)")
     parser.add_argument("--workers", type=_list(int), default=[1, 2], help="uvicorn workers")
     parser.add_argument("--targets", type=_list(str), default=["floor", "ours", "peer"])

@@ -43,7 +43,18 @@ def test_no_cookie_read_no_table() -> None:
 def test_the_sessions_sign_ins_are_not_m2m_tokens() -> None:
     counts = {"oauth_token": 101, "code_grant": 100, "sign_in": 100, "jwks": 1, "get_user": 3}
     line = tenant_table([TenantCounts("ours", 1, 60.0, counts)])[-1]
-    assert line == "| ours | 1 | 60 | 1 | 0 | 1 | 3 | 1.0, 1.0 | within (JWKS ≤ 1, M2M ≤ 1) |"
+    assert line == (
+        "| ours | 1 | 60 | 1 | 0 | 1 | 3 | 0.05 | - | 1.0, 1.0 | within (JWKS ≤ 1, M2M ≤ 1) |"
+    )
+
+
+def test_the_management_api_budget_is_held_to_account() -> None:
+    counts = {"oauth_token": 1, "jwks": 1, "get_user": 120, "management_busiest": 2}
+    within = tenant_table([TenantCounts("ours", 1, 60.0, counts)], "2/1")[-1]
+    assert "| 120 | 2.00 | 2 / 1 s |" in within
+    assert within.endswith("| within (JWKS ≤ 1, M2M ≤ 1, ≤ 2 per 1 s) |")
+    over = tenant_table([TenantCounts("ours", 1, 60.0, {**counts, "management_busiest": 3})], "2/1")
+    assert over[-1].endswith("| EXCEEDED (JWKS ≤ 1, M2M ≤ 1, ≤ 2 per 1 s) |")
 
 
 def test_sessions_option() -> None:

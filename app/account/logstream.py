@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import asyncpg
 import orjson
@@ -43,13 +44,15 @@ from pydantic import (
     field_validator,
 )
 
-from app.account.logtypes import classify
+from app.account.cached_profiles import mark_stale
+from app.account.logtypes import PROFILE_CHANGING, classify
 from app.audit.batcher import record_many
 from app.audit.events import Actor, Event
 from app.core.db import transaction
 from app.core.errors import field_errors
 
 _PRINTABLE = r"^[\x21-\x7e]+$"
+_USER_PATH = re.compile(r"/api/v2/users/([^/?#]+)")
 # The window of log dates accepted: Auth0 redelivers for hours, not months, and a log id is
 # remembered (to drop redeliveries) for AUTH0_LOG_ID_RETENTION_DAYS, 90 by default.
 MAX_LOG_AGE = dt.timedelta(days=90)
@@ -102,6 +105,8 @@ class LogData(BaseModel):
     connection: str | None = Field(default=None, max_length=200)
     strategy: str | None = Field(default=None, max_length=100)
     organization_id: str | None = Field(default=None, max_length=64, pattern=_PRINTABLE)
+    # A Management API operation's request (`sapi`): its path names the user it changed.
+    details: dict[str, Any] | None = None
 
     _blanks = field_validator(
         "log_id",
@@ -121,6 +126,21 @@ class LogData(BaseModel):
     @classmethod
     def _truncate(cls, value: str | None) -> str | None:
         return value[:512] if value else value  # the audit column's limit
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _objects_only(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else None
+
+    def changed_user(self) -> str | None:
+        """The user whose Auth0 record this log says changed, if it says so."""
+        if self.type not in PROFILE_CHANGING:
+            return None
+        request = (self.details or {}).get("request")
+        path = request.get("path") if isinstance(request, dict) else None
+        if isinstance(path, str) and (found := _USER_PATH.fullmatch(path)):
+            return unquote(found.group(1))[:255] or None
+        return self.user_id if self.type != "sapi" else None
 
 
 class LogRecord(BaseModel):
@@ -285,8 +305,10 @@ async def ingest(
     *,
     request_id: str | None,
     hash_user_name: Callable[[str], str],
+    profile_fresh_seconds: float | None = None,
 ) -> tuple[int, int]:
-    """Store the logs not seen before, with their ids, in one transaction.
+    """Store the logs not seen before, with their ids, in one transaction, and (given
+    `profile_fresh_seconds`) mark stale the cached profiles of the users they say changed.
 
     Returns (stored, duplicates). Ids are inserted in sorted order, and the events of all
     scopes are appended in one statement that locks scopes in one global order, so two
@@ -308,6 +330,10 @@ async def ingest(
                 )
                 groups.setdefault(actor, []).append(event)
         await record_many(conn, list(groups.items()))
+        if profile_fresh_seconds is not None:
+            changed = [first[i].data.changed_user() for i in sorted(new_ids)]
+            users = [user for user in changed if user is not None]
+            await mark_stale(conn, users, fresh_seconds=profile_fresh_seconds)
     return len(new_ids), len(records) - len(new_ids)
 
 

@@ -47,6 +47,10 @@ EVENT_TYPES: dict[str, tuple[str, Outcome, str | None]] = {
     "fertft": ("idp.refresh_token.failed", "failed", "refresh token exchange failed"),
 }
 OTHER_ACTION = "idp.log.other"
+# The log types after which a user's record at Auth0 may differ from our copy of it: a
+# Management API operation (`sapi`), an email, password, phone number or user name changed,
+# an email verified. Their users' cached profiles are refetched (app/account/cached_profiles).
+PROFILE_CHANGING = frozenset({"sapi", "sce", "scp", "scpn", "scu", "sv"})
 # The actions that are sign-in history (GET /api/me/logins), besides the service's own.
 SIGN_IN_ACTIONS = (
     "idp.login.success",

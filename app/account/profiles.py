@@ -144,9 +144,17 @@ class ProfilePatientsPage(BaseModel):
     next_cursor: str | None
 
 
+class ProfileMeta(BaseModel):
+    profile_age_seconds: int = Field(
+        description="How old the profile is (also the Age header): a copy kept for every "
+        "copy of the service, refetched from Auth0 within its Management API budget"
+    )
+
+
 class ProfileAndPatients(BaseModel):
     profile: Profile
     patients: ProfilePatientsPage
+    meta: ProfileMeta
 
 
 _SAFE_METADATA = set(UserMetadata.model_fields)

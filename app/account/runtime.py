@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
+from databases import Database
 
+from app.account.cached_profiles import CachedProfiles, purge_profiles
 from app.account.logstream import purge_ingested_log_ids
 from app.account.profiles import purge_sessions
 from app.auth.revocation import RevocationStore
 from app.auth.tokens import TokenVerifier
+from app.auth0.management import Auth0Client
 from app.core.settings import Settings
 from app.core.state import HasState, part_of
 from app.core.tasks import Purge
@@ -71,26 +74,38 @@ class AccountRuntime:
     revocations: RevocationStore = field(default_factory=RevocationStore)
     after_response: AfterResponse = field(default_factory=AfterResponse)
     log_id_retention_days: int = 90
+    # The profile page's shared copies of Auth0 records; the lifespan gives a runtime built
+    # without one the process's cache.
+    profiles: CachedProfiles | None = None
 
     def purges(self) -> list[Purge]:
         """The account part's periodic purges (run by app/core/tasks.py)."""
-        retention = self.log_id_retention_days
+        retention, profiles = self.log_id_retention_days, self.profiles
 
         async def purge_log_ids(conn: asyncpg.Connection) -> None:
             await purge_ingested_log_ids(conn, older_than_days=retention)
 
-        return [
+        purges = [
             Purge("revocations", self.revocations.purge),
             Purge("flow rate limits", RateLimiter.purge),
             Purge("auth0 log ids", purge_log_ids),
             Purge("sign-in sessions", purge_sessions),
         ]
+        if profiles is not None:
+
+            async def purge_old_profiles(conn: asyncpg.Connection) -> None:
+                await purge_profiles(conn, older_than_seconds=profiles.max_stale_seconds)
+
+            purges.append(Purge("cached profiles", purge_old_profiles))
+        return purges
 
     async def start(self, database_url: str) -> None:
         await self.revocations.start(database_url)
 
     async def aclose(self) -> None:
         await self.after_response.drain()
+        if self.profiles is not None:
+            await self.profiles.drain()
         await self.revocations.stop()
 
 
@@ -117,6 +132,17 @@ def account_runtime(settings: Settings) -> AccountRuntime:
             session_seconds=settings.auth.revoked_session_seconds,
         ),
         log_id_retention_days=settings.auth0.log_id_retention_days,
+    )
+
+
+def cached_profiles(settings: Settings, database: Database, auth0: Auth0Client) -> CachedProfiles:
+    """The profile page's shared cache, configured from settings."""
+    return CachedProfiles(
+        database,
+        auth0,
+        fresh_seconds=settings.auth0.profile_cache_seconds,
+        max_stale_seconds=settings.auth0.profile_max_stale_seconds,
+        wait_seconds=settings.auth0.timeout_seconds + settings.auth0.retry_budget_seconds,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from databases import Database
 
+from app.account.cached_profiles import CachedProfiles
 from app.account.profiles import (
     COUNT_PATIENTS,
     SELECT_REGISTRATION,
@@ -76,11 +77,13 @@ async def sign_in(database: Database, actor: Actor, caller: Principal) -> Me:
 async def update_profile(
     database: Database,
     auth0: Auth0Client,
+    profiles: CachedProfiles | None,
     actor: Actor,
     caller: Principal,
     update: ProfileUpdate,
 ) -> Profile:
-    """Change the caller's Auth0 profile, then record it; the profile as Auth0 now has it.
+    """Change the caller's Auth0 profile, then record it; the profile as Auth0 now has it,
+    which the profile page serves from then on (every copy reads the same cache).
 
     A refusal or an outage at Auth0 is recorded as failed and re-raised. Once Auth0 has the
     change the answer is a success even if its record cannot be written: that is logged as
@@ -109,6 +112,8 @@ async def update_profile(
         )
         await record_independently(database, actor, failed)
         raise
+    if profiles is not None:
+        await _keep_profile(profiles, user)
     try:
         async with transaction(database) as conn:
             await record_event(conn, actor, event)
@@ -126,18 +131,30 @@ async def update_profile(
     return safe_profile(user)
 
 
+async def _keep_profile(profiles: CachedProfiles, user: dict[str, Any]) -> None:
+    """The updated record as the cached profile; when that fails the old copy stays until it
+    goes stale, which is logged."""
+    try:
+        await profiles.store(user)
+    except Exception:
+        logger.warning("the updated profile could not be cached", exc_info=True)
+
+
 async def profile_and_patients(
     database: Database,
     audit: AuditWriter,
-    auth0: Auth0Client,
+    profiles: CachedProfiles,
     actor: Actor,
     caller: Principal,
     *,
     cursor_key: bytes,
-) -> dict[str, Any]:
-    """The caller's Auth0 profile and first page of patients (the page recorded first)."""
-    user = await auth0.get_user(caller.sub)
+) -> tuple[dict[str, Any], int]:
+    """The caller's profile (from the shared cache) and first page of patients (the page
+    recorded first), and the profile's age in whole seconds."""
+    profile = await profiles.get(caller.sub)
     page = await read_page_audited(
         database, audit, actor, scope_of(caller), cursor_key=cursor_key, limit=PROFILE_PAGE_SIZE
     )
-    return {"profile": safe_profile(user), "patients": page}
+    age = int(profile.age_seconds)
+    body = {"profile": profile.fragment, "patients": page, "meta": {"profile_age_seconds": age}}
+    return body, age

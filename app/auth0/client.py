@@ -38,6 +38,7 @@ from auth0.management.core.parse_error import ParsingError
 
 from app.auth0.answers import Answered, client_error, from_sdk, json_object, rate_limit_wait
 from app.auth0.breaker import CircuitBreaker
+from app.auth0.budget import BudgetSpent, ManagementBudget, Priority
 from app.auth0.tokens import M2MToken
 from app.core.errors import AppError, UpstreamError, UpstreamUnavailable
 from app.core.metrics import AUTH0_BREAKER_OPEN, AUTH0_CALLS, AUTH0_RETRIES
@@ -68,6 +69,7 @@ class Auth0Transport:
         settings: Settings,
         http: httpx.AsyncClient,
         *,
+        budget: ManagementBudget | None = None,
         sleep: Sleep,
         clock: Clock,
         wall_clock: Clock,
@@ -75,6 +77,7 @@ class Auth0Transport:
     ) -> None:
         self.settings = settings
         self.http = http
+        self.budget = budget
         self.stats: Counter[str] = Counter()
         self._sleep, self._clock, self._wall, self._rand = sleep, clock, wall_clock, rand
         self._base = settings.auth0.tenant_url
@@ -136,13 +139,17 @@ class Auth0Transport:
         send: Callable[[], Awaitable[T]],
         *,
         retryable: bool = False,
+        priority: Priority = "normal",
+        wait: bool = True,
     ) -> T:
         """Run one Management API call made with the SDK (`send` makes one request) and
         return its result, or raise an `AppError`. `operation` names it in logs and metrics.
 
         `retryable` says repeating cannot duplicate an effect: such calls are retried on 429,
-        5xx and network errors while the summed waits fit the budget. A 401 is retried once
-        with a fresh token whatever the method: Auth0 acted on nothing.
+        5xx and network errors while the summed waits fit the wait budget. A 401 is retried
+        once with a fresh token whatever the method: Auth0 acted on nothing. Every attempt
+        first takes a slot of the Management API budget at `priority`; with `wait`, a call
+        refused one waits for it within the wait budget, else it is `BudgetSpent` at once.
         """
 
         async def attempt(token: str | None) -> T:
@@ -154,7 +161,14 @@ class Auth0Transport:
             finally:
                 _ATTEMPT_TOKEN.reset(bound)
 
-        return await self._run(operation, attempt, retryable=retryable, m2m=True, our_input=True)
+        return await self._run(
+            operation,
+            attempt,
+            retryable=retryable,
+            m2m=True,
+            our_input=True,
+            slot=(priority, wait) if self.budget is not None else None,
+        )
 
     async def request(
         self,
@@ -199,14 +213,18 @@ class Auth0Transport:
         retryable: bool,
         m2m: bool,
         our_input: bool,
+        slot: tuple[Priority, bool] | None = None,
     ) -> T:
         outcome = "error"
         try:
             result = await self._attempts(
-                operation, attempt, retryable=retryable, m2m=m2m, our_input=our_input
+                operation, attempt, retryable=retryable, m2m=m2m, our_input=our_input, slot=slot
             )
             outcome = "ok"
             return result
+        except BudgetSpent:
+            outcome = "budget_spent"
+            raise
         except UpstreamUnavailable:
             outcome = "unavailable"
             raise
@@ -230,12 +248,15 @@ class Auth0Transport:
         retryable: bool,
         m2m: bool,
         our_input: bool,
+        slot: tuple[Priority, bool] | None,
     ) -> T:
         budget = self.settings.auth0.retry_budget_seconds
         waited, token_renewed, attempts = 0.0, False, 0
         while True:
             attempts += 1
             token = await self._token.get() if m2m else None
+            if slot is not None:
+                waited = await self._take_slot(*slot, waited=waited, budget=budget)
             trial = self._breaker.admit()
             self.stats["requests"] += 1
             try:
@@ -281,6 +302,24 @@ class Auth0Transport:
             AUTH0_RETRIES.labels(operation=operation).inc()
             await self._sleep(wait)
             waited += wait
+
+    async def _take_slot(
+        self, priority: Priority, wait: bool, *, waited: float, budget: float
+    ) -> float:
+        """A Management API slot, waiting for one (if `wait`) while the waits fit `budget`;
+        the time waited so far."""
+        assert self.budget is not None
+        while True:
+            try:
+                await self.budget.take(priority)
+            except BudgetSpent as spent:
+                if not wait or waited + spent.wait_seconds > budget:
+                    raise
+                self.stats["budget_waits"] += 1
+                await self._sleep(spent.wait_seconds)
+                waited += spent.wait_seconds
+            else:
+                return waited
 
 
 def _backoff(attempt: int) -> float:

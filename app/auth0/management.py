@@ -6,17 +6,16 @@ The SDK builds the URLs and reads the answers into its models; this module turns
 plain dicts and walks the pages. Each call runs inside `Auth0Transport.call`, which owns the
 policy (the SDK's own retrying is off), and says here whether it may be retried: reads, PATCH
 and DELETE of roles repeat safely; a POST that sends an email or assigns roles never does.
-A user's record is kept in a short, bounded cache, forgotten around every update to it.
+Every call takes a slot of the Management API budget first (app/auth0/budget.py); the profile
+page's copies of users' records are the account part's (app/account/cached_profiles.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -26,12 +25,12 @@ from auth0.management import AsyncAuth0
 from auth0.management.core.pagination import AsyncPager
 from auth0.management.core.pydantic_utilities import UniversalBaseModel
 
+from app.auth0.budget import ManagementBudget, Priority
 from app.auth0.client import Auth0Transport, Clock, Sleep
 from app.core.errors import NotFound, UpstreamError
 from app.core.settings import Settings
 from app.core.state import HasState, part_of
 
-PROFILE_CACHE_SIZE = 4096
 PAGE_SIZE = 100
 MAX_PAGES = 1000  # bounds a walk over pages a broken tenant would never end
 
@@ -67,6 +66,7 @@ class Auth0Client:
         settings: Settings,
         http: httpx.AsyncClient,
         *,
+        budget: ManagementBudget | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
@@ -74,7 +74,13 @@ class Auth0Client:
     ) -> None:
         self.settings = settings
         self.transport = Auth0Transport(
-            settings, http, sleep=sleep, clock=clock, wall_clock=wall_clock, rand=rand
+            settings,
+            http,
+            budget=budget,
+            sleep=sleep,
+            clock=clock,
+            wall_clock=wall_clock,
+            rand=rand,
         )
         # `token` is required but never sent: `async_token` replaces it on every request.
         self.sdk = AsyncAuth0(
@@ -86,39 +92,26 @@ class Auth0Client:
             max_retries=0,
         )
         self.stats = self.transport.stats
-        self._clock = clock
-        self._profiles: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
-        self._profile_writes = 0
 
     async def aclose(self) -> None:
-        """Forget the token and cached profiles; the shared HTTP client is the lifespan's."""
+        """Forget the token; the shared HTTP client and the budget are the lifespan's."""
         await self.transport.aclose()
-        self._profiles.clear()
 
     # --- Users ---------------------------------------------------------------------------
 
-    async def get_user(self, user_id: str) -> dict[str, Any]:
-        """The user's full Auth0 record (callers filter it), served from a short cache."""
-        cached = self._profiles.get(user_id)
-        if cached is not None and self._clock() < cached[0]:
-            self._profiles.move_to_end(user_id)
-            self.stats["profile_cache_hits"] += 1
-            return copy.deepcopy(cached[1])
-        self.stats["profile_cache_misses"] += 1
-        writes = self._profile_writes
-        user = plain(
-            await self.transport.call(
-                "users.get", partial(self.sdk.users.get, user_id), retryable=True
-            )
+    async def get_user(
+        self, user_id: str, *, priority: Priority = "normal", wait: bool = True
+    ) -> dict[str, Any]:
+        """The user's full Auth0 record (callers filter it). `priority` and `wait` are the
+        budget's (`Auth0Transport.call`)."""
+        user = await self.transport.call(
+            "users.get",
+            partial(self.sdk.users.get, user_id),
+            retryable=True,
+            priority=priority,
+            wait=wait,
         )
-        # An update that ran while we read may have made this answer stale: don't keep it.
-        if writes == self._profile_writes and self.settings.auth0.profile_cache_seconds > 0:
-            expires = self._clock() + self.settings.auth0.profile_cache_seconds
-            self._profiles[user_id] = (expires, copy.deepcopy(user))
-            self._profiles.move_to_end(user_id)
-            while len(self._profiles) > PROFILE_CACHE_SIZE:
-                self._profiles.popitem(last=False)
-        return user
+        return plain(user)
 
     async def update_user(self, user_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         """PATCH the user and return Auth0's updated record. `fields` are named as the SDK's
@@ -127,13 +120,9 @@ class Auth0Client:
         Retried like a GET: Auth0 sets the given fields (and merges `user_metadata` at the top
         level), so sending the same body twice leaves the same result.
         """
-        self._forget_profile(user_id)
-        try:
-            user = await self.transport.call(
-                "users.update", partial(self.sdk.users.update, user_id, **fields), retryable=True
-            )
-        finally:
-            self._forget_profile(user_id)
+        user = await self.transport.call(
+            "users.update", partial(self.sdk.users.update, user_id, **fields), retryable=True
+        )
         return plain(user)
 
     async def send_verification_email(self, user_id: str) -> dict[str, Any]:
@@ -143,12 +132,6 @@ class Auth0Client:
             partial(self.sdk.jobs.verification_email.create, user_id=user_id),
         )
         return plain(job)
-
-    def _forget_profile(self, user_id: str) -> None:
-        self._profiles.pop(user_id, None)
-        self._profile_writes += 1
-
-    # --- Roles ---------------------------------------------------------------------------
 
     async def get_user_roles(self, user_id: str) -> list[dict[str, Any]]:
         """Every tenant role assigned directly to the user, across all pages."""

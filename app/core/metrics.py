@@ -38,6 +38,16 @@ AUTH0_BREAKER_OPEN = Gauge(
     "1 while the Auth0 circuit breaker is open (any worker's).",
     multiprocess_mode="livemax",
 )
+AUTH0_BUDGET = Counter(
+    "auth0_budget_calls",
+    "Management API slots asked of the shared budget, by priority and outcome (spent or refused).",
+    ["priority", "outcome"],
+)
+PROFILE_CACHE = Counter(
+    "profile_cache_reads",
+    "Profile page reads of the shared profile cache, by result (fresh, stale, miss, unavailable).",
+    ["result"],
+)
 M2M_TOKEN_FETCHES = Counter(
     "m2m_token_fetches", "Management API access tokens fetched, by outcome.", ["outcome"]
 )

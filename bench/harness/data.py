@@ -165,11 +165,45 @@ async def load(owner_url: str, users: Sequence[User], patients: int) -> str:
         await conn.copy_records_to_table(
             "patients", records=patient_records(users, patients), columns=PATIENT_COLUMNS
         )
+        await conn.copy_records_to_table(
+            "auth0_profiles", records=cached_profiles(users), columns=PROFILE_COLUMNS
+        )
         await conn.execute("VACUUM (ANALYZE) patients")
         await conn.execute("VACUUM (ANALYZE) registrations")
+        await conn.execute("VACUUM (ANALYZE) auth0_profiles")
         return str(await conn.fetchval("SHOW server_version"))
     finally:
         await conn.close()
+
+
+PROFILE_COLUMNS = ("user_id", "profile", "fetched_at")
+
+
+def cached_profiles(users: Sequence[User], seed: int = 9) -> list[tuple[str, str, dt.datetime]]:
+    """Every user's profile as a service that has run for a while holds it: fetched between
+    a minute and an hour ago, so the profile page serves most of them stale and refreshes
+    them within the Management API budget, as it would in production (the stand-in tenant
+    answers the same fields)."""
+    rng = random.Random(seed)
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for user in users:
+        local = user.sub.split("|")[-1]
+        profile = {
+            "user_id": user.sub,
+            "email": f"{local}@example.com",
+            "email_verified": True,
+            "given_name": None,
+            "family_name": None,
+            "name": local,
+            "nickname": local,
+            "picture": "https://example.com/avatar.png",
+            "user_metadata": {},
+            "updated_at": "2026-11-01T09:30:00.000Z",
+        }
+        fetched = now - dt.timedelta(seconds=rng.uniform(60, 3600))
+        rows.append((user.sub, orjson.dumps(profile).decode(), fetched))
+    return rows
 
 
 # --- Tokens -----------------------------------------------------------------------------

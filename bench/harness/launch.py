@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from app.core.settings import Quota
 from bench.harness import data
 from bench.harness.model import (
     AUDIENCE,
@@ -32,7 +33,7 @@ def base_env() -> dict[str, str]:
 
     from app.core.settings import Settings
 
-    names = {name.upper() for name in Settings.model_fields}
+    names = set(Settings.env_names())
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
     env["PYTHONPATH"] = str(REPO)
     return env
@@ -58,6 +59,7 @@ def server_for(run: Run, target: str, workers: int) -> Server:
             "AUTH0_EMAIL_VERIFIED_CLAIM": data.EMAIL_VERIFIED_CLAIM,
             "LOG_LEVEL": "INFO",
             "DB_POOL_MAX_SIZE": str(run.args.pool_max),
+            "AUTH0_MANAGEMENT_RATE": run.args.management_rate,
             # All the load comes from one address and 1,000 users: limits high enough never
             # to refuse, so the limiter's per-request check is measured but not its 429s.
             "RATE_LIMIT_PER_IP": UNREACHABLE_LIMIT,
@@ -86,5 +88,9 @@ def server_for(run: Run, target: str, workers: int) -> Server:
 
 
 def tenant_stats(run: Run, target: str) -> dict[str, int]:
-    status, body = http_call(run.tenants[target].url + "/dev/stats")
+    """The tenant's counts, and the most Management API calls that reached it within any
+    window of ours' budget (`management_busiest`, over the tenant's life so far)."""
+    window = Quota.parse(run.args.management_rate)
+    query = f"?window={window.seconds}" if window else ""
+    status, body = http_call(run.tenants[target].url + "/dev/stats" + query)
     return dict(json.loads(body)) if status == 200 else {}

@@ -7,6 +7,7 @@ import platform
 import subprocess
 from collections.abc import Iterable
 
+from app.core.settings import Quota
 from bench.harness.model import Measurement, OpenLoopCell, Run, TenantCounts
 
 JWKS_PERIOD_S = 600  # at most one JWKS request per 10 minutes per process
@@ -257,29 +258,41 @@ _BROWSER_LOGIN = {"authorize", "code_grant", "refresh_grant", "refresh_reuse", "
 _BROWSER_LOGIN |= {"sign_in", "logout", "backchannel"}
 
 
-def tenant_table(counts: Iterable[TenantCounts]) -> list[str]:
+def tenant_table(counts: Iterable[TenantCounts], budget: str = "") -> list[str]:
+    """What each server asked of its tenant, and whether that stayed within the bounds: the
+    JWKS and M2M token per process and period, and ours' Management API budget (`budget`,
+    COUNT/SECONDS: the most calls that reached the tenant within any such window)."""
     lines = [
         "| server | workers | alive s | JWKS | discovery | M2M token | Management API "
-        "| per process: JWKS, M2M | bound |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| Management API per s | busiest window | per process: JWKS, M2M | bound |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
+    quota = Quota.parse(budget) if budget else None
     for t in counts:
         c = t.counts
         # `oauth_token` counts every grant; the browser sign-ins' own are not M2M tokens.
         jwks = c.get("jwks", 0)
         m2m = c.get("oauth_token", 0) - c.get("code_grant", 0) - c.get("refresh_grant", 0)
-        skip = {"jwks", "oauth_token", "discovery", "total", *_BROWSER_LOGIN}
-        management = sum(v for k, v in c.items() if k not in skip)
+        skip = {"jwks", "oauth_token", "discovery", "total", "management_busiest"}
+        management = sum(v for k, v in c.items() if k not in skip | set(_BROWSER_LOGIN))
+        busiest = c.get("management_busiest")
         jwks_bound = t.workers * math.ceil(max(t.seconds, 1) / JWKS_PERIOD_S)
         m2m_bound = t.workers * math.ceil(max(t.seconds, 1) / M2M_LIFETIME_S)
         ok = jwks <= jwks_bound and m2m <= m2m_bound
-        verdict = f"{'within' if ok else 'EXCEEDED'} (JWKS ≤ {jwks_bound}, M2M ≤ {m2m_bound})"
+        within_budget = quota is None or busiest is None or busiest <= quota.count
+        if t.target == "ours":
+            ok = ok and within_budget
+        limits = f"JWKS ≤ {jwks_bound}, M2M ≤ {m2m_bound}"
+        if quota is not None and t.target == "ours":
+            limits += f", ≤ {quota.count} per {quota.seconds:g} s"
+        verdict = f"{'within' if ok else 'EXCEEDED'} ({limits})"
         if t.target != "ours":
             verdict = "(the target is ours)" if ok else f"would exceed: {verdict}"
+        window = f"{busiest} / {quota.seconds:g} s" if busiest is not None and quota else "-"
         lines.append(
             f"| {t.target} | {t.workers} | {t.seconds:.0f} | {jwks} | {c.get('discovery', 0)} "
-            f"| {m2m} | {management} | {jwks / t.workers:.1f}, {m2m / t.workers:.1f} "
-            f"| {verdict} |"
+            f"| {m2m} | {management} | {management / max(t.seconds, 1):.2f} | {window} "
+            f"| {jwks / t.workers:.1f}, {m2m / t.workers:.1f} | {verdict} |"
         )
     return lines
 
@@ -371,7 +384,7 @@ def markdown(run: Run) -> str:
         "",
         "Stand-in tenant requests during each server's life (one tenant per server):",
         "",
-        *tenant_table(run.tenant_counts),
+        *tenant_table(run.tenant_counts, run.args.management_rate),
     ]
     if run.profile:
         lines += ["", *run.profile]

@@ -15,7 +15,8 @@ It is a separate ASGI app on its own port, never mounted in or imported by the s
   shapes: its paging envelopes (`_role_page`, `_member_page`) and error bodies
 - `POST /dbconnections/change_password`
 - `POST /dev/token`: mints an access token with the claims given (development only)
-- `GET /dev/stats`: how many requests of each kind it served
+- `GET /dev/stats`: how many requests of each kind it served (`?window=SECONDS`: the most
+  Management API requests within any such window)
 - `POST /dev/fault`: makes it slow or answer 429/500 (`devkit.tenant.faults`), for fault runs
 - `POST /dev/rotate`: signs with the next key from now on (the old one stays published);
   `{"announced": false}` signs with a key it never published before
@@ -117,6 +118,8 @@ def create_tenant_app(state: TenantState) -> Starlette:
     def count(request: Request, kind: str) -> None:
         state.counts[kind] += 1
         state.counts["total"] += 1
+        if request.url.path.startswith("/api/v2/"):
+            state.management_calls.append(time.monotonic())
 
     def m2m_ok(request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -277,8 +280,17 @@ def create_tenant_app(state: TenantState) -> Starlette:
         )
 
     async def stats(request: Request) -> Response:
+        """The counts by kind; with `?window=SECONDS`, also the most Management API requests
+        that arrived within any such window (`management_busiest`)."""
         faulted = {"faulted": state.fault.faulted} if state.fault.faulted else {}
-        return JSONResponse({**state.counts, **faulted})
+        window = request.query_params.get("window")
+        busiest: dict[str, int] = {}
+        if window is not None:
+            try:
+                busiest["management_busiest"] = state.busiest_window(float(window))
+            except ValueError:
+                return _bad_query("window")
+        return JSONResponse({**state.counts, **faulted, **busiest})
 
     async def fault(request: Request) -> Response:
         return await set_fault(request, state.fault)

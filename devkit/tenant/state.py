@@ -82,6 +82,8 @@ class TenantState:
     member_roles: dict[tuple[str, str], list[dict[str, str]]] = field(default_factory=dict)
     m2m_tokens: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
+    # When each Management API request arrived (time.monotonic), to hold a budget to account.
+    management_calls: list[float] = field(default_factory=list)
     m2m_ttl_seconds: int = 86400
     fault: TenantFault = field(default_factory=TenantFault)
     # The browser login (devkit/tenant/oauth.py): a Regular Web Application and what it was given.
@@ -123,3 +125,12 @@ class TenantState:
                 "logins_count": 1,
             }
         return self.users[user_id]
+
+    def busiest_window(self, seconds: float) -> int:
+        """The most Management API requests that arrived within any `seconds`."""
+        calls, most, start = self.management_calls, 0, 0
+        for end, arrived in enumerate(calls):
+            while arrived - calls[start] > seconds:
+                start += 1
+            most = max(most, end - start + 1)
+        return most

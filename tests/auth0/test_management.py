@@ -1,13 +1,11 @@
-"""The Auth0 calls (app/auth0/management.py): the profile cache; paths, bodies and pagination;
-and all of them against the stand-in tenant.
+"""The Auth0 calls (app/auth0/management.py): paths, bodies and pagination, and all of them
+against the stand-in tenant.
 
 Auth0 is stubbed at the transport with `respx`; each test asserts the requests it captured.
 Time is fake: `sleep` records what the client asked for and moves both clocks on.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 import httpx
 import pytest
@@ -17,77 +15,6 @@ from devkit.keys import TokenMinter
 from devkit.tenant.app import create_tenant_app
 from devkit.tenant.state import TenantState
 from tests.auth0.support import PROFILE, USER, USER_PATH, FakeTime, make_client, raw_path, sent_json
-
-# --- Profile cache --------------------------------------------------------------------------
-
-
-async def test_profile_cache_hit_within_ttl_and_invalidated_by_update(
-    mock: respx.MockRouter, token_route: respx.Route, http: httpx.AsyncClient, fake: FakeTime
-) -> None:
-    users = mock.get(USER_PATH).respond(json=PROFILE)
-    mock.patch(USER_PATH).respond(json={**PROFILE, "nickname": "new"})
-    client = make_client(http, fake)
-
-    await client.get_user(USER)
-    fake.advance(29)
-    await client.get_user(USER)
-    assert users.call_count == 1
-
-    await client.update_user(USER, {"nickname": "new"})
-    await client.get_user(USER)
-    assert users.call_count == 2
-
-    fake.advance(31)
-    await client.get_user(USER)
-    assert users.call_count == 3
-
-
-async def test_profile_cache_can_be_disabled(
-    mock: respx.MockRouter, token_route: respx.Route, http: httpx.AsyncClient, fake: FakeTime
-) -> None:
-    users = mock.get(USER_PATH).respond(json=PROFILE)
-    client = make_client(http, fake, profile_cache_seconds=0)
-
-    await client.get_user(USER)
-    await client.get_user(USER)
-    assert users.call_count == 2
-
-
-async def test_cached_profile_is_not_changed_by_the_callers_edits(
-    mock: respx.MockRouter, token_route: respx.Route, http: httpx.AsyncClient, fake: FakeTime
-) -> None:
-    mock.get(USER_PATH).respond(json=PROFILE)
-    client = make_client(http, fake)
-
-    (await client.get_user(USER))["email"] = "changed"
-    first = await client.get_user(USER)
-    first["name"] = "changed"
-    assert await client.get_user(USER) == PROFILE
-
-
-async def test_a_read_racing_an_update_is_not_cached(
-    mock: respx.MockRouter, token_route: respx.Route, http: httpx.AsyncClient, fake: FakeTime
-) -> None:
-    release = asyncio.Event()
-
-    async def slow_old_profile(request: httpx.Request) -> httpx.Response:
-        await release.wait()
-        return httpx.Response(200, json=PROFILE)
-
-    users = mock.get(USER_PATH).mock(side_effect=slow_old_profile)
-    mock.patch(USER_PATH).respond(json={**PROFILE, "name": "new"})
-    client = make_client(http, fake)
-
-    read = asyncio.create_task(client.get_user(USER))
-    await asyncio.sleep(0.01)
-    await client.update_user(USER, {"name": "new"})
-    release.set()
-    await read
-    users.mock(return_value=httpx.Response(200, json={**PROFILE, "name": "new"}))
-
-    assert (await client.get_user(USER))["name"] == "new"
-    assert users.call_count == 2
-
 
 # --- Paths, bodies, pagination --------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from app.account.profiles import (
     ProfileUpdate,
     Registration,
 )
+from app.account.runtime import account_of
 from app.audit.edge import actor_from
 from app.audit.runtime import audit_of
 from app.auth.requires import principal, requires
@@ -71,7 +72,9 @@ async def update_profile(request: Request) -> Response:
     ctx = context(request)
     update = await parse_body(request, ProfileUpdate)
     actor = actor_from(request, caller)
-    profile = await service.update_profile(ctx.database, auth0_of(request), actor, caller, update)
+    profile = await service.update_profile(
+        ctx.database, auth0_of(request), account_of(request).profiles, actor, caller, update
+    )
     return JSONResponse(profile, headers=NO_STORE)
 
 
@@ -84,15 +87,17 @@ async def update_profile(request: Request) -> Response:
 async def get_profile(request: Request) -> Response:
     caller = principal(request)
     ctx = context(request)
-    body = await service.profile_and_patients(
+    profiles = account_of(request).profiles
+    assert profiles is not None  # the lifespan gives every runtime its cache
+    body, age = await service.profile_and_patients(
         ctx.database,
         audit_of(request).writer,
-        auth0_of(request),
+        profiles,
         actor_from(request, caller),
         caller,
         cursor_key=ctx.settings.derived_key("patient-cursor"),
     )
-    return JSONResponse(body, headers=NO_STORE)
+    return JSONResponse(body, headers={**NO_STORE, "Age": str(age)})
 
 
 routes: list[BaseRoute] = [

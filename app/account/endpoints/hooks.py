@@ -105,6 +105,7 @@ async def log_stream(request: Request) -> Response:
         valid,
         request_id=getattr(request.state, "request_id", None),
         hash_user_name=lambda name: email_hash(key, name),
+        profile_fresh_seconds=ctx.settings.auth0.profile_cache_seconds,
     )
     body = {
         "received": len(items),

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from app.core.settings.group import Group
-from app.core.settings.values import blank_is_unset, csv
+from app.core.settings.values import Quota, blank_is_unset, csv
 
 # What python-jose can verify with a public key: no HS* (algorithm confusion), no none.
 ASYMMETRIC_ALGORITHMS = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
@@ -33,9 +33,31 @@ class Auth0Settings(Group):
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=10.0, gt=0)
     log_id_retention_days: int = Field(default=90, ge=1)
-    profile_cache_seconds: float = Field(
-        default=30.0, ge=0, validation_alias="PROFILE_CACHE_SECONDS"
+    management_rate: str = Field(
+        default="2/1",
+        description="The Management API budget every copy shares: COUNT/SECONDS, or off. "
+        "Auth0's free plan allows 2 per second; set your plan's limit (docs/deployment.md).",
     )
+    profile_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        validation_alias="PROFILE_CACHE_SECONDS",
+        description="How long a fetched profile is fresh; after that it is refetched (within "
+        "the budget) and served stale meanwhile.",
+    )
+    profile_max_stale_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        validation_alias="PROFILE_MAX_STALE_SECONDS",
+        description="The oldest profile the profile page serves while Auth0 cannot be asked; "
+        "older copies are deleted.",
+    )
+
+    @field_validator("management_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        Quota.parse(value)  # a readable ValueError for a malformed budget
+        return value.strip()
 
     @field_validator("domain")
     @classmethod
@@ -72,6 +94,11 @@ class Auth0Settings(Group):
         if bad or not value:
             raise ValueError(f"AUTH0_ALGORITHMS may list only {sorted(ASYMMETRIC_ALGORITHMS)}")
         return value
+
+    @property
+    def management_quota(self) -> Quota | None:
+        """The Management API budget; None when AUTH0_MANAGEMENT_RATE is off."""
+        return Quota.parse(self.management_rate)
 
     @property
     def issuer(self) -> str:
