@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 
 from app.core.db import asyncpg_dsn
 from bench.auditlog.grow import grow
@@ -20,6 +21,7 @@ from bench.auditlog.tables import LINK_TABLE, link_rows, link_shape
 from bench.auditlog.traffic import COLUMNS, Traffic, make_scopes
 from bench.harness.model import Measurement, OpenLoopCell, OpenLoopSample, Run, Sample
 from bench.harness.report import cpu_table, open_loop_table
+from bench.kit.breakdown import loop_lag, read_breakdown
 from bench.kit.loadgen import Answer, Call, Load
 from bench.kit.openloop import FixedRateResult, summarise
 from bench.kit.wrk import WrkResult
@@ -216,3 +218,47 @@ def test_report_splits_cpu_per_read_and_compares_fixed_rate_latency() -> None:
     assert table[-1].endswith("ours/floor 1.80 met (target ≤ 2.0x)")
     table = open_loop_table([fixed("ours", 90.0, 300), fixed("floor", 5.0, 500)])
     assert "MISSED" in table[-1] and "not delivered to ours" in table[-1]
+
+
+def test_the_breakdown_says_what_the_slowest_requests_waited_for(tmp_path: Path) -> None:
+    log = tmp_path / "ours.log"
+    quick = {"pool_wait": 0.01, "page_query": 0.3, "audit_wait": 0.4, "send": 0.02}
+    entries = [
+        {"route": "/api/patients", "status": 200, "duration_ms": 1.0, "phases_ms": quick}
+        for _ in range(199)
+    ]
+    stalled = {**quick, "audit_wait": 40.4}
+    entries.append(
+        {"route": "/api/patients", "status": 200, "duration_ms": 50.0, "phases_ms": stalled}
+    )
+    entries.append({"route": "/api/me", "status": 200, "duration_ms": 9.0, "phases_ms": {}})
+    before = b'{"msg": "earlier", "route": "/api/patients", "phases_ms": {}}\n'
+    log.write_bytes(before + b"\n".join(orjson.dumps(e) for e in entries) + b"\n")
+
+    found = read_breakdown(log, len(before), "/api/patients")
+    assert found is not None and found.requests == 200
+    assert found.phases["page_query"] == (0.3, 0.3)
+    # The slowest 1% (two requests): one stalled 40 ms in the audit commit, one did not.
+    assert found.tail["audit_wait"] == pytest.approx(20.4)
+    assert found.tail["total"] == pytest.approx(25.5)
+    assert found.phases["other"][0] == pytest.approx(0.27)
+    assert read_breakdown(log, log.stat().st_size, "/api/patients") is None
+
+
+def test_loop_lag_from_the_exposition() -> None:
+    text = "\n".join(
+        [
+            'event_loop_lag_seconds_bucket{le="0.001"} 80.0',
+            'event_loop_lag_seconds_bucket{le="0.005"} 90.0',
+            'event_loop_lag_seconds_bucket{le="0.01"} 95.0',
+            'event_loop_lag_seconds_bucket{le="0.05"} 99.0',
+            'event_loop_lag_seconds_bucket{le="+Inf"} 100.0',
+            "event_loop_lag_seconds_count 100.0",
+        ]
+    )
+    assert loop_lag(text) == {
+        "samples": 100.0,
+        "over_5ms": 10.0,
+        "over_10ms": 5.0,
+        "over_50ms": 1.0,
+    }

@@ -43,6 +43,7 @@ from app.auth0.tokens import M2MToken
 from app.core.errors import AppError, UpstreamError, UpstreamUnavailable
 from app.core.metrics import AUTH0_BREAKER_OPEN, AUTH0_CALLS, AUTH0_RETRIES
 from app.core.settings import Settings
+from app.core.timings import phase
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +218,15 @@ class Auth0Transport:
     ) -> T:
         outcome = "error"
         try:
-            result = await self._attempts(
-                operation, attempt, retryable=retryable, m2m=m2m, our_input=our_input, slot=slot
-            )
+            with phase("auth0"):
+                result = await self._attempts(
+                    operation,
+                    attempt,
+                    retryable=retryable,
+                    m2m=m2m,
+                    our_input=our_input,
+                    slot=slot,
+                )
             outcome = "ok"
             return result
         except BudgetSpent:

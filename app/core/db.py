@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 from databases import Database
 
+from app.core import timings
 from app.core.errors import DatabaseUnavailable
 from app.core.metrics import DB_POOL_IN_USE
 
@@ -264,7 +265,8 @@ async def connection(database: Database) -> AsyncIterator[asyncpg.Connection]:
     """
     pool = pool_of(database)
     try:
-        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
+        with timings.phase("pool_wait"):
+            conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
     except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
         raise DatabaseUnavailable(f"no database connection: {type(exc).__name__}") from exc
     DB_POOL_IN_USE.inc()

@@ -72,6 +72,13 @@ SESSION_REFRESHES = Counter(
 )
 
 
+EVENT_LOOP_LAG = Histogram(
+    "event_loop_lag_seconds",
+    "How late the event loop ran a timer due every 0.1 s: requests wait this long too.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+
+
 def multiprocess_enabled() -> bool:
     """Whether prometheus-client keeps values in `PROMETHEUS_MULTIPROC_DIR` files."""
     return values.ValueClass is not values.MutexValue

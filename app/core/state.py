@@ -18,6 +18,7 @@ from databases import Database
 
 from app.core.db import create_database
 from app.core.settings import Settings
+from app.core.timings import LoopLag
 
 T = TypeVar("T")
 # True when the part can serve; `/readyz` answers 503 while any check says False.
@@ -52,7 +53,8 @@ def part_of(conn: HasState, name: str, kind: type[T]) -> T:
 
 @contextlib.asynccontextmanager
 async def running_core(settings: Settings) -> AsyncIterator[Core]:
-    """The pool connected and the shared HTTP client open; both closed on exit."""
+    """The pool connected, the shared HTTP client open and the event loop's lag sampled;
+    all stopped on exit."""
     database = create_database(
         settings.database.url,
         min_size=settings.database.pool_min_size,
@@ -66,8 +68,11 @@ async def running_core(settings: Settings) -> AsyncIterator[Core]:
         limits=httpx.Limits(max_connections=50),
     )
     await database.connect()
+    lag = LoopLag()
+    lag.start()
     try:
         yield Core(settings, database, http)
     finally:
+        await lag.stop()
         await http.aclose()
         await database.disconnect()

@@ -1,4 +1,5 @@
-"""The request envelope: request id, body-size limit, access log, metrics, last-resort 500.
+"""The request envelope: request id, body-size limit, access log, metrics, last-resort 500,
+and where the request's time went (app/core/timings.py).
 
 A pure ASGI middleware (Starlette's BaseHTTPMiddleware costs a task per request). It logs
 the path without its query string: search parameters can hold patient names.
@@ -16,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core import timings
 from app.core.errors import AppError, PayloadTooLarge
 from app.core.metrics import exposition, include_process_wide
 from app.http.problems import problem_response
@@ -43,6 +45,14 @@ class Metrics:
             "http_request_duration_seconds",
             "Time to serve an HTTP request.",
             ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.phases = Histogram(
+            "http_request_phase_seconds",
+            "Time a request spent in one phase: waiting for a pooled connection, its page "
+            "query, its audit commit, the Management API, sending its answer.",
+            ["route", "phase"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -101,6 +111,7 @@ class RequestContextMiddleware:
             for name, value in {**self.extra_headers, "Cache-Control": "no-store"}.items()
         ]
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._phase_children: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,6 +119,7 @@ class RequestContextMiddleware:
             return
 
         started = time.perf_counter()
+        timed = timings.begin()
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
         if self.trusted:
@@ -119,7 +131,7 @@ class RequestContextMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await self._send_error(send, PayloadTooLarge(_too_large(limit)), request_id)
-            self._finish(scope, 413, started, request_id)
+            self._finish(scope, 413, started, request_id, timings.finish(timed))
             return
 
         received = 0
@@ -149,7 +161,8 @@ class RequestContextMiddleware:
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
                 headers += [pair for pair in self._raw_defaults if pair[0] not in present]
                 message["headers"] = headers
-            await send(message)
+            with timings.phase("send"):
+                await send(message)
 
         try:
             await self.app(scope, limited_receive, send_with_id)
@@ -166,7 +179,7 @@ class RequestContextMiddleware:
             if not response_started:
                 await self._send_error(send, AppError("an unexpected error occurred"), request_id)
         finally:
-            self._finish(scope, status, started, request_id)
+            self._finish(scope, status, started, request_id, timings.finish(timed))
 
     async def _send_error(self, send: Send, error: AppError, request_id: str) -> None:
         response = problem_response(error, request_id)
@@ -179,7 +192,14 @@ class RequestContextMiddleware:
 
         await response({"type": "http"}, no_body, send)
 
-    def _finish(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+    def _finish(
+        self,
+        scope: Scope,
+        status: int,
+        started: float,
+        request_id: str,
+        phases: dict[str, float],
+    ) -> None:
         elapsed = time.perf_counter() - started
         route = _route_template(scope)
         # Any token is a valid method: metrics label the known ones, so a client cannot
@@ -194,6 +214,13 @@ class RequestContextMiddleware:
             )
         children[0].inc()
         children[1].observe(elapsed)
+        for name, seconds in phases.items():
+            child = self._phase_children.get((route, name))
+            if child is None:
+                child = self._phase_children[(route, name)] = self.metrics.phases.labels(
+                    route, name
+                )
+            child.observe(seconds)
         logger.info(
             "request",
             extra={
@@ -203,6 +230,7 @@ class RequestContextMiddleware:
                 "route": route,
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 3),
+                "phases_ms": {name: round(s * 1000, 3) for name, s in phases.items()},
             },
         )
 

@@ -30,6 +30,7 @@ from app.audit.batcher import AuditWriter
 from app.audit.events import Actor, Event
 from app.core.db import connection
 from app.core.errors import BadRequest
+from app.core.timings import phase
 from app.http.cursors import open_cursor, sign_cursor
 from app.patients.events import listed_event, searched_event
 from app.patients.repository import COLUMNS, fold
@@ -164,7 +165,10 @@ async def read_page_audited(
     """
     after = decode_cursor(cursor_key, scope, filters, cursor) if cursor else None
     async with connection(database) as conn:
-        rows, position = await list_patients(conn, scope, limit=limit, filters=filters, after=after)
+        with phase("page_query"):
+            rows, position = await list_patients(
+                conn, scope, limit=limit, filters=filters, after=after
+            )
     shown = [row["id"] for row in rows]
     event: Event | None
     if via == "search":
@@ -174,7 +178,8 @@ async def read_page_audited(
     else:
         event = None  # an empty profile page shows no patient
     if event is not None:
-        await audit.record(actor, [event])
+        with phase("audit_wait"):
+            await audit.record(actor, [event])
     items: list[Patient] = [patient_json(row) for row in rows]
     next_cursor = encode_cursor(cursor_key, scope, filters, position) if position else None
     return {"items": items, "next_cursor": next_cursor}

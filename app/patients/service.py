@@ -22,6 +22,7 @@ from app.audit.batcher import AuditWriter
 from app.audit.events import Actor
 from app.audit.record import record_event
 from app.core.db import connection, transaction
+from app.core.timings import phase
 from app.http import idempotency
 from app.patients import repository
 from app.patients.events import (
@@ -64,15 +65,16 @@ async def create_patient(
     if idempotency_key is None:  # the usual case: one statement, its own transaction
         patient_id = uuid4()
         async with connection(database) as conn:
-            row = await repository.create_patient_recorded(
-                conn,
-                patient_id,
-                scope,
-                created_by,
-                fields,
-                actor,
-                created_event(patient_id, fields),
-            )
+            with phase("write"):
+                row = await repository.create_patient_recorded(
+                    conn,
+                    patient_id,
+                    scope,
+                    created_by,
+                    fields,
+                    actor,
+                    created_event(patient_id, fields),
+                )
         if row is not None:
             return Created(patient_json(row), _location(row))
         # The identifier is taken (or was, a moment ago): the full path finds out, answers
@@ -120,8 +122,10 @@ async def read_patient(
     """The live patient, returned once its `patient.read` event is committed."""
     async with refusals_recorded(database, actor, "patient.read", "R", patient_id):
         async with connection(database) as conn:
-            row = await repository.read_patient(conn, scope, patient_id)
-        await audit.record(actor, [read_event(patient_id, "get")])
+            with phase("page_query"):
+                row = await repository.read_patient(conn, scope, patient_id)
+        with phase("audit_wait"):
+            await audit.record(actor, [read_event(patient_id, "get")])
     return row
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.kit.breakdown import Breakdown
 from bench.kit.openloop import FixedRateResult
 from bench.kit.servers import Server
 from bench.kit.wrk import WrkResult
@@ -18,6 +19,7 @@ DOMAIN = "bench-tenant.local"
 AUDIENCE = "https://bff.bench/api"
 CLIENT_ID = "bench-m2m-client"
 READ_PATH = "/api/patients?limit=20"
+READ_ROUTE = "/api/patients"  # its route template, as the service logs it
 UNREACHABLE_LIMIT = "1000000000/60"
 TOKEN_TTL = 86_400  # Auth0's default access-token lifetime for an API
 POST_BODY = (
@@ -95,6 +97,9 @@ class OpenLoopSample:
     result: FixedRateResult
     app_cpu_s: float
     db_cpu_s: float
+    # Ours only: where the server's time went (its access log) and its event loop's lag.
+    breakdown: Breakdown | None = None
+    loop_lag: dict[str, float] | None = None
 
 
 @dataclass

@@ -178,6 +178,43 @@ def cpu_table(run: Run) -> list[str]:
     return lines
 
 
+def breakdown_table(cells: Iterable[OpenLoopCell]) -> list[str]:
+    """Where ours' fixed-rate read spent its time, from its access log: per phase, the median
+    request's and the 99th percentile's, and what the slowest 1% spent on average; then
+    how often the event loop ran late."""
+    lines = [
+        "| workers | round | requests | phase | p50 ms | p99 ms | slowest 1%: mean ms |",
+        "|--:|--:|--:|---|--:|--:|--:|",
+    ]
+    lag_lines = []
+    for cell in cells:
+        if cell.target != "ours":
+            continue
+        for n, sample in enumerate(cell.samples, 1):
+            found = sample.breakdown
+            if found is None:
+                continue
+            p50, p99, tail = found.total[0], found.total[1], found.tail.get("total", 0.0)
+            lines.append(
+                f"| {cell.workers} | {n} | {found.requests:,} | **server total** "
+                f"| {p50:.2f} | {p99:.2f} | {tail:.2f} |"
+            )
+            for name, (p50, p99) in found.phases.items():
+                lines.append(
+                    f"| | | | {name} | {p50:.2f} | {p99:.2f} | {found.tail.get(name, 0):.2f} |"
+                )
+            lag = sample.loop_lag or {}
+            if lag.get("samples"):
+                lag_lines.append(
+                    f"- {cell.workers} worker(s), round {n}: {lag['samples']:.0f} loop-lag samples "
+                    f"(every 0.1 s per worker), {lag['over_5ms']:.0f} over 5 ms, "
+                    f"{lag['over_10ms']:.0f} over 10 ms, {lag['over_50ms']:.0f} over 50 ms"
+                )
+    if len(lines) == 2:
+        return []
+    return [*lines, "", *lag_lines]
+
+
 def open_loop_table(cells: Iterable[OpenLoopCell]) -> list[str]:
     """The read at a fixed rate: ours and the floor side by side, and the p99 target."""
     cells = list(cells)
@@ -375,6 +412,17 @@ def markdown(run: Run) -> str:
                 "",
             ]
             if run.open_loop
+            else []
+        ),
+        *(
+            [
+                "Where ours' fixed-rate read spent its time (bench/kit/breakdown.py, from its "
+                "access log; `other`: what no phase covers):",
+                "",
+                *breakdown_table(run.open_loop),
+                "",
+            ]
+            if breakdown_table(run.open_loop)
             else []
         ),
         "Postgres backends of the benchmark database, sampled every 50 ms during the runs "

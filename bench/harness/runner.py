@@ -17,6 +17,7 @@ from bench.harness.model import (
     ORDER,
     POST_BODY,
     READ_PATH,
+    READ_ROUTE,
     SCENARIOS,
     TARGETS,
     Measurement,
@@ -30,6 +31,7 @@ from bench.harness.model import (
 )
 from bench.harness.prepare import prepare
 from bench.harness.profile import profile_read
+from bench.kit.breakdown import log_offset, loop_lag, read_breakdown
 from bench.kit.log import log
 from bench.kit.loopback import http_call
 from bench.kit.openloop import fixed_rate, get_calls, read_tokens
@@ -142,6 +144,7 @@ def measure_open_loop(run: Run, servers: dict[str, Server], workers: int) -> Non
         for target in targets if round_ % 2 == 0 else targets[::-1]:
             server = servers[target]
             calls = get_calls(READ_PATH, tokens, scope_header=target == "floor")
+            offset, lag_before = log_offset(server.log_path), _loop_lag(server)
             app_before = cpu_times(server.pids())
             db_before = cpu_times(postgres_backends(run.db.name))
             result = fixed_rate(server.url, calls, rate, conns, args.duration)
@@ -150,6 +153,10 @@ def measure_open_loop(run: Run, servers: dict[str, Server], workers: int) -> Non
                 cpu_delta(app_before, cpu_times(server.pids())),
                 cpu_delta(db_before, cpu_times(postgres_backends(run.db.name))),
             )
+            if target == "ours":
+                sample.breakdown = read_breakdown(server.log_path, offset, READ_ROUTE)
+                lag_after = _loop_lag(server)
+                sample.loop_lag = {k: lag_after[k] - lag_before.get(k, 0) for k in lag_after}
             cells[target].samples.append(sample)
             log(
                 f"  r{round_ + 1} {target:5} read at {rate:5.0f} req/s w{workers} c{conns:<3} "
@@ -199,6 +206,11 @@ def bench_workers(run: Run, workers: int) -> None:
             run.tenant_counts.append(
                 TenantCounts(target, workers, lifetime, {k: v for k, v in delta.items() if v})
             )
+
+
+def _loop_lag(server: Server) -> dict[str, float]:
+    status, body = http_call(server.url + "/metrics")
+    return loop_lag(body.decode()) if status == 200 else {}
 
 
 def make_sessions(run: Run, server: Server) -> None:

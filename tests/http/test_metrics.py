@@ -3,6 +3,7 @@ sum of every worker in one scrape (prometheus-client's multiprocess mode)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -119,6 +120,35 @@ class TestServiceMetrics:
         batches = value(after, "audit_batch_size_count") - value(before, "audit_batch_size_count")
         requests = value(after, "audit_batch_size_sum") - value(before, "audit_batch_size_sum")
         assert (batches, requests) == (1, 1)
+
+    async def test_where_a_read_spent_its_time(
+        self,
+        client: httpx.AsyncClient,
+        tenant: respx.MockRouter,
+        mint: Callable[..., str],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        token = bearer(mint(ALICE, org_id=ORG_A, email_verified=True))
+        created = await create(client, token)
+        route = "/api/patients/{patient_id:uuid}"
+        before = (await client.get("/metrics")).text
+        with caplog.at_level("INFO", logger="app.http.middleware"):
+            read = await client.get(f"/api/patients/{created['id']}", headers=token)
+        assert read.status_code == 200
+        await asyncio.sleep(0.25)  # the loop's lag is sampled every 0.1 s
+        after = (await client.get("/metrics")).text
+        phases = ("pool_wait", "page_query", "audit_wait", "send")
+        counts = {
+            phase: value(after, "http_request_phase_seconds_count", route=route, phase=phase)
+            - value(before, "http_request_phase_seconds_count", route=route, phase=phase)
+            for phase in phases
+        }
+        assert counts == dict.fromkeys(phases, 1)
+        [logged] = [r for r in caplog.records if getattr(r, "route", None) == route]
+        spent = logged.phases_ms  # type: ignore[attr-defined]
+        assert set(spent) == set(phases) and all(ms >= 0 for ms in spent.values())
+        assert sum(spent.values()) <= logged.duration_ms  # type: ignore[attr-defined]
+        assert value(after, "event_loop_lag_seconds_count") > 0
 
     async def test_a_failed_jwks_fetch(
         self, client: httpx.AsyncClient, tenant: respx.MockRouter, mint: Callable[..., str]
