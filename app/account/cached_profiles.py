@@ -1,7 +1,7 @@
 """The profile page's copies of users' Auth0 records, shared by every copy of the service.
 
 Auth0's Management API is slow to ask and allows the whole tenant a few calls a second, so
-the profile page (seed diagram 5) reads `auth0_profiles` (migrations/0011): the filtered
+the profile page (seed diagram 5) reads `auth0_profiles` (migrations/0012): the filtered
 profile (`safe_profile`, never the raw record) as JSON, when it was fetched, and who is
 fetching it now (`refreshing_until`, a claim every copy respects). A profile is
 

@@ -2,7 +2,7 @@
 across every copy of the service, since Auth0 limits the tenant, not the copy.
 
 Each call takes a slot first, in one atomic operation on the shared store: Postgres
-(`auth0_budget_take`, migrations/0011) or, when Redis holds the rate limits, a Lua script on
+(`auth0_budget_take`, migrations/0012) or, when Redis holds the rate limits, a Lua script on
 a sorted set. Both keep the times of the calls in the window and admit a call only while
 fewer than the caller's limit lie in it, so the budget holds under any load; the window is
 counted a little longer than SECONDS (`MARGIN_SECONDS`), so calls admitted back to back
