@@ -127,6 +127,8 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
             auth0 = parts.auth0 or Auth0Client(settings, core.http)
             stack.push_async_callback(auth0.aclose)
             audit = await stack.enter_async_context(running_audit(core.database, settings.audit))
+            if audit.digests is not None:
+                core.reports["audit_digests"] = audit.digests.state
             account = await stack.enter_async_context(
                 running_account(
                     parts.account or account_runtime(settings), settings.database.url, verifier
