@@ -80,7 +80,12 @@ def load_anchors(path: Path, keys: dict[str, Any]) -> dict[int, tuple[bytes, int
             digest = verify_digest(jws, keys)
         except DigestInvalid as exc:
             raise ExportInvalid(f"{path} line {number}: {exc}") from None
-        anchors[digest.number] = (digest.hash, number)
+        kept = anchors.setdefault(digest.number, (digest.hash, number))
+        if kept[0] != digest.hash:
+            raise ExportInvalid(
+                f"{path} line {number}: another digest {digest.number} than line {kept[1]}: "
+                "the digests were rewritten before you saved the later one"
+            )
     if not anchors:
         raise ExportInvalid(f"{path}: no digest in it")
     return anchors

@@ -189,6 +189,30 @@ class TestBadAnchors:
             verify_export(*export, anchors=anchor)
         assert str(refused.value) == message.format(anchor=anchor)
 
+    async def test_two_saved_digests_with_one_number_are_refused(
+        self,
+        client: httpx.AsyncClient,
+        acme: dict[str, str],
+        owner: asyncpg.Connection,
+        database: ProvisionedDatabase,
+        history: None,
+        tmp_path: Path,
+    ) -> None:
+        """The auditor kept digest 3, then a digest 3 signed anew after a laundering."""
+        before = _lines((await _fetch(client, acme, tmp_path / "before"))[1])
+        await launder(owner, ACME, (await chain(owner, ACME))[5]["seq"], keep=2)
+        await issue(database)
+        after = _lines((await _fetch(client, acme, tmp_path / "after"))[1])
+        anchor = tmp_path / "kept.ndjson"
+        anchor.write_bytes(b"".join([*before, after[2]]))
+        events, digests, keys = await _fetch(client, acme, tmp_path / "now")
+        with pytest.raises(ExportInvalid) as refused:
+            verify_export(events, digests, keys, anchors=anchor)
+        assert str(refused.value) == (
+            f"{anchor} line 5: another digest 3 than line 3: the digests were rewritten "
+            "before you saved the later one"
+        )
+
     async def test_an_anchor_the_pinned_keys_do_not_check_is_refused(
         self,
         export: tuple[Path, Path, Path],
