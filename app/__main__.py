@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.core.db import (
     MIGRATIONS_DIR,
@@ -28,6 +28,8 @@ from app.core.settings import ConfigError, Settings, load_settings
 from app.core.settings.audit import AuditSettings
 from app.core.settings.database import DatabaseSettings
 from app.core.settings.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+
+T = TypeVar("T")
 
 
 class PortUnavailable(Exception):
@@ -58,6 +60,19 @@ def _owner_url() -> str:
     return DatabaseSettings.load().owner_url
 
 
+def _on(url: str, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """`work` on a connection of its own to `url`, closed after."""
+
+    async def run() -> T:
+        conn = await connect_raw(url)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = DatabaseSettings.load()
     directory = settings.migrations_dir or MIGRATIONS_DIR
@@ -73,17 +88,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_partitions(args: argparse.Namespace) -> int:
-    async def run() -> int:
-        conn = await connect_raw(_owner_url())
-        try:
-            created: int = await conn.fetchval(
-                "SELECT audit_events_ensure_partitions($1)", args.months
-            )
-        finally:
-            await conn.close()
-        return created
-
-    created = asyncio.run(run())
+    ensure = "SELECT audit_events_ensure_partitions($1)"
+    created: int = _on(_owner_url(), lambda conn: conn.fetchval(ensure, args.months))
     print(f"created {created} audit partition(s) covering the next {args.months} month(s)")
     return 0
 
@@ -113,15 +119,8 @@ def cmd_audit_digest(args: argparse.Namespace) -> int:
     except StateUnreadable as exc:
         return _fail(f"refused to sign: AUDIT_SIGNER_STATE_FILE {exc} (docs/audit.md)")
 
-    async def run() -> DigestRun:
-        conn = await connect_raw(database.url)
-        try:
-            return await issue_digest(conn, ring, names, known=known)
-        finally:
-            await conn.close()
-
     try:
-        done = asyncio.run(run())
+        done: DigestRun = _on(database.url, lambda c: issue_digest(c, ring, names, known=known))
     except DigestRefused as exc:
         return _fail(f"refused to sign: {exc} (docs/audit.md)")
     except asyncpg.PostgresError as exc:
@@ -153,15 +152,8 @@ def cmd_audit_register_key(args: argparse.Namespace) -> int:
     assert audit.signing_key is not None
     ring = KeyRing.from_setting(audit.signing_key.get_secret_value())
 
-    async def run() -> list[tuple[str, str]]:
-        conn = await connect_raw(owner_url)
-        try:
-            return await register_keys(conn, ring)
-        finally:
-            await conn.close()
-
     try:
-        done = asyncio.run(run())
+        done = _on(owner_url, lambda conn: register_keys(conn, ring))
     except asyncpg.InsufficientPrivilegeError:
         return _fail("only the migrations owner registers keys: set MIGRATIONS_DATABASE_URL")
     except asyncpg.UndefinedFunctionError:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import asyncpg
 from databases import Database
 
 from app.audit.anchor import Anchor, StateUnreadable, load_anchor, save_anchor
@@ -85,6 +86,9 @@ class DigestIssuer:
             return None
         except DATABASE_OUTAGES as exc:
             logger.warning("audit digest skipped: database unavailable (%s)", type(exc).__name__)
+            return None
+        except asyncpg.PostgresError as exc:  # e.g. the key is not registered: retried
+            logger.error("audit digest not stored: %s", exc)
             return None
         except Exception:
             logger.exception("audit digest failed")

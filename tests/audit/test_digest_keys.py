@@ -177,6 +177,21 @@ class TestTheIssuerContinuesConfiguredKeysOnly:
         )
         assert await owner.fetchval("SELECT max(number) FROM audit_digests") == 2
 
+    async def test_an_unregistered_key_is_logged_and_retried_not_a_stop(
+        self, pool: Database, owner: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The operator has not run `register-key` yet: nothing was rewritten, so the issuer
+        says why at every interval and signs once the key is registered."""
+        issuer = DigestIssuer(pool, RING, NAMES, interval_seconds=10)
+        assert await issuer.run_once() is None
+        assert issuer.state() == "ok"
+        assert "audit digest not stored: audit_digests_append: the key is not registered " in (
+            caplog.text
+        )
+        await owner.execute(REGISTER, RING.kid, orjson.dumps(RING.signer_jwk).decode())
+        issued = await issuer.run_once()
+        assert issued is not None and issued.number == 1
+
     async def test_a_retired_key_in_the_settings_is_continued(
         self, owner: asyncpg.Connection, database: ProvisionedDatabase
     ) -> None:
