@@ -1,5 +1,5 @@
 """Command line: `python -m app migrate | serve | dev | audit partitions | audit digest |
-audit verify-export`.
+audit register-key | audit verify-export`.
 
 Every failure a user can cause (bad configuration, no database) ends in one readable line on
 stderr and a non-zero exit, never a traceback.
@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.core.db import (
     MIGRATIONS_DIR,
@@ -28,6 +28,8 @@ from app.core.settings import ConfigError, Settings, load_settings
 from app.core.settings.audit import AuditSettings
 from app.core.settings.database import DatabaseSettings
 from app.core.settings.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+
+T = TypeVar("T")
 
 
 class PortUnavailable(Exception):
@@ -58,6 +60,19 @@ def _owner_url() -> str:
     return DatabaseSettings.load().owner_url
 
 
+def _on(url: str, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """`work` on a connection of its own to `url`, closed after."""
+
+    async def run() -> T:
+        conn = await connect_raw(url)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = DatabaseSettings.load()
     directory = settings.migrations_dir or MIGRATIONS_DIR
@@ -73,44 +88,53 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_partitions(args: argparse.Namespace) -> int:
-    async def run() -> int:
-        conn = await connect_raw(_owner_url())
-        try:
-            created: int = await conn.fetchval(
-                "SELECT audit_events_ensure_partitions($1)", args.months
-            )
-        finally:
-            await conn.close()
-        return created
-
-    created = asyncio.run(run())
+    ensure = "SELECT audit_events_ensure_partitions($1)"
+    created: int = _on(_owner_url(), lambda conn: conn.fetchval(ensure, args.months))
     print(f"created {created} audit partition(s) covering the next {args.months} month(s)")
     return 0
+
+
+def _audit_keys(*required: str) -> AuditSettings:
+    """The audit settings, with `required` (field names) set, or `ConfigError` naming them."""
+    audit = AuditSettings.load()
+    if missing := [AuditSettings.env_name(f) for f in required if getattr(audit, f) is None]:
+        raise ConfigError("configuration error: missing required setting(s): " + ", ".join(missing))
+    return audit
 
 
 def cmd_audit_digest(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from app.audit.digests import IssuedDigest, issue_digest
-    from app.audit.signing import KeyRing
+    from app.audit.anchor import Anchor, StateUnreadable, load_anchor, save_anchor
+    from app.audit.digests import DigestRefused, DigestRun, issue_digest
+    from app.audit.signing import KeyRing, ScopeNames
 
-    database, audit = DatabaseSettings.load(), AuditSettings.load()
-    if audit.signing_key is None:
-        raise ConfigError("configuration error: missing required setting(s): AUDIT_SIGNING_KEY")
-    ring = KeyRing.from_setting(audit.signing_key.get_secret_value())
-
-    async def run() -> IssuedDigest | None:
-        conn = await connect_raw(database.url)
-        try:
-            return await issue_digest(conn, ring)
-        finally:
-            await conn.close()
+    database, audit = DatabaseSettings.load(), _audit_keys("signing_key", "scope_key")
+    assert audit.signing_key is not None and audit.scope_key is not None
+    ring = KeyRing.from_setting(audit.signing_key.get_secret_value(), audit.retired_keys)
+    names = ScopeNames.from_setting(audit.scope_key.get_secret_value())
+    state = audit.signer_state_file
+    try:  # the same rule as the service's issuer, with the same state file
+        known = load_anchor(state) if state is not None else None
+    except StateUnreadable as exc:
+        return _fail(f"refused to sign: AUDIT_SIGNER_STATE_FILE {exc} (docs/audit.md)")
 
     try:
-        issued = asyncio.run(run())
+        done: DigestRun = _on(database.url, lambda c: issue_digest(c, ring, names, known=known))
+    except DigestRefused as exc:
+        return _fail(f"refused to sign: {exc} (docs/audit.md)")
     except asyncpg.PostgresError as exc:
         return _fail(f"the digest was not stored: {exc}")
+    issued = done.issued
     assert issued is not None  # no interval: always issued
+    if state is not None:
+        if known is None and done.found is not None:
+            print(f"note: no state file at {state} yet: trusted the table's last, {done.found}",
+                  file=sys.stderr)  # fmt: skip
+        try:
+            save_anchor(state, Anchor(issued.number, issued.hash))
+        except OSError as exc:
+            return _fail(f"digest {issued.number} was stored, {state} not written: {exc.strerror}")
     print(
         f"issued audit digest {issued.number} at {issued.issued_at.isoformat()} with key "
         f"{issued.kid}: {issued.heads} chain head(s), events up to seq {issued.watermark}"
@@ -118,11 +142,34 @@ def cmd_audit_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_register_key(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from app.audit.digests import register_keys
+    from app.audit.signing import KeyRing
+
+    owner_url, audit = _owner_url(), _audit_keys("signing_key")
+    assert audit.signing_key is not None
+    ring = KeyRing.from_setting(audit.signing_key.get_secret_value())
+
+    try:
+        done = _on(owner_url, lambda conn: register_keys(conn, ring))
+    except asyncpg.InsufficientPrivilegeError:
+        return _fail("only the migrations owner registers keys: set MIGRATIONS_DATABASE_URL")
+    except asyncpg.UndefinedFunctionError:
+        return _fail("the database lacks migration 0011: run `python -m app migrate` first")
+    except asyncpg.PostgresError as exc:
+        return _fail(f"no key was registered: {exc}")
+    for kid, state in done:
+        print(f"audit signing key {kid}: {state}")
+    return 0
+
+
 def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     from app.audit.offline import ExportInvalid, verify_export
 
     try:
-        verdict = verify_export(args.events, args.digests, args.keys)
+        verdict = verify_export(args.events, args.digests, args.keys, anchors=args.anchor)
     except ExportInvalid as exc:
         return _fail(str(exc))
     print(verdict.message)
@@ -133,6 +180,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     commands = {
         "partitions": cmd_audit_partitions,
         "digest": cmd_audit_digest,
+        "register-key": cmd_audit_register_key,
         "verify-export": cmd_audit_verify_export,
     }
     return commands[args.audit_command](args)
@@ -288,7 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     partitions.add_argument("--months", type=int, default=3, help="how many months ahead to cover")
     audit_sub.add_parser(
         "digest",
-        help="sign and store a digest of the audit chain heads now (AUDIT_SIGNING_KEY)",
+        help="sign and store a digest of the audit chain heads now (AUDIT_SIGNING_KEY, "
+        "AUDIT_SCOPE_KEY; AUDIT_SIGNER_STATE_FILE as the service)",
+        formatter_class=fmt,
+    )
+    audit_sub.add_parser(
+        "register-key",
+        help="register AUDIT_SIGNING_KEY's public keys in the database, as the migrations "
+        "owner (MIGRATIONS_DATABASE_URL): digests are accepted under registered keys only",
         formatter_class=fmt,
     )
     verify = audit_sub.add_parser(
@@ -301,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--digests", type=Path, required=True, help="digests, one per line (required)"
     )
     verify.add_argument("--keys", type=Path, required=True, help="the pinned JWKS (required)")
+    verify.add_argument(
+        "--anchor",
+        type=Path,
+        help="digests you saved earlier, one per line: the digests must hold each unchanged, "
+        "and may start at one of them (default: none, so they must start at digest 1)",
+    )
     return parser
 
 

@@ -140,6 +140,8 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
             auth0 = parts.auth0 or Auth0Client(settings, core.http, budget=budget)
             stack.push_async_callback(auth0.aclose)
             audit = await stack.enter_async_context(running_audit(core.database, settings.audit))
+            if audit.digests is not None:
+                core.reports["audit_digests"] = audit.digests.state
             account = parts.account or account_runtime(settings)
             if account.profiles is None:
                 account.profiles = cached_profiles(settings, core.database, auth0)

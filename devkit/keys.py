@@ -2,14 +2,17 @@
 
 `SigningKey` is one RSA key pair that signs RS256 tokens and publishes itself as a JWK;
 `TokenMinter` mints access, ID and back-channel logout tokens shaped like Auth0's for one
-issuer and audience, and rotates its keys the way Auth0 does. `new_audit_signing_key`
-makes an `AUDIT_SIGNING_KEY` value for the audit digests. Development only: the
-production app never imports it.
+issuer and audience, and rotates its keys the way Auth0 does. `new_audit_signing_key` and
+`new_audit_scope_key` make `AUDIT_SIGNING_KEY` and `AUDIT_SCOPE_KEY` values for the audit
+digests. Development only: the production app never imports it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,11 +37,34 @@ ALL_PERMISSIONS = (
 BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 
 
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
 def new_audit_signing_key(kid: str | None = None) -> str:
     """A fresh Ed25519 key as `AUDIT_SIGNING_KEY` takes it: `KID:SEED` (base64url)."""
     seed = ed25519.Ed25519PrivateKey.generate().private_bytes_raw()
     kid = kid or f"dev-{uuid.uuid4().hex[:12]}"
-    return f"{kid}:{base64.urlsafe_b64encode(seed).rstrip(b'=').decode()}"
+    return f"{kid}:{_b64url(seed)}"
+
+
+def new_audit_scope_key(key_id: str | None = None) -> str:
+    """A fresh scope key as `AUDIT_SCOPE_KEY` takes it: `ID:SECRET` (32 bytes, base64url)."""
+    return f"{key_id or 'scope-' + uuid.uuid4().hex[:12]}:{_b64url(secrets.token_bytes(32))}"
+
+
+def dev_audit_keys(database_url: str) -> tuple[str, str]:
+    """`AUDIT_SIGNING_KEY` and `AUDIT_SCOPE_KEY` for `python -m app dev`, derived from its
+    database's URL: another run against the same database holds the key that signed its
+    last digest (the issuer never continues a digest signed by a key it does not hold) and
+    names scopes as before. Development only: a real key is random and kept secret."""
+    root = hashlib.sha256(b"bff-dev-audit-keys:" + database_url.encode()).digest()
+
+    def derive(purpose: bytes) -> bytes:
+        return hmac.new(root, purpose, hashlib.sha256).digest()
+
+    kid = "dev-" + derive(b"kid").hex()[:12]
+    return f"{kid}:{_b64url(derive(b'signing'))}", f"{kid}:{_b64url(derive(b'scope'))}"
 
 
 def _b64url_uint(value: int) -> str:

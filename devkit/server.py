@@ -23,13 +23,15 @@ from collections.abc import AsyncIterator, Iterator
 import uvicorn
 from cryptography.fernet import Fernet
 
-from app.core.db import migrate
+from app.audit.digests import register_keys
+from app.audit.signing import KeyRing
+from app.core.db import connect_raw, migrate
 from app.core.logs import configure_dev_logging
 from app.core.settings import Settings
 from app.http.server import GracefulServer
 from app.main import create_app
 from devkit.db import ProvisionedDatabase, embedded_server, provision
-from devkit.keys import ALL_PERMISSIONS, TokenMinter, new_audit_signing_key
+from devkit.keys import ALL_PERMISSIONS, TokenMinter, dev_audit_keys
 from devkit.page import add_page
 from devkit.tenant.app import create_tenant_app
 from devkit.tenant.state import TenantState
@@ -61,6 +63,15 @@ async def dev_database() -> AsyncIterator[tuple[str, str]]:
         yield db.app_url, db.owner_url
 
 
+async def _register_audit_key(owner_url: str, signing_key: str) -> None:
+    """As `python -m app audit register-key` does, as the owner."""
+    conn = await connect_raw(owner_url)
+    try:
+        await register_keys(conn, KeyRing.from_setting(signing_key))
+    finally:
+        await conn.close()
+
+
 async def _started(server: uvicorn.Server) -> None:
     # uvicorn offers a flag, not an event, for "listening".
     while not server.started:  # noqa: ASYNC110
@@ -88,6 +99,8 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
     tenant_url = f"http://127.0.0.1:{tenant_port}"
 
     async with dev_database() as (app_url, owner_url):
+        signing_key, scope_key = dev_audit_keys(app_url)
+        await _register_audit_key(owner_url, signing_key)
         settings = Settings(
             database_url=app_url,
             migrations_database_url=owner_url,
@@ -97,9 +110,10 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
             auth0_client_secret=client_secret,
             auth0_base_url=tenant_url,
             auth0_log_stream_token=secrets.token_urlsafe(24),
-            # Signed audit digests, with a key that lives as long as this process.
+            # Signed audit digests, with keys of this database's (devkit/keys.py).
             audit_digests=True,
-            audit_signing_key=new_audit_signing_key(),
+            audit_signing_key=signing_key,
+            audit_scope_key=scope_key,
             hsts_seconds=0,
             session_client_id=tenant.session_client_id,
             session_client_secret=tenant.session_client_secret,

@@ -1,39 +1,47 @@
 """Issuing, storing and reading the signed digests of the audit chain heads.
 
 `issue_digest` signs what changed since the last digest (app/audit/signing.py has the
-format) and stores it through `audit_digests_append` (migrations/0009_audit_integrity.sql),
-the only way into the append-only `audit_digests`. Every copy of the service runs a
-`DigestIssuer`; the digest lock and the "one per interval" check taken under it mean one
-digest per interval whichever copies wake up. `python -m app audit digest` issues one on
-demand. The heads cover every event up to the audit watermark (migrations/0002), so a
-transaction that commits late is signed by the next digest, never skipped.
+format) and stores it through `audit_digests_append` (migrations/0009 and 0011), the only
+way into the append-only `audit_digests`, which takes a digest only under a key the
+migrations owner registered (`register_keys`, `python -m app audit register-key`). Every
+copy of the service runs a `DigestIssuer` (app/audit/runtime.py); the digest lock and the
+"one per interval" check taken under it mean one digest per interval whichever copies
+wake up. `python -m app audit digest` issues one on demand. The heads cover every event up
+to the audit watermark (migrations/0002), so a transaction that commits late is signed by
+the next digest.
+
+Before it signs, the issuer checks the table against the last digest it knows (an
+`Anchor`, app/audit/anchor.py): the table must still hold it unchanged, and every digest
+after it must continue it, signed by a configured key. Otherwise someone rewrote the
+digests (and likely the log under them), and `DigestRefused` stops the issuer: signing the
+rewritten heads would vouch for them (docs/audit.md).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 import orjson
-from databases import Database
 
-from app.audit.signing import Digest, KeyRing, heads_of
-from app.core.db import connection
-from app.core.errors import DATABASE_OUTAGES
-from app.core.tasks import cancelled
-
-logger = logging.getLogger(__name__)
+from app.audit.anchor import Anchor
+from app.audit.signing import (
+    Digest,
+    DigestInvalid,
+    KeyRing,
+    ScopeNames,
+    heads_of,
+    jws_hash,
+    verify_digest,
+)
 
 # The digest lock: the two-integer advisory key ('AUDG', 0) that audit_digests_append takes.
 DIGEST_LOCK = 0x41554447
 
 _LOCK = "SELECT pg_advisory_xact_lock($1, 0)"
-_LAST = "SELECT number, issued_at, watermark, hash FROM audit_digests ORDER BY number DESC LIMIT 1"
+_LAST = "SELECT number, jws FROM audit_digests ORDER BY number DESC LIMIT 1"
+_FROM = "SELECT number, jws FROM audit_digests WHERE number >= $1 ORDER BY number"
 # Each scope whose chain moved past `after`: its last event at or below the watermark. Every
 # such event committed before this statement's snapshot (the watermark was read before it),
 # and its head row moved with it, so no scope is missed.
@@ -47,18 +55,18 @@ CROSS JOIN LATERAL (
 WHERE h.last_seq > $1 AND e.seq > $1
 """
 _APPEND = "SELECT audit_digests_append($1, $2::jsonb)"
+_REGISTER = "SELECT audit_signing_key_register($1, $2::jsonb)"
 _PAGE = """
 SELECT number, issued_at, kid, after_seq, watermark, heads, prev_hash, hash, jws
 FROM audit_digests
 WHERE issued_at >= $1 AND issued_at < $2 AND (issued_at, number) > ($3, $4)
 ORDER BY issued_at, number LIMIT $5
 """
-# Every key that signed a digest still kept (the retired ones too), oldest first.
-_SIGNED_WITH = """
-SELECT public_jwk::text AS jwk FROM audit_signing_keys k
-WHERE EXISTS (SELECT 1 FROM audit_digests d WHERE d.kid = k.kid)
-ORDER BY first_signed_at, kid
-"""
+
+
+class DigestRefused(Exception):
+    """The digests table does not continue the last digest the issuer knows, or its last
+    digest is not signed by a configured key: nothing may be signed over it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,45 +76,119 @@ class IssuedDigest:
     kid: str
     watermark: int
     heads: int
+    hash: bytes  # SHA-256 of its JWS
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRun:
+    """One run: the table's last digest it found and checked (None: the table held none),
+    and the digest it issued (None: this interval has one already)."""
+
+    found: Anchor | None
+    issued: IssuedDigest | None
+
+    @property
+    def last(self) -> Anchor | None:
+        """The table's last digest once the run is over: what the issuer knows next."""
+        if self.issued is not None:
+            return Anchor(self.issued.number, self.issued.hash)
+        return self.found
 
 
 def _slot(moment: datetime, interval_seconds: int) -> int:
     return int(moment.timestamp()) // interval_seconds
 
 
+def _anchor(digest: Digest) -> Anchor:
+    return Anchor(digest.number, digest.hash)
+
+
+async def _checked_last(
+    conn: asyncpg.Connection, ring: KeyRing, known: Anchor | None
+) -> Digest | None:
+    """The table's last digest, read from its signed payload, once the table is shown to
+    continue `known` (None: trust the last digest, if signed by a configured key)."""
+    if known is None:
+        last = await conn.fetchrow(_LAST)
+        rows = [last] if last is not None else []
+    else:
+        rows = await conn.fetch(_FROM, known.number)
+        if not rows or rows[0]["number"] != known.number:
+            raise DigestRefused(f"the table lacks {known}, which this issuer signed or saw")
+    previous: Digest | None = None
+    for row in rows:
+        try:
+            digest = verify_digest(row["jws"], ring.verifiers)
+        except DigestInvalid as exc:
+            raise DigestRefused(f"digest {row['number']} in the table: {exc}") from None
+        if digest.number != row["number"]:
+            raise DigestRefused(f"digest {row['number']} in the table is signed as {digest.number}")
+        if previous is None and known is not None and digest.hash != known.hash:
+            raise DigestRefused(
+                f"digest {known.number} in the table ({digest.hash.hex()[:16]}…) is not {known}"
+            )
+        if previous is not None and digest.prev_hash != previous.hash:
+            raise DigestRefused(f"digest {digest.number} does not continue {_anchor(previous)}")
+        previous = digest
+    return previous
+
+
 async def issue_digest(
-    conn: asyncpg.Connection, ring: KeyRing, *, interval_seconds: int | None = None
-) -> IssuedDigest | None:
-    """Sign and store the next digest, in a transaction of its own.
+    conn: asyncpg.Connection,
+    ring: KeyRing,
+    names: ScopeNames,
+    *,
+    known: Anchor | None = None,
+    interval_seconds: int | None = None,
+) -> DigestRun:
+    """Check the table against `known`, then sign and store the next digest, in a
+    transaction of its own; `DigestRefused` when the table does not continue `known`.
 
     With `interval_seconds`, only when no digest was issued yet in the current interval
-    (by the database's clock): None then. `conn` must not be in a transaction (the
-    watermark needs READ COMMITTED statements, migrations/0002).
+    (by the database's clock). `conn` must not be in a transaction (the watermark needs
+    READ COMMITTED statements, migrations/0002).
     """
     async with conn.transaction():
         await conn.execute(_LOCK, DIGEST_LOCK)
-        last = await conn.fetchrow(_LAST)
+        last = await _checked_last(conn, ring, known)
         issued_at: datetime = await conn.fetchval("SELECT clock_timestamp()")
         if (
             interval_seconds
             and last is not None
-            and _slot(last["issued_at"], interval_seconds) == _slot(issued_at, interval_seconds)
+            and _slot(last.issued_at, interval_seconds) == _slot(issued_at, interval_seconds)
         ):
-            return None
-        after = last["watermark"] if last is not None else 0
+            return DigestRun(_anchor(last), None)
+        after = last.watermark if last is not None else 0
         watermark = max(after, await conn.fetchval("SELECT audit_events_watermark()"))
         rows = await conn.fetch(_HEADS, after, watermark)
         digest = Digest(
-            number=last["number"] + 1 if last is not None else 1,
+            number=last.number + 1 if last is not None else 1,
             issued_at=issued_at,
-            prev_hash=bytes(last["hash"]) if last is not None else None,
+            prev_hash=last.hash if last is not None else None,
             after_seq=after,
             watermark=watermark,
-            heads=heads_of((r["scope"], r["seq"], bytes(r["hash"])) for r in rows),
+            heads=heads_of(((r["scope"], r["seq"], bytes(r["hash"])) for r in rows), names.current),
+            scope_key=names.key_id,
         )
         jws = ring.sign(digest)
         await conn.execute(_APPEND, jws, orjson.dumps(ring.signer_jwk).decode())
-    return IssuedDigest(digest.number, issued_at, ring.kid, watermark, len(digest.heads))
+    found = _anchor(last) if last is not None else None
+    heads = len(digest.heads)
+    return DigestRun(
+        found, IssuedDigest(digest.number, issued_at, ring.kid, watermark, heads, jws_hash(jws))
+    )
+
+
+async def register_keys(conn: asyncpg.Connection, ring: KeyRing) -> list[tuple[str, str]]:
+    """Register the public halves of the ring's signing keys, as the migrations owner:
+    (kid, "registered" or "already registered") for each. A kid that names another key is
+    refused by the database (`asyncpg.PostgresError`)."""
+    done = []
+    async with conn.transaction():
+        for jwk in ring.public:
+            state = await conn.fetchval(_REGISTER, jwk["kid"], orjson.dumps(jwk).decode())
+            done.append((jwk["kid"], str(state)))
+    return done
 
 
 async def fetch_digests(
@@ -125,55 +207,3 @@ async def fetch_digests(
         return rows, None
     rows = rows[:limit]
     return rows, (rows[-1]["issued_at"], rows[-1]["number"])
-
-
-async def keys_that_signed(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    """The public JWK of every key that signed a digest still kept."""
-    return [orjson.loads(r["jwk"]) for r in await conn.fetch(_SIGNED_WITH)]
-
-
-class DigestIssuer:
-    """One per process: a digest at start (unless this interval has one) and then at the
-    start of every interval. Failures are logged and retried at the next interval."""
-
-    def __init__(self, database: Database, ring: KeyRing, *, interval_seconds: int) -> None:
-        self.database = database
-        self.ring = ring
-        self.interval_seconds = interval_seconds
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="audit-digests")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancelled(task)
-
-    async def run_once(self) -> IssuedDigest | None:
-        try:
-            async with connection(self.database) as conn:
-                issued = await issue_digest(conn, self.ring, interval_seconds=self.interval_seconds)
-        except DATABASE_OUTAGES as exc:
-            logger.warning("audit digest skipped: database unavailable (%s)", type(exc).__name__)
-            return None
-        except Exception:
-            logger.exception("audit digest failed")
-            return None
-        if issued is not None:
-            logger.info(
-                "audit digest issued",
-                extra={
-                    "number": issued.number,
-                    "kid": issued.kid,
-                    "watermark": issued.watermark,
-                    "heads": issued.heads,
-                },
-            )
-        return issued
-
-    async def _loop(self) -> None:
-        while True:
-            await self.run_once()
-            # Just past the next boundary, so the database's clock is in the new interval.
-            await asyncio.sleep(self.interval_seconds - time.time() % self.interval_seconds + 0.5)

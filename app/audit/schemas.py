@@ -151,6 +151,11 @@ class DigestOut(BaseModel):
         description="The digest: a compact JWS (EdDSA) whose payload is the authority; "
         "the other fields are read from it for convenience (docs/audit.md)"
     )
+    your_scope: str | None = Field(
+        description="The caller's scope's name in this digest's heads (`scope_hash`): an "
+        "HMAC only the service can compute, so each tenant finds its own heads and no "
+        "other's. Null when the scope key that named them is no longer configured"
+    )
 
 
 class DigestPage(BaseModel):
@@ -168,4 +173,7 @@ class AuditKey(BaseModel):
 
 
 class AuditKeySet(BaseModel):
-    keys: list[AuditKey]
+    keys: list[AuditKey] = Field(
+        description="AUDIT_SIGNING_KEY's public keys (the signing key first), then "
+        "AUDIT_RETIRED_KEYS': configuration only, never the database"
+    )

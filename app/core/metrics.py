@@ -70,6 +70,17 @@ REVOCATIONS_LIVE = Gauge(
 SESSION_REFRESHES = Counter(
     "session_refreshes", "Cookie-session token refreshes, by outcome.", ["outcome"]
 )
+# The audit digest issuer (docs/audit.md): it stops rather than sign over digests that no
+# longer continue the last one it knew. Alert on either.
+AUDIT_DIGESTS_STOPPED = Gauge(
+    "audit_digests_stopped",
+    "1 while a worker's audit digest issuer has stopped (the digests table was rewritten).",
+    multiprocess_mode="livemax",
+)
+AUDIT_DIGEST_REFUSALS = Counter(
+    "audit_digest_refusals",
+    "Audit digests refused: the table did not continue the last digest the issuer knew.",
+)
 
 
 EVENT_LOOP_LAG = Histogram(

@@ -1,9 +1,10 @@
 """What every part stands on at run time, and how a part finds its own runtime object.
 
 `Core` is built once per process by the lifespan (`running_core`): the settings, the
-database pool and the one shared HTTP client, plus the named readiness checks the parts add
-for `/readyz`. Every other part owns its runtime object (a verifier, a writer, a client) and
-the accessor that finds it on a request (`part_of`); `core` knows none of them.
+database pool and the one shared HTTP client, plus what the parts add for `/readyz`: named
+readiness checks, and named states shown beside them that never make a copy unready. Every
+other part owns its runtime object (a verifier, a writer, a client) and the accessor that
+finds it on a request (`part_of`); `core` knows none of them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import httpx
 from databases import Database
@@ -23,6 +24,10 @@ from app.core.timings import LoopLag
 T = TypeVar("T")
 # True when the part can serve; `/readyz` answers 503 while any check says False.
 ReadinessCheck = Callable[[], Awaitable[bool]]
+# A part's state as `/readyz` shows it, without gating readiness: "stopped" is a part that
+# stopped on purpose where every copy would (taking them all out of service would help no
+# one); the metrics and the log say why.
+StateReport = Callable[[], Literal["ok", "stopped"]]
 
 
 class HasState(Protocol):
@@ -40,6 +45,8 @@ class Core:
     http: httpx.AsyncClient
     # `/readyz` beside the database: a check per name, each True for the copy to take traffic.
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    # `/readyz` also shows these, by name, whatever they say.
+    reports: dict[str, StateReport] = field(default_factory=dict)
 
 
 def part_of(conn: HasState, name: str, kind: type[T]) -> T:

@@ -10,7 +10,7 @@ import html
 from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -32,7 +32,11 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
-    checks: dict[str, Literal["ok", "failing"]]
+    checks: dict[str, Literal["ok", "failing", "stopped"]] = Field(
+        description="`database`, `jwks`: `ok` or `failing` (any `failing`: not ready, 503). "
+        "`audit_digests` (with AUDIT_DIGESTS on): `ok`, or `stopped` when the digest issuer "
+        "refused to sign over rewritten digests (docs/audit.md); it never makes a copy unready."
+    )
 
 
 @operation("Liveness: the process is up", tags=["operations"], responses={200: Health})
@@ -51,6 +55,8 @@ async def readyz(request: Request) -> Response:
     for name, check in core.checks.items():
         checks[name] = "ok" if await check() else "failing"
     ready = all(v == "ok" for v in checks.values())
+    for name, report in core.reports.items():
+        checks[name] = report()
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,

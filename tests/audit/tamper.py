@@ -1,5 +1,6 @@
-"""What the integrity tests share: a signing key, and what someone holding the database's
-keys (a superuser, or the migrations owner) can do to the log behind the service's back."""
+"""What the integrity tests share: the signing and scope keys, issuing digests as the
+service does, and what someone holding the database's keys (a superuser, or the migrations
+owner) can do to the log and its digests behind the service's back."""
 
 from __future__ import annotations
 
@@ -12,38 +13,62 @@ import asyncpg
 import httpx
 import orjson
 
+from app.audit.anchor import Anchor
 from app.audit.chain import canonical_detail, content_digest, event_hash, link_hash
-from app.audit.digests import IssuedDigest, issue_digest
-from app.audit.signing import KeyRing
+from app.audit.digests import IssuedDigest, issue_digest, register_keys
+from app.audit.signing import KeyRing, ScopeNames
 from app.core.db import asyncpg_dsn
 from devkit.db import ProvisionedDatabase
-from devkit.keys import new_audit_signing_key
+from devkit.keys import new_audit_scope_key, new_audit_signing_key
 
 AUDIT_KEY = new_audit_signing_key("test-audit-1")
 OTHER_KEY = new_audit_signing_key("test-audit-2")
 RING = KeyRing.from_setting(AUDIT_KEY)
 SEED = AUDIT_KEY.partition(":")[2]
+SCOPE_KEY = new_audit_scope_key("test-scope-1")
+NAMES = ScopeNames.from_setting(SCOPE_KEY)
 
 
-async def issue(database: ProvisionedDatabase, ring: KeyRing = RING) -> IssuedDigest:
-    """One digest now, as `python -m app audit digest` issues it (the application role)."""
+async def register(database: ProvisionedDatabase, ring: KeyRing = RING) -> None:
+    """Register the ring's keys as the owner, as `python -m app audit register-key` does."""
+    conn = await asyncpg.connect(asyncpg_dsn(database.owner_url))
+    try:
+        await register_keys(conn, ring)
+    finally:
+        await conn.close()
+
+
+async def issue(
+    database: ProvisionedDatabase,
+    ring: KeyRing = RING,
+    *,
+    names: ScopeNames = NAMES,
+    known: Anchor | None = None,
+    registered: bool = False,
+) -> IssuedDigest:
+    """One digest now, as `python -m app audit digest` issues it (the application role),
+    once the ring's keys are registered (unless they are already, or need not be)."""
+    if not registered:
+        await register(database, ring)
     conn = await asyncpg.connect(asyncpg_dsn(database.app_url))
     try:
-        issued = await issue_digest(conn, ring)
+        issued = (await issue_digest(conn, ring, names, known=known)).issued
     finally:
         await conn.close()
     assert issued is not None
     return issued
 
 
-async def forge_backdated(owner: asyncpg.Connection, scope: str, *, days: int) -> int:
+async def forge_backdated(
+    owner: asyncpg.Connection, scope: str, *, days: float, seq: int | None = None
+) -> int:
     """A forgery by a role that may still INSERT: a `patient.deleted` by another actor,
-    recorded `days` ago, linked and hashed as the service would, and made the scope's head.
-    Returns its seq."""
+    recorded `days` ago, linked and hashed as the service would, and made the scope's head;
+    at `seq` (one never used) or the next. Returns its seq."""
     head = await owner.fetchrow(
         "SELECT last_seq, last_hash FROM audit_chain_heads WHERE scope = $1", scope
     )
-    seq = await owner.fetchval("SELECT nextval('audit_events_seq')")
+    seq = seq or await owner.fetchval("SELECT nextval('audit_events_seq')")
     recorded = (datetime.now(UTC) - timedelta(days=days)).replace(microsecond=0)
     row: dict[str, Any] = {
         "id": uuid.uuid4(),
@@ -83,35 +108,64 @@ async def forge_backdated(owner: asyncpg.Connection, scope: str, *, days: int) -
     return int(seq)
 
 
+async def _recompute(owner: asyncpg.Connection, scope: str) -> None:
+    """Recompute the hash of every event of `scope` and its head, as after an edit."""
+    rows = await owner.fetch(
+        "SELECT *, detail::text AS detail_text FROM audit_events WHERE scope = $1 ORDER BY seq",
+        scope,
+    )
+    prev = None
+    for row in rows:
+        values = dict(row.items())
+        values["detail"] = canonical_detail(orjson.loads(row["detail_text"]))
+        values["prev_hash"] = prev
+        hash_ = event_hash(values)
+        if (row["prev_hash"], row["hash"]) != (prev, hash_):
+            await owner.execute(
+                "UPDATE audit_events SET prev_hash = $2, hash = $3 WHERE seq = $1",
+                row["seq"],
+                prev,
+                hash_,
+            )
+        prev = hash_
+    last = rows[-1]["seq"]
+    await owner.execute(
+        "UPDATE audit_chain_heads SET last_seq = $2, last_hash = $3 WHERE scope = $1",
+        scope,
+        last,
+        prev,
+    )
+
+
 async def rewrite_and_recompute(owner: asyncpg.Connection, scope: str, seq: int) -> None:
     """A superuser turns one event's outcome into `denied`, then recomputes the hash of
     every event after it and the scope's head: the chain is consistent again."""
     await owner.execute("SET session_replication_role = replica")  # user triggers off
     try:
         await owner.execute("UPDATE audit_events SET outcome = 'denied' WHERE seq = $1", seq)
-        rows = await owner.fetch(
-            "SELECT *, detail::text AS detail_text FROM audit_events WHERE scope = $1 ORDER BY seq",
-            scope,
-        )
-        prev = None
-        for row in rows:
-            values = dict(row.items())
-            values["detail"] = canonical_detail(orjson.loads(row["detail_text"]))
-            values["prev_hash"] = prev
-            hash_ = event_hash(values)
-            if (row["prev_hash"], row["hash"]) != (prev, hash_):
-                await owner.execute(
-                    "UPDATE audit_events SET prev_hash = $2, hash = $3 WHERE seq = $1",
-                    row["seq"],
-                    prev,
-                    hash_,
-                )
-            prev = hash_
-        await owner.execute(
-            "UPDATE audit_chain_heads SET last_hash = $2 WHERE scope = $1", scope, prev
-        )
+        await _recompute(owner, scope)
     finally:
         await owner.execute("SET session_replication_role = origin")
+
+
+# The tables whose triggers refuse the owner's changes.
+_GUARDED = ("audit_events", "audit_chain_heads", "audit_event_patients", "audit_digests")
+
+
+async def launder(owner: asyncpg.Connection, scope: str, seq: int, *, keep: int) -> None:
+    """The attack of the security review, as the migrations owner, in one transaction:
+    user triggers off, the event `seq` of `scope` deleted, the later hashes of the scope and
+    its head recomputed, the digests after digest `keep` deleted, triggers back on. The
+    log verifies, and the digests table ends at a digest that still holds."""
+    async with owner.transaction():
+        for table in _GUARDED:
+            await owner.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        await owner.execute("DELETE FROM audit_event_patients WHERE seq = $1", seq)
+        await owner.execute("DELETE FROM audit_events WHERE seq = $1 AND scope = $2", seq, scope)
+        await _recompute(owner, scope)
+        await owner.execute("DELETE FROM audit_digests WHERE number > $1", keep)
+        for table in _GUARDED:
+            await owner.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
 
 
 async def fetch_export(

@@ -23,12 +23,21 @@ import respx
 from app.audit.digests import issue_digest
 from app.audit.events import Event
 from app.audit.record import record_event
-from app.audit.signing import Digest, KeyRing, load_public_keys, scope_hash, verify_digest
+from app.audit.signing import Digest, KeyRing, load_public_keys, verify_digest
 from app.core.db import asyncpg_dsn
 from app.core.settings import ConfigError, load_settings
 from devkit.db import ProvisionedDatabase
 from tests.audit.support import ACME, ACTOR, GLOBEX, actions, chain, record, seed, window
-from tests.audit.tamper import AUDIT_KEY, OTHER_KEY, RING, SEED, issue
+from tests.audit.tamper import (
+    AUDIT_KEY,
+    NAMES,
+    OTHER_KEY,
+    RING,
+    SCOPE_KEY,
+    SEED,
+    issue,
+    register,
+)
 from tests.fixtures.app import running_app
 from tests.fixtures.settings import make_settings
 from tests.helpers import assert_problem
@@ -59,8 +68,8 @@ class TestIssueDigest:
         assert (digest.number, digest.prev_hash, digest.after_seq) == (1, None, 0)
         assert digest.watermark == issued.watermark >= globex["seq"]
         assert {(h.scope_hash, h.last_seq, h.last_hash) for h in digest.heads} == {
-            (scope_hash(ACME), acme["seq"], acme["hash"]),
-            (scope_hash(GLOBEX), globex["seq"], globex["hash"]),
+            (NAMES.current(ACME), acme["seq"], acme["hash"]),
+            (NAMES.current(GLOBEX), globex["seq"], globex["hash"]),
         }
         assert digest.kid == stored["kid"] == "test-audit-1"
         assert stored["hash"] == hashlib.sha256(stored["jws"].encode()).digest()
@@ -83,7 +92,7 @@ class TestIssueDigest:
             first.watermark,
         )
         assert [(h.scope_hash, h.last_seq) for h in second.heads] == [
-            (scope_hash(ACME), acme["seq"])
+            (NAMES.current(ACME), acme["seq"])
         ]
         assert (third.prev_hash, third.heads) == (second.hash, ())  # nothing changed: still one
 
@@ -104,9 +113,12 @@ class TestIssueDigest:
         acme, globex = (await chain(owner, ACME))[-1], await chain(owner, GLOBEX)
         heads = [{h.scope_hash: h.last_seq for h in _read(r["jws"]).heads}
                  for r in await _stored(owner)]  # fmt: skip
-        assert heads[0] == {scope_hash(GLOBEX): globex[0]["seq"]}
+        assert heads[0] == {NAMES.current(GLOBEX): globex[0]["seq"]}
         assert first.watermark < acme["seq"] < globex[1]["seq"] <= second.watermark
-        assert heads[1] == {scope_hash(ACME): acme["seq"], scope_hash(GLOBEX): globex[1]["seq"]}
+        assert heads[1] == {
+            NAMES.current(ACME): acme["seq"],
+            NAMES.current(GLOBEX): globex[1]["seq"],
+        }
 
     async def test_one_digest_per_interval_however_many_copies_try(
         self, database: ProvisionedDatabase, owner: asyncpg.Connection
@@ -114,10 +126,11 @@ class TestIssueDigest:
         async def copy() -> Any:
             conn = await asyncpg.connect(asyncpg_dsn(database.app_url))
             try:
-                return await issue_digest(conn, RING, interval_seconds=86_400)
+                return (await issue_digest(conn, RING, NAMES, interval_seconds=86_400)).issued
             finally:
                 await conn.close()
 
+        await register(database)
         issued = await asyncio.gather(*(copy() for _ in range(4)))
         assert sum(1 for i in issued if i is not None) == 1
         assert await copy() is None
@@ -202,7 +215,7 @@ class TestSettings:
 
     def test_digests_on_without_a_key_stop_start_up_naming_it(self) -> None:
         with pytest.raises(ConfigError) as refused:
-            load_settings(**self.BASE, audit_digests=True)
+            load_settings(**self.BASE, audit_digests=True, audit_scope_key=SCOPE_KEY)
         assert str(refused.value) == (
             "configuration error: invalid setting(s): AUDIT_SIGNING_KEY: required when "
             "AUDIT_DIGESTS is on (KID:SEED, docs/audit.md)"
@@ -226,18 +239,23 @@ class TestSettings:
     )
     def test_a_malformed_key_is_named_and_never_quoted(self, value: str, message: str) -> None:
         with pytest.raises(ConfigError) as refused:
-            load_settings(**self.BASE, audit_digests=True, audit_signing_key=value)
+            load_settings(
+                **self.BASE, audit_digests=True, audit_signing_key=value, audit_scope_key=SCOPE_KEY
+            )
         text = str(refused.value)
         assert text == f"configuration error: invalid setting(s): AUDIT_SIGNING_KEY: {message}"
         assert SEED[:8] not in text
 
     def test_the_key_never_prints(self) -> None:
-        settings = load_settings(**self.BASE, audit_digests=True, audit_signing_key=AUDIT_KEY)
+        settings = load_settings(
+            **self.BASE, audit_digests=True, audit_signing_key=AUDIT_KEY, audit_scope_key=SCOPE_KEY
+        )
         assert SEED not in repr(settings) and SEED not in str(settings.model_dump())
         assert SEED not in repr(KeyRing.from_setting(AUDIT_KEY))
 
     def test_serve_refuses_to_start_in_one_line(self, tmp_path: Path) -> None:
-        result = _cli(tmp_path, "serve", AUDIT_DIGESTS="true", DATABASE_URL="postgresql://u@127.0.0.1/d",
+        result = _cli(tmp_path, "serve", AUDIT_DIGESTS="true", AUDIT_SCOPE_KEY=SCOPE_KEY,
+                      DATABASE_URL="postgresql://u@127.0.0.1/d",
                       AUTH0_DOMAIN="t.example.com", AUTH0_AUDIENCE="a", AUTH0_CLIENT_ID="c",
                       AUTH0_CLIENT_SECRET="s")  # fmt: skip
         assert result.returncode == 2
@@ -268,7 +286,11 @@ class TestDigestCommand:
     def test_issues_a_digest_now(
         self, tmp_path: Path, database: ProvisionedDatabase, owner: asyncpg.Connection
     ) -> None:
-        env = {"DATABASE_URL": database.app_url, "AUDIT_SIGNING_KEY": AUDIT_KEY}
+        env = {"DATABASE_URL": database.app_url, "AUDIT_SIGNING_KEY": AUDIT_KEY,
+               "AUDIT_SCOPE_KEY": SCOPE_KEY}  # fmt: skip
+        registered = _cli(tmp_path, "audit", "register-key", **env,
+                          MIGRATIONS_DATABASE_URL=database.owner_url)  # fmt: skip
+        assert registered.returncode == 0, registered.stderr
         first, second = (
             _cli(tmp_path, "audit", "digest", **env),
             _cli(tmp_path, "audit", "digest", **env),
@@ -296,7 +318,8 @@ class TestDigestCommand:
         key: str | None,
         expected: str,
     ) -> None:
-        env = {"DATABASE_URL": database.app_url} | ({"AUDIT_SIGNING_KEY": key} if key else {})
+        env = {"DATABASE_URL": database.app_url, "AUDIT_SCOPE_KEY": SCOPE_KEY}
+        env |= {"AUDIT_SIGNING_KEY": key} if key else {}
         result = _cli(tmp_path, "audit", "digest", **env)
         assert (result.returncode, result.stderr.strip(), result.stdout) == (2, expected, "")
         assert "c2VjcmV0LXNlZWQ" not in result.stderr
@@ -311,7 +334,9 @@ class TestDigestIssuer:
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         settings = make_settings(database, audit_digests=True, audit_signing_key=AUDIT_KEY,
+                                 audit_scope_key=SCOPE_KEY,
                                  audit_digest_interval_seconds=86_400)  # fmt: skip
+        await register(database)
         async with running_app(settings), running_app(settings):
             for _ in range(100):
                 if await _stored(owner):
@@ -455,15 +480,16 @@ class TestAuditKeys:
         assert all(k.keys() == {"kty", "crv", "x", "kid", "use", "alg"} for k in keys)
         assert SEED not in response.text
 
-    async def test_a_retired_key_is_served_while_its_digests_are_kept(
+    async def test_a_retired_key_is_served_from_the_settings(
         self, database: ProvisionedDatabase, tenant: respx.MockRouter
     ) -> None:
         await issue(database)  # signed with test-audit-1, which is then retired
-        settings = make_settings(database, audit_signing_key=OTHER_KEY)
+        retired = f"test-audit-1:{RING.signer_jwk['x']}"
+        settings = make_settings(database, audit_signing_key=OTHER_KEY, audit_retired_keys=retired)
         async with running_app(settings) as http:
             keys = (await http.get(KEYS)).json()["keys"]
-        assert [k["kid"] for k in keys] == ["test-audit-1", "test-audit-2"]
-        assert keys[0] == RING.signer_jwk
+        assert [k["kid"] for k in keys] == ["test-audit-2", "test-audit-1"]
+        assert keys[1] == RING.signer_jwk
 
     async def test_no_key_configured_and_none_used(self, client: httpx.AsyncClient) -> None:
         response = await client.get(KEYS)

@@ -306,7 +306,7 @@ class TestUpgrade:
             for scope, count in ((ACME, 6), ("org:globex", 1)):
                 report = await verify(app, scope)
                 assert (report.status, report.count) == ("intact", count), scope
-            digest = await issue(at_0008)
+            digest = await issue(at_0008, registered=True)  # 0009 stored keys as they signed
             assert (digest.number, digest.heads) == (1, 2)
         finally:
             await app.close()

@@ -19,16 +19,20 @@ from app.audit.events import Event
 from app.audit.offline import ExportInvalid, verify_export
 from app.audit.signing import KeyRing
 from app.audit.verify import verify_chain
+from app.core.settings import Settings
 from devkit.db import ProvisionedDatabase
 from tests.audit.support import ACME, GLOBEX, chain, recent, seed, window
 from tests.audit.tamper import (
+    AUDIT_KEY,
     OTHER_KEY,
     RING,
+    SCOPE_KEY,
     fetch_export,
     forge_backdated,
     issue,
     rewrite_and_recompute,
 )
+from tests.fixtures.settings import make_settings
 
 NOT_JSON = "not a JSON object (truncated?)"
 NOT_EVENT = "not an exported audit event (fields missing or malformed)"
@@ -48,6 +52,12 @@ def verify_cli(events: Path, digests: Path, keys: Path) -> subprocess.CompletedP
         timeout=60,
         check=False,
     )
+
+
+@pytest.fixture
+def settings(database: ProvisionedDatabase) -> Settings:
+    """The service that signed the digests: it publishes its key and names the scopes."""
+    return make_settings(database, audit_signing_key=AUDIT_KEY, audit_scope_key=SCOPE_KEY)
 
 
 @pytest.fixture
@@ -129,11 +139,11 @@ class TestTheAuditorsWalkthrough:
         history: None,
         tmp_path: Path,
     ) -> None:
-        """The keys were pinned before; then someone with the application's login signs a
-        digest with a key of their own (which the service's JWKS would then serve too)."""
+        """The keys were pinned before; then someone with the owner's login registers a key
+        of their own and has a copy of the service sign a digest with it."""
         pinned = await fetch_export(client, acme, tmp_path, **window())
         await seed(writer, ACME, Event("patient.read", "R"))
-        await issue(database, KeyRing.from_setting(OTHER_KEY))
+        await issue(database, KeyRing.from_setting(f"{OTHER_KEY},{AUDIT_KEY}"))
         later = tmp_path / "later"
         later.mkdir()
         events, digests, _ = await fetch_export(client, acme, later, **window())

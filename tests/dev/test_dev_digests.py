@@ -1,9 +1,11 @@
-"""`python -m app dev` makes an audit signing key, hands it to the app it runs, and the app
-signs its first digest at start and publishes the key."""
+"""`python -m app dev` makes an audit signing key and a scope key, registers the signing
+key as the database's owner, hands both to the app it runs, and the app signs its first
+digest at start and publishes the key."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import orjson
 
 from devkit.db import ProvisionedDatabase
 
@@ -51,11 +54,14 @@ async def test_dev_signs_digests_with_a_key_of_its_own(
             keys = (await http.get(url, timeout=10)).json()["keys"]
         assert [(k["kty"], k["crv"], k["kid"][:4]) for k in keys] == [("OKP", "Ed25519", "dev-")]
         for _ in range(100):
-            stored = await owner.fetchval("SELECT kid FROM audit_digests WHERE number = 1")
+            stored = await owner.fetchrow("SELECT kid, jws FROM audit_digests WHERE number = 1")
             if stored is not None:
                 break
             await asyncio.sleep(0.1)
-        assert stored == keys[0]["kid"]
+        assert stored is not None and stored["kid"] == keys[0]["kid"]
+        segment = stored["jws"].split(".")[1]
+        payload = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        assert (payload["v"], payload["scope_key"][:4]) == (2, "dev-")  # a scope key of its own
         process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(process.wait(), 30) == 0
     finally:

@@ -1,14 +1,15 @@
 """HTTP handlers: the signed digests of the audit log, and the keys that check them.
 
-`GET /api/audit-events/digests` serves the digests (every scope's heads, each named by its
-scope hash, so one tenant's auditors learn no other tenant's name) and records the read.
-`GET /.well-known/audit-keys` serves, without authentication, the public keys an auditor
-needs: the configured ones and every key that signed a digest still kept.
+`GET /api/audit-events/digests` serves the digests (every scope's heads, each named by a
+keyed hash that only the service can compute) and tells the caller its own scope's name in
+each (`your_scope`), so one tenant's auditors find their heads and learn nothing of the
+others'; it records the read. `GET /.well-known/audit-keys` serves, without
+authentication, the public keys an auditor needs: the configured ones (AUDIT_SIGNING_KEY,
+AUDIT_RETIRED_KEYS), never a key read from the database.
 """
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,14 +18,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.audit.digests import fetch_digests, keys_that_signed
+from app.audit.digests import fetch_digests
 from app.audit.edge import actor_from
 from app.audit.events import Event
 from app.audit.record import record_event
+from app.audit.runtime import audit_of
 from app.audit.schemas import AuditKeySet, DigestPage, DigestsQuery
-from app.audit.signing import KeyRing
+from app.audit.signing import ScopeNames, scope_hash, scope_key_of
 from app.auth.requires import principal, requires
-from app.core.db import connection, transaction
+from app.core.db import transaction
 from app.core.errors import BadRequest, ValidationFailed
 from app.http.bodies import JSONResponse, parse_query
 from app.http.context import context
@@ -61,10 +63,15 @@ def _micros(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICRO
 
 
-def _digest_item(row: Any) -> dict[str, Any]:
+def _digest_item(row: Any, scope: str, names: ScopeNames | None) -> dict[str, Any]:
     item = dict(row.items())
     item["prev_hash"] = row["prev_hash"].hex() if row["prev_hash"] is not None else None
     item["hash"] = row["hash"].hex()
+    key_id = scope_key_of(row["jws"])
+    if key_id is None:  # version 1: the unkeyed name
+        item["your_scope"] = scope_hash(scope)
+    else:  # None once that scope key has left AUDIT_SCOPE_KEY
+        item["your_scope"] = names.name(scope, key_id) if names is not None else None
     return item
 
 
@@ -75,7 +82,9 @@ def _digest_item(row: Any) -> dict[str, Any]:
     responses={200: DigestPage},
     description="Each digest is a compact JWS (EdDSA) signed with a key in "
     "GET /.well-known/audit-keys; its payload names the previous digest's hash and the "
-    "chain heads that changed since (docs/audit.md). The read is recorded as `audit.read`.",
+    "chain heads that changed since, each scope named by a keyed hash; `your_scope` is the "
+    "caller's scope's name in that digest (docs/audit.md). The read is recorded as "
+    "`audit.read`.",
 )
 @requires("read:audit_events")
 async def list_digests(request: Request) -> Response:
@@ -108,34 +117,21 @@ async def list_digests(request: Request) -> Response:
             context(request).settings.derived_key("audit-cursor"),
             {"k": "digests", "w": window, "t": _micros(next_key[0]), "q": next_key[1]},
         )
-    return JSONResponse({"items": [_digest_item(r) for r in rows], "next_cursor": next_cursor})
-
-
-@functools.lru_cache(maxsize=4)
-def _configured_keys(setting: str) -> tuple[dict[str, str], ...]:
-    return KeyRing.from_setting(setting).public
+    names = audit_of(request).names
+    items = [_digest_item(r, actor.scope, names) for r in rows]
+    return JSONResponse({"items": items, "next_cursor": next_cursor})
 
 
 @operation(
     "The public keys that check the audit digests (JWKS: OKP, Ed25519)",
     tags=TAGS,
     responses={200: Resp(AuditKeySet, headers=("Cache-Control",))},
-    description="No authentication. The configured keys, and every key that signed a "
-    "digest still kept, retired ones included. Pin them: docs/audit.md.",
+    description="No authentication. The configured keys: AUDIT_SIGNING_KEY's (the signing "
+    "key first) and the retired ones of AUDIT_RETIRED_KEYS; never a key read from the "
+    "database. Pin them: docs/audit.md.",
 )
 async def audit_keys(request: Request) -> Response:
-    settings = context(request).settings
-    configured = (
-        _configured_keys(settings.audit.signing_key.get_secret_value())
-        if settings.audit.signing_key is not None
-        else ()
-    )
-    async with connection(context(request).database) as conn:
-        signed = await keys_that_signed(conn)
-    keys: dict[str, dict[str, Any]] = {}
-    for jwk in [*signed, *configured]:  # a kid that signed keeps the key it signed with
-        keys.setdefault(jwk["kid"], jwk)
-    body = orjson.dumps({"keys": list(keys.values())})
+    body = orjson.dumps({"keys": list(audit_of(request).published)})
     return Response(
         body,
         media_type="application/json",

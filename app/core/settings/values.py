@@ -90,20 +90,40 @@ def _base64url_bytes(text: str) -> bytes:
         return b""
 
 
+def _keyed_values(text: str, value: str, what: str) -> list[tuple[str, bytes]]:
+    """`KID:VALUE[,KID:VALUE...]` as (kid, 32 bytes) pairs, in order; VALUE is base64url of
+    32 bytes (`what`). A mistake names the entry and its kid, never the value."""
+    keys: list[tuple[str, bytes]] = []
+    for position, entry in enumerate(text.split(","), 1):
+        kid, colon, encoded = entry.strip().partition(":")
+        if not colon or not AUDIT_KEY_ID.fullmatch(kid):
+            raise ValueError(
+                f"entry {position} is not KID:{value} (KID: 1-64 of A-Z a-z 0-9 . _ -)"
+            )
+        if len(_base64url_bytes(encoded)) != 32:
+            raise ValueError(f"key {kid}: {value} must be {what} in base64url")
+        if any(kid == known for known, _ in keys):
+            raise ValueError(f"key id {kid} is listed twice")
+        keys.append((kid, _base64url_bytes(encoded)))
+    return keys
+
+
 def parse_signing_keys(text: str) -> list[tuple[str, bytes]]:
     """`AUDIT_SIGNING_KEY`: `KID:SEED[,KID:SEED...]` as (kid, 32-byte Ed25519 private key)
     pairs, the signing key first. A mistake names the entry and its kid, never key bytes."""
-    keys: list[tuple[str, bytes]] = []
-    for position, entry in enumerate(text.split(","), 1):
-        kid, colon, seed = entry.strip().partition(":")
-        if not colon or not AUDIT_KEY_ID.fullmatch(kid):
-            raise ValueError(f"entry {position} is not KID:SEED (KID: 1-64 of A-Z a-z 0-9 . _ -)")
-        if len(_base64url_bytes(seed)) != 32:
-            raise ValueError(f"key {kid}: SEED must be a 32-byte Ed25519 private key in base64url")
-        if any(kid == known for known, _ in keys):
-            raise ValueError(f"key id {kid} is listed twice")
-        keys.append((kid, _base64url_bytes(seed)))
-    return keys
+    return _keyed_values(text, "SEED", "a 32-byte Ed25519 private key")
+
+
+def parse_public_keys(text: str) -> list[tuple[str, bytes]]:
+    """`AUDIT_RETIRED_KEYS`: `KID:X[,KID:X...]` as (kid, 32-byte Ed25519 public key) pairs;
+    X is the JWK's `x`, as `GET /.well-known/audit-keys` served it."""
+    return _keyed_values(text, "X", "a 32-byte Ed25519 public key (the JWK's x)")
+
+
+def parse_scope_keys(text: str) -> list[tuple[str, bytes]]:
+    """`AUDIT_SCOPE_KEY`: `ID:SECRET[,ID:SECRET...]` as (id, 32-byte HMAC key) pairs, the key
+    that names scopes in new digests first. A mistake never quotes a secret."""
+    return _keyed_values(text, "SECRET", "32 random bytes")
 
 
 def parse_fernet_keys(text: str) -> list[bytes]:
