@@ -25,6 +25,7 @@ from app.session.schemas import LoginQuery, LogoutAnswer, SessionInfo, relative_
 
 _PARAM = re.compile(r"[A-Za-z0-9_-]{1,64}")  # organization and connection names
 _MAX_LOGOUT_FORM = 16 * 1024
+_MAX_LOGOUT_FIELDS = 8
 _CSRF_HEADER = ("X-CSRF", True, "Must be 1 on every cookie-authenticated request")
 
 
@@ -164,7 +165,11 @@ async def _logout_token(request: Request) -> str:
     raw = await request.body()
     if len(raw) > _MAX_LOGOUT_FORM:
         raise _refused(BadRequest("the form is too large"))
-    tokens = parse_qs(raw.decode("latin-1"), max_num_fields=8).get("logout_token", [])
+    try:
+        form = parse_qs(raw.decode("latin-1"), max_num_fields=_MAX_LOGOUT_FIELDS)
+    except ValueError:  # more fields than a logout form has: refused before any is parsed
+        raise _refused(BadRequest("the form has too many fields")) from None
+    tokens = form.get("logout_token", [])
     if len(tokens) != 1 or not tokens[0]:
         raise _refused(BadRequest("the form must have exactly one logout_token"))
     return tokens[0]
@@ -175,7 +180,7 @@ async def _logout_token(request: Request) -> str:
     tags=["session"],
     responses={
         200: Resp(None, "The matching sessions have ended (if there were any)"),
-        400: problem("The logout token is missing or not valid"),
+        400: problem("The form has too many fields, or its logout token is missing or not valid"),
         415: problem("Not a form"),
     },
 )

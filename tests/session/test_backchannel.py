@@ -157,3 +157,25 @@ async def test_the_logout_token_must_be_a_form_field(app: httpx.AsyncClient) -> 
 
 async def test_the_back_channel_event_claim_is_the_spec_uri() -> None:
     assert BACKCHANNEL_EVENT == "http://schemas.openid.net/event/backchannel-logout"
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["a&b&c&d&e&f&g&h&i", "logout_token={token}" + "&x=1" * 8, "&" * 500],
+    ids=["nine bare fields", "a good token among nine fields", "five hundred separators"],
+)
+async def test_a_form_of_too_many_fields_is_400_and_ends_nothing(
+    app: httpx.AsyncClient, owner: asyncpg.Connection, minter: TokenMinter, body: str
+) -> None:
+    cookie = await login(app, "alice")
+    token = minter.logout_token(client_id=SESSION_CLIENT_ID, sub="auth0|alice")
+    response = await app.post(
+        "/auth/backchannel-logout",
+        content=body.format(token=token).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_problem(response, 400, detail="the form has too many fields", hides=[token])
+    assert response.headers["cache-control"] == "no-store"
+    assert len(await session_rows(owner)) == 1
+    assert await owner.fetchval("SELECT count(*) FROM logout_token_ids") == 0
+    assert (await app.get("/api/patients", headers=with_cookie(cookie))).status_code == 200
