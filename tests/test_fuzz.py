@@ -3,6 +3,10 @@ to the live service (uvicorn, real database, stand-in tenant). No request may pr
 an undocumented status code, or a body that breaks the documented schema, with a token that
 holds every permission and with none.
 
+A third pass sends hostile text to every parameter of every operation, one parameter at a
+time and the others sane (a window for the audit log): a NUL somewhere in a string, digits of
+other scripts (`²` passes `str.isdigit`), and dates at or past the ends of the calendar.
+
 CI runs a short pass (FUZZ_EXAMPLES, default 15 per operation); a longer run:
 `FUZZ_EXAMPLES=500 scripts/test tests/test_fuzz.py`.
 """
@@ -15,12 +19,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -145,3 +151,95 @@ def test_with_every_permission(case: Any, live: Live) -> None:
 def test_without_a_token(case: Any, live: Live) -> None:
     response = case.call(base_url=live.base_url)
     case.validate_response(response, checks=CHECKS)
+
+
+# --- Hostile values, to every parameter --------------------------------------------------
+
+_NUL = st.text(max_size=12).flatmap(
+    lambda text: st.integers(0, len(text)).map(lambda at: text[:at] + "\x00" + text[at:])
+)
+# Decimal digits of other scripts and superscripts: `str.isdigit` is true, `int` reads some.
+_NOT_ASCII_DIGITS = st.text(
+    st.characters(categories=["Nd", "No"], max_codepoint=0xFFFF).filter(lambda c: c > "~"),
+    min_size=1,
+    max_size=6,
+)
+# The calendar's ends: in range as written, out of it in UTC or a step later.
+_EDGE_DATES = st.builds(
+    "{}{}".format,
+    st.sampled_from(["", "eq", "ge", "gt", "le", "lt"]),
+    st.sampled_from(
+        [
+            "9999-12-31",
+            "9999-12",
+            "9999",
+            "9999-12-31T23:59Z",
+            "9999-12-31T23:59:59.999999-14:00",
+            "0001-01-01",
+            "0001-01-01T00:00+05:00",
+            "0001-01-01T00:00:00+14:00",
+            "0000-01-01",
+            "10000-01-01T00:00:00Z",
+            "-0001-01-01",
+        ]
+    ),
+)
+
+
+_NOT_IN_A_SEGMENT = str.maketrans("", "", "/?#")
+
+
+def _sane(name: str) -> Any:
+    """A good value for the parameters without which a request stops before the database."""
+    now = datetime.now(UTC)
+    since, until = now - timedelta(days=1), now + timedelta(days=1)
+    return {
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "date": ["ge" + since.strftime("%Y-%m-%dT%H:%M:%SZ"), "lt" + until.strftime("%Y-%m-%d")],
+    }.get(name)
+
+
+def _variants(case: Any, value: str) -> Iterator[Any]:
+    """`case` once per parameter, that parameter set to `value` and the others sane."""
+    operation = case.operation
+    query_names = [p.name for p in operation.query]
+    base = {name: sane for name in query_names if (sane := _sane(name)) is not None}
+    for name in query_names:
+        query = {**base, name: [value] if isinstance(base.get(name), list) else value}
+        yield operation.Case(
+            path_parameters=case.path_parameters,
+            headers=case.headers,
+            query=query,
+            body=case.body,
+            media_type=case.media_type,
+        )
+    # In a path, a value of its own: no `/`, `?` or `#`, and never a dot segment.
+    segment = "x" + value.translate(_NOT_IN_A_SEGMENT)
+    for name in (p.name for p in operation.path_parameters):
+        yield operation.Case(
+            path_parameters={**(case.path_parameters or {}), name: segment},
+            headers=case.headers,
+            query=base,
+            body=case.body,
+            media_type=case.media_type,
+        )
+
+
+@schema.given(hostile=st.tuples(_NUL, _NOT_ASCII_DIGITS, _EDGE_DATES))
+@schema.parametrize()
+@settings(
+    max_examples=max(3, EXAMPLES // 3),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+def test_hostile_values_in_every_parameter(
+    case: Any, hostile: tuple[str, str, str], live: Live
+) -> None:
+    headers = {"Authorization": f"Bearer {live.token()}"}
+    for value in hostile:
+        for variant in _variants(case, value):
+            response = variant.call(base_url=live.base_url, headers=headers)
+            variant.validate_response(response, checks=CHECKS)
+            assert response.status_code < 500, (variant.path, variant.query, response.text)

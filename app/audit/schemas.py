@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    field_validator,
+)
+
+from app.core.text import refuse_controls
 
 ACTION_FILTER = r"^[a-z_]+(\.[a-z_]+)*(\.\*|(\.[a-z_]+))$"
 FILTERS = ("actor", "action", "patient_id", "outcome", "request_id")
+# A filter's free text: no control characters (a NUL would reach Postgres, which refuses it).
+Text = Annotated[str, AfterValidator(refuse_controls)]
 
 
 class Window(BaseModel):
@@ -43,7 +55,7 @@ class Window(BaseModel):
 class Filtered(Window):
     """The window and the optional filters."""
 
-    actor: str | None = Field(None, min_length=1, max_length=255, description="The actor's sub")
+    actor: Text | None = Field(None, min_length=1, max_length=255, description="The actor's sub")
     action: str | None = Field(
         None,
         max_length=100,
@@ -52,7 +64,7 @@ class Filtered(Window):
     )
     patient_id: uuid.UUID | None = None
     outcome: Literal["success", "denied", "failed"] | None = None
-    request_id: str | None = Field(None, min_length=1, max_length=128)
+    request_id: Text | None = Field(None, min_length=1, max_length=128)
 
 
 class AuditEventsQuery(Filtered):

@@ -21,6 +21,7 @@ from typing import Literal
 from app.audit.events import Crud
 from app.audit.query import MAX_WINDOW, AuditFilters
 from app.core.errors import BadRequest
+from app.core.text import control_problem
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 200
@@ -35,12 +36,15 @@ OUTCOMES: dict[str, Literal["success", "denied", "failed"] | None] = {
 }
 ACTIONS: dict[str, Crud] = {"C": "C", "R": "R", "U": "U", "D": "D", "E": "E"}
 
+# ASCII digits only: `\d` would also take other scripts' digits, which int() reads.
 _DATE = re.compile(
     r"(?P<prefix>eq|ne|gt|lt|ge|le|sa|eb|ap)?"
     r"(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
     r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d{1,6}))?)?"
-    r"(?P<zone>Z|[+-]\d{2}:\d{2}))?)?)?"
+    r"(?P<zone>Z|[+-]\d{2}:\d{2}))?)?)?",
+    re.ASCII,
 )
+_COUNT = re.compile(r"[0-9]{1,5}")
 _PATIENT = re.compile(r"(?:Patient/)?([0-9A-Fa-f-]{32,36})")
 
 
@@ -127,7 +131,7 @@ def _window(values: Sequence[str], errors: _Errors) -> tuple[datetime, datetime]
             return None
         try:
             start, end = _range(match)
-        except ValueError:
+        except (ValueError, OverflowError):  # no such day, or past year 1 or 9999 in UTC
             errors.add("date", "not a valid date or time")
             return None
         lower = {"eq": start, "ge": start, "gt": end}.get(prefix)
@@ -158,6 +162,8 @@ def parse_search(pairs: Sequence[tuple[str, str]], scope: str) -> AuditEventSear
             errors.add(name, "unknown parameter", "not-supported")
         elif not value:
             errors.add(name, "empty value")
+        elif (problem := control_problem(value)) is not None:
+            errors.add(name, problem)
         else:
             given.setdefault(name, []).append(value)
     for name, values in given.items():
@@ -191,7 +197,7 @@ def parse_search(pairs: Sequence[tuple[str, str]], scope: str) -> AuditEventSear
         errors.add("outcome", "one of 0, 4, 8, 12")
     count = DEFAULT_COUNT
     if (text := one("_count")) is not None:
-        count = int(text) if text.isdigit() and len(text) < 6 else 0
+        count = int(text) if _COUNT.fullmatch(text) else 0
         if not 1 <= count <= MAX_COUNT:
             errors.add("_count", f"an integer from 1 to {MAX_COUNT}")
     cursor = one(CURSOR)

@@ -1,11 +1,10 @@
 """The patient as clients send and receive it (API.md "Bodies that clients depend on").
 
 Validation is strict and never echoes a value back: error messages name the rule, not the
-input, because the input is personal data. Names may be any script; control characters,
-surrogates, line separators, Unicode non-characters and the bidirectional embedding,
-override and isolate controls (which make text display other than it reads, "Trojan
-Source") are refused; the joiners ZWJ and ZWNJ, which some scripts need, are not. Text is
-stored NFC.
+input, because the input is personal data. Names may be any script; control characters are
+refused as everywhere (app/core/text.py: separators, non-characters and the bidirectional
+controls too; the joiners ZWJ and ZWNJ, which some scripts need, are not). Text is stored
+NFC.
 """
 
 from __future__ import annotations
@@ -32,24 +31,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from app.core.text import refuse_controls
+
 Gender = Literal["male", "female", "other", "unknown"]
 
 # Oldest plausible birth date: about 150 years ago (the oldest person on record lived 122).
 MAX_AGE_DAYS = 150 * 366
 # The latest date anywhere on Earth is UTC+14: "today" for a patient born there.
 _EARLIEST_OFFSET = timedelta(hours=14)
-_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
-# U+202A-U+202E (LRE, RLE, PDF, LRO, RLO) and U+2066-U+2069 (LRI, RLI, FSI, PDI).
-_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _PHONE_SEPARATORS = re.compile(r"[\s().-]")
 _E164 = re.compile(r"\+[1-9]\d{5,14}")
 _COUNTRY = re.compile(r"[A-Z]{2,3}")
-
-
-def _is_noncharacter(char: str) -> bool:
-    code = ord(char)
-    return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
 
 
 def clean_text(value: str, *, max_length: int) -> str:
@@ -59,11 +52,7 @@ def clean_text(value: str, *, max_length: int) -> str:
         raise ValueError("must not be empty")
     if len(value) > max_length:
         raise ValueError(f"must be at most {max_length} characters")
-    if any(unicodedata.category(c) in _REFUSED_CATEGORIES or _is_noncharacter(c) for c in value):
-        raise ValueError("must not contain control characters")
-    if _BIDI_CONTROLS.search(value):
-        raise ValueError("must not contain bidirectional text controls")
-    return value
+    return refuse_controls(value)  # the rule every free-text input follows
 
 
 def parse_date(value: object) -> date:

@@ -162,6 +162,28 @@ class TestExportAuditEvents:
         assert_problem(response, 422, *fields)
         assert await actions(owner) == []
 
+    @pytest.mark.parametrize("fmt", ["ndjson", "csv", "fhir-ndjson"])
+    @pytest.mark.parametrize(
+        ("params", "field"),
+        [({"actor": "\x00"}, "actor"), ({"request_id": "a\x00b"}, "request_id")],
+        ids=["NUL actor", "NUL request_id"],
+    )
+    async def test_a_control_character_is_refused_before_anything_is_sent(
+        self,
+        client: httpx.AsyncClient,
+        writer: asyncpg.Pool,
+        acme: dict[str, str],
+        owner: asyncpg.Connection,
+        params: dict[str, str],
+        field: str,
+        fmt: str,
+    ) -> None:
+        await seed(writer, ACME, Event("patient.read", "R"), sub="auth0|doc")
+        query = window() | params | {"format": fmt}
+        response = await client.get("/api/audit-events/export", params=query, headers=acme)
+        assert_problem(response, 422, field)
+        assert await actions(owner) == ["patient.read"]  # not even audit.exported
+
     async def test_100k_events_stream_in_bounded_memory(
         self,
         settings: Settings,

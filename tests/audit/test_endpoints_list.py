@@ -284,6 +284,44 @@ class TestListAuditEvents:
         assert_problem(response, 400, "actor")
         assert await actions(owner) == []
 
+    @pytest.mark.parametrize(
+        ("params", "status", "field"),
+        [
+            ({"actor": "auth0|a\x00b"}, 422, "actor"),
+            ({"actor": "\x00"}, 422, "actor"),
+            ({"actor": "auth0|\u202eevil"}, 422, "actor"),
+            ({"request_id": "req\x00"}, 422, "request_id"),
+            ({"request_id": "req\u2029"}, 422, "request_id"),
+            ({"limit": "\u00b2"}, 422, "limit"),
+            ({"cursor": "\x00"}, 400, "cursor"),
+            ({"since": "0001-01-01T00:00:00+05:00", "until": "0001-01-02T00:00:00Z"}, 422, "since"),
+            ({"since": "9999-12-31T00:00:00Z", "until": "9999-12-31T23:59:59-14:00"}, 422, "until"),
+        ],
+        ids=[
+            "NUL in actor",
+            "only NUL",
+            "bidi override",
+            "NUL in request_id",
+            "paragraph separator",
+            "superscript limit",
+            "NUL cursor",
+            "year 1 east of UTC",
+            "year 10000 in UTC",
+        ],
+    )
+    async def test_hostile_values_are_refused_naming_the_parameter(
+        self,
+        client: httpx.AsyncClient,
+        acme: dict[str, str],
+        owner: asyncpg.Connection,
+        params: dict[str, str],
+        status: int,
+        field: str,
+    ) -> None:
+        response = await client.get("/api/audit-events", params=window() | params, headers=acme)
+        assert_problem(response, status, field)
+        assert await actions(owner) == []
+
 
 class TestAuditEventsCheckpoint:
     async def test_anonymous(self, client: httpx.AsyncClient) -> None:

@@ -247,3 +247,48 @@ class TestSearchBadInput:
         assert_outcome(response, 400, *named)
         assert "Ada" not in response.text
         assert await event_count(owner) == 0  # nothing stored, not even the search
+
+    @pytest.mark.parametrize(
+        ("query", "named"),
+        [
+            ([("date", "2026-01-01"), ("_count", "\u00b2")], {"_count"}),  # isdigit, not ASCII
+            ([("date", "2026-01-01"), ("_count", "\u0661\u0660")], {"_count"}),  # Arabic 10
+            ([("date", "\u0662\u0660\u0662\u0666-01-01")], {"date"}),  # Arabic-Indic 2026
+            ([("date", "eq9999-12-31")], {"date"}),  # its end is in year 10000
+            ([("date", "ge9999-12-31T23:59Z"), ("date", "le9999-12-31")], {"date"}),
+            ([("date", "ge0001-01-01T00:00+05:00"), ("date", "lt0001-01-02")], {"date"}),
+            ([("date", "lt0001-01-01T00:00:00+14:00"), ("date", "ge0001-01-01")], {"date"}),
+            ([("date", "2026-01-01"), ("agent", "auth0|a\x00b")], {"agent"}),
+            ([("date", "2026-01-01"), ("agent", "auth0|\u202eevil")], {"agent"}),
+            ([("date", "2026-01-01"), ("agent", "a\u2028b")], {"agent"}),
+            ([("date", "2026-01-01"), ("patient", "\x00")], {"patient"}),
+            ([("date", "2026-01-01"), ("_cursor", "\x00")], {"_cursor"}),
+            ([("date", "2026-01-01\x00")], {"date"}),
+        ],
+        ids=[
+            "superscript two",
+            "Arabic-Indic count",
+            "Arabic-Indic date",
+            "eq the last day",
+            "le the last day",
+            "ge year 1 east of UTC",
+            "lt year 1 east of UTC",
+            "NUL in agent",
+            "bidi override in agent",
+            "line separator in agent",
+            "NUL patient",
+            "NUL cursor",
+            "NUL after a date",
+        ],
+    )
+    async def test_hostile_values_are_400_naming_the_parameter(
+        self,
+        client: httpx.AsyncClient,
+        who: Callers,
+        owner: asyncpg.Connection,
+        query: list[tuple[str, str]],
+        named: set[str],
+    ) -> None:
+        response = await client.get(SEARCH, params=query, **_as(who))
+        assert_outcome(response, 400, *named)
+        assert await event_count(owner) == 0  # nothing stored, not even the search
