@@ -28,6 +28,7 @@ from app.core.settings import ConfigError, Settings, load_settings
 from app.core.settings.audit import AuditSettings
 from app.core.settings.database import DatabaseSettings
 from app.core.settings.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+from app.core.settings.values import one_line
 
 T = TypeVar("T")
 
@@ -193,6 +194,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.http.server import GracefulServer, run_workers
 
     settings = load_settings()
+    if settings.server.public_url is None:  # every absolute link is built from it, never Host
+        raise ConfigError(one_line(["PUBLIC_URL"], []))
     host, port, workers = _listen(args, settings)
     _check_port(host, port)
     # The database answers, and no migration it applied has been edited since.

@@ -27,6 +27,8 @@ AUTH0 = {
     "AUTH0_CLIENT_ID": "cid",
     "AUTH0_CLIENT_SECRET": "cli-secret-value",
 }
+# `serve` needs the origin it builds links from too.
+SERVE = {**AUTH0, "PUBLIC_URL": "https://bff.example.com"}
 
 
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -34,7 +36,7 @@ def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AUTH0_", "DATABASE_URL", "MIGRATIONS_D"))
-        and k not in {"HOST", "PORT", "WORKERS", "LOG_LEVEL"}
+        and k not in {"HOST", "PORT", "WORKERS", "LOG_LEVEL", "PUBLIC_URL"}
     }
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
@@ -112,8 +114,35 @@ def test_serve_with_bad_configuration_is_one_line(
     assert "cli-secret-value" not in result.stderr
 
 
+def test_serve_without_public_url_names_it_before_anything_starts(tmp_path: Path) -> None:
+    # Every absolute link (FHIR's `next`, the sign-in callback) is built from it, never
+    # from a request's Host header.
+    with socket.socket() as busy:  # checked before the port and the database
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = run_cli(
+            tmp_path, "serve", "--port", port, **AUTH0, DATABASE_URL="postgresql://u@127.0.0.1:1/d"
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: configuration error: missing required setting(s): PUBLIC_URL"
+    )
+    assert result.stdout == ""
+    (tmp_path / ".env").write_text("PUBLIC_URL=http://localhost\n")  # from .env too
+    served = run_cli(
+        tmp_path,
+        "serve",
+        "--port",
+        str(_free_port()),
+        **AUTH0,
+        DATABASE_URL="postgresql://u@127.0.0.1:1/d",
+    )
+    assert served.stderr.strip().startswith("error: database unreachable"), served.stderr
+
+
 def test_serve_with_unreachable_database_is_one_line(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "serve", **AUTH0, DATABASE_URL="postgresql://u@127.0.0.1:1/d")
+    result = run_cli(tmp_path, "serve", **SERVE, DATABASE_URL="postgresql://u@127.0.0.1:1/d")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -127,7 +156,7 @@ def test_a_port_in_use_is_one_line_before_anything_starts(tmp_path: Path, comman
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        unreachable = {**AUTH0, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
+        unreachable = {**SERVE, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
         env = unreachable if command == "serve" else {}
         result = run_cli(tmp_path, command, "--port", str(port), **env)
     assert result.returncode == 1
@@ -151,7 +180,7 @@ def test_audit_partitions_command(tmp_path: Path, database: ProvisionedDatabase)
 
 # --- HOST, PORT, WORKERS ------------------------------------------------------------------
 
-UNREACHABLE = {**AUTH0, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
+UNREACHABLE = {**SERVE, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
 PORT_NOT_A_NUMBER = (
     "error: configuration error: invalid setting(s): PORT: "
     "Input should be a valid integer, unable to parse string as an integer"
@@ -294,7 +323,7 @@ def test_an_edited_migration_stops_migrate_and_serve_in_one_line(
     assert migrated.stderr.strip() == expected
     assert migrated.stdout == ""
 
-    served = run_cli(tmp_path, "serve", "--port", str(_free_port()), **AUTH0, **env)
+    served = run_cli(tmp_path, "serve", "--port", str(_free_port()), **SERVE, **env)
     assert served.returncode == 1
     assert served.stderr.strip() == expected  # before uvicorn starts: nothing else printed
 

@@ -104,6 +104,7 @@ def live(postgres_server: str) -> Iterator[Live]:
         auth0_client_secret="fuzz-secret",
         auth0_base_url=f"http://127.0.0.1:{tenant_port}",
         auth0_log_stream_token="fuzz-hook-secret",
+        public_url=f"http://127.0.0.1:{app_port}",
         rate_limit_per_ip="off",
         rate_limit_per_user="100000/60",
         _env_file=None,

@@ -64,7 +64,10 @@ _AUTHENTICATED = _outcomes(401, 403, 429, 500, 503)
 
 
 def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
+    """The FHIR base URL of every link we write: from PUBLIC_URL, never from the request's
+    Host (a forged one would send a client that follows `next` elsewhere, token and all).
+    Outside `serve`, which requires PUBLIC_URL, links without it are relative."""
+    return f"{context(request).settings.server.public_url or ''}/fhir"
 
 
 def _mapper(request: Request) -> AuditEventMapper:

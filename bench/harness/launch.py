@@ -57,6 +57,7 @@ def server_for(run: Run, target: str, workers: int) -> Server:
             "AUTH0_CLIENT_SECRET": run.client_secret,
             "AUTH0_BASE_URL": tenant.url,
             "AUTH0_EMAIL_VERIFIED_CLAIM": data.EMAIL_VERIFIED_CLAIM,
+            "PUBLIC_URL": f"http://{LOOPBACK}:{port}",
             "LOG_LEVEL": "INFO",
             "DB_POOL_MAX_SIZE": str(run.args.pool_max),
             "AUTH0_MANAGEMENT_RATE": run.args.management_rate,
@@ -69,7 +70,6 @@ def server_for(run: Run, target: str, workers: int) -> Server:
             env |= {
                 "SESSION_CLIENT_ID": SESSION_CLIENT_ID,
                 "SESSION_CLIENT_SECRET": run.session_secret,
-                "PUBLIC_URL": f"http://{LOOPBACK}:{port}",
                 "SESSION_ENCRYPTION_KEY": run.session_key,
             }
         env |= dict(item.split("=", 1) for item in run.args.service_env)

@@ -137,6 +137,7 @@ def running_stack(
             "AUTH0_CLIENT_ID": CLIENT_ID,
             "AUTH0_CLIENT_SECRET": secret,
             "AUTH0_BASE_URL": tenant.url,
+            "PUBLIC_URL": f"http://127.0.0.1:{port}",
             "RATE_LIMIT_PER_IP": UNREACHABLE_LIMIT,
             "RATE_LIMIT_PER_USER": UNREACHABLE_LIMIT,
             # The faults measured here are the tenant's and the database's, not a spent

@@ -7,10 +7,12 @@ import uuid
 
 import asyncpg
 import httpx
+import orjson
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.patient import Patient
 
+from app.core.settings import Settings
 from tests.fhir.support import (
     PATIENT,
     SEARCH,
@@ -162,7 +164,7 @@ class TestReadPatient:
 
 
 class TestMetadata:
-    async def test_ok_without_a_token(self, client: httpx.AsyncClient) -> None:
+    async def test_ok_without_a_token(self, client: httpx.AsyncClient, settings: Settings) -> None:
         body = assert_fhir(await client.get("/fhir/metadata"))
         statement = CapabilityStatement.model_validate(body)
         assert statement.fhirVersion == "4.0.1"
@@ -177,7 +179,15 @@ class TestMetadata:
             "action",
             "outcome",
         }
-        assert body["implementation"]["url"] == "http://testserver/fhir"
+        assert body["implementation"]["url"] == f"{settings.server.public_url}/fhir"
+
+    async def test_the_host_header_never_names_the_base(
+        self, client: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        forged = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+        body = assert_fhir(await client.get("/fhir/metadata", headers=forged))
+        assert body["implementation"]["url"] == f"{settings.server.public_url}/fhir"
+        assert "evil.example" not in orjson.dumps(body).decode()
 
 
 class TestOutcomes:

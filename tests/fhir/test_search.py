@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
+from app.core.settings import Settings
 from tests.fhir.support import (
     AUDITOR,
     PATIENT,
@@ -205,6 +206,26 @@ class TestSearchPaging:
         )
         assert_outcome(outsider, 400, "_cursor")
         assert await event_count(owner) == before
+
+
+class TestSearchLinks:
+    async def test_the_host_header_never_builds_a_link(
+        self, client: httpx.AsyncClient, who: Callers, owner: asyncpg.Connection, settings: Settings
+    ) -> None:
+        day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        day -= timedelta(days=1)
+        await seed_day(owner, SCOPE, day, 6, every=3, shown=2)
+        params = {"date": day.strftime("%Y-%m-%d"), "_count": "2"}
+        forged = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+        response = await client.get(SEARCH, params=params, headers=forged | who["auditor"])
+        bundle = assert_bundle(response)
+        assert "evil.example" not in response.text
+        base = f"{settings.server.public_url}/fhir/AuditEvent"
+        links = [link["url"] for link in bundle["link"]]
+        assert len(links) == 2 and next_link(bundle) is not None  # self and next
+        assert all(url.startswith(f"{base}?") for url in links), links
+        full = [entry["fullUrl"] for entry in bundle["entry"]]
+        assert full == [f"{base}/{entry['resource']['id']}" for entry in bundle["entry"]]
 
 
 class TestSearchBadInput:

@@ -254,7 +254,9 @@ def two_workers(database: ProvisionedDatabase, tmp_path: Path) -> Iterator[tuple
     directory.mkdir()
     stale = _stale_values(directory)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH0_", "DATABASE"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AUTH0_", "DATABASE", "PUBLIC_"))
+    }
     env.update(
         {
             "DATABASE_URL": database.app_url,
@@ -263,6 +265,7 @@ def two_workers(database: ProvisionedDatabase, tmp_path: Path) -> Iterator[tuple
             "AUTH0_CLIENT_ID": "cid",
             "AUTH0_CLIENT_SECRET": "workers-secret",
             "AUTH0_BASE_URL": "http://127.0.0.1:9",  # nothing listens: /healthz needs no Auth0
+            "PUBLIC_URL": f"http://127.0.0.1:{port}",
             metrics.MULTIPROC_ENV: str(directory),
             # The rounds below may send more than the default 600 a minute from 127.0.0.1.
             "RATE_LIMIT_PER_IP": "off",

@@ -28,7 +28,8 @@ class ServerSettings(Group):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     public_url: str | None = Field(
         default=None,
-        description="Where browsers reach the service; the callback is {PUBLIC_URL}/auth/callback.",
+        description="Where clients reach the service: every absolute URL it writes starts "
+        "here, never with a request's Host. Required by `serve`.",
     )
     app_secret_key: SecretStr | None = Field(
         default=None,
