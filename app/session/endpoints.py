@@ -21,7 +21,7 @@ from app.session import service
 from app.session.cookies import NO_STORE, SESSION_COOKIE, TX_COOKIE, clear_cookie, set_cookie
 from app.session.resolver import base_actor, live_session
 from app.session.runtime import sessions_of
-from app.session.schemas import LoginQuery, LogoutAnswer, SessionInfo, relative_path
+from app.session.schemas import LoginQuery, LogoutAnswer, SessionInfo, normalise_return_to
 
 _PARAM = re.compile(r"[A-Za-z0-9_-]{1,64}")  # organization and connection names
 _MAX_LOGOUT_FORM = 16 * 1024
@@ -60,8 +60,8 @@ def _login_params(request: Request) -> tuple[str, dict[str, str]]:
             errors.append({"field": name, "message": "unknown parameter"})
         elif len(params.getlist(name)) > 1:
             errors.append({"field": name, "message": "repeated"})
-    return_to = params.get("return_to", "/")
-    if not relative_path(return_to):
+    return_to = normalise_return_to(params.get("return_to", "/"))
+    if return_to is None:
         errors.append({"field": "return_to", "message": "must be a path on this site, like /x"})
     extra: dict[str, str] = {}
     hint = params.get("screen_hint")
@@ -75,7 +75,7 @@ def _login_params(request: Request) -> tuple[str, dict[str, str]]:
             if not _PARAM.fullmatch(value):
                 errors.append({"field": name, "message": "1-64 of A-Z a-z 0-9 _ -"})
             extra[name] = value
-    if errors:
+    if errors or return_to is None:
         raise BadRequest("the sign-in request is invalid", errors=errors)
     return return_to, extra
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,16 +21,45 @@ class LoginQuery(BaseModel):
     connection: str | None = Field(default=None, description="e.g. google-oauth2")
 
 
-def relative_path(value: str) -> bool:
-    """A path on this site: starts with one `/`, no scheme, host, backslash or control."""
-    return (
-        0 < len(value) <= MAX_RETURN_TO
-        and value.startswith("/")
-        and not value.startswith("//")
-        and "\\" not in value
-        and value.isprintable()
-        and " " not in value
-    )
+# In a path, the escapes a parser or a later decoding may act on: dots, slashes, backslashes
+# (a slash to WHATWG in http URLs) and controls (a tab or newline is dropped, then `//`).
+_MEANINGFUL_ESCAPE = re.compile(r"%(2[eEfF]|5[cC]|[01][0-9a-fA-F]|7[fF])")
+_SLASHES = re.compile(r"/{2,}")
+
+
+def normalise_return_to(value: str) -> str | None:
+    """`value` as a path of this site that no parser reads as a network path (`//host`),
+    or None when it is none: it must start with one `/` and hold no scheme, host, backslash,
+    space or control character. In the path, the escapes of dots, slashes and backslashes
+    are decoded (an encoded control refuses the value), runs of slashes become one, and dot
+    segments are resolved as WHATWG does (`%2e` is a dot); the query and fragment are kept
+    as given."""
+    if not (0 < len(value) <= MAX_RETURN_TO and value.startswith("/")):
+        return None
+    if value.startswith("//") or "\\" in value or " " in value or not value.isprintable():
+        return None
+    cut = min((i for i in (value.find("?"), value.find("#")) if i >= 0), default=len(value))
+    path, rest = value[:cut], value[cut:]
+    path = _MEANINGFUL_ESCAPE.sub(lambda m: chr(int(m[1], 16)), path).replace("\\", "/")
+    if not path.isprintable():
+        return None
+    return _without_dot_segments(_SLASHES.sub("/", path)) + rest
+
+
+def _without_dot_segments(path: str) -> str:
+    """`path` (starting with `/`, no empty segment but the last) with `.` and `..` resolved."""
+    segments = path.split("/")[1:]
+    kept: list[str] = []
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment in {".", ".."}:
+            if segment == ".." and kept:
+                kept.pop()
+            if last:
+                kept.append("")  # `/a/..` is the directory `/`, not the file `/a`
+        else:
+            kept.append(segment)
+    return "/" + "/".join(kept)
 
 
 class SessionUser(BaseModel):
