@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 from app.core.errors import AppError, BadRequest, UnsupportedMediaType
 from app.http.bodies import JSONResponse
 from app.http.openapi import Problem, Resp, operation
+from app.ratelimit.middleware import client_key
 from app.session import service
 from app.session.cookies import NO_STORE, SESSION_COOKIE, TX_COOKIE, clear_cookie, set_cookie
 from app.session.resolver import base_actor, live_session
@@ -88,7 +89,8 @@ def _login_params(request: Request) -> tuple[str, dict[str, str]]:
 )
 async def login(request: Request) -> Response:
     return_to, extra = _login_params(request)
-    started = await service.begin_sign_in(sessions_of(request), return_to, extra)
+    address = client_key(request.client.host) if request.client else None
+    started = await service.begin_sign_in(sessions_of(request), return_to, extra, address)
     response = RedirectResponse(started.url, status_code=302, headers=NO_STORE)
     response.headers["Set-Cookie"] = set_cookie(TX_COOKIE, started.tx_cookie, started.max_age)
     return response
@@ -107,7 +109,11 @@ async def callback(request: Request) -> Response:
     tx_cookie = request.cookies.get(TX_COOKIE)
     try:
         signed_in = await service.complete_sign_in(
-            sessions_of(request), tx_cookie, request.query_params, base_actor(request)
+            sessions_of(request),
+            tx_cookie,
+            request.query_params,
+            base_actor(request),
+            session_cookie=request.cookies.get(SESSION_COOKIE),
         )
     except service.SignInFailed as exc:
         raise _refused(BadRequest(exc.reason), clear=TX_COOKIE) from None

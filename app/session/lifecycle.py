@@ -72,12 +72,20 @@ async def create(
     sid: str | None,
     scope: str,
     tokens: TokenSet,
+    replacing: bytes | None = None,
 ) -> str:
-    """Store a new session and record `session.started`; the cookie value (a secret)."""
+    """Store a new session and record `session.started`; the cookie value (a secret).
+
+    In the same transaction, end the browser's previous session (`replacing`: the hash of
+    the cookie the callback came with) and the user's oldest past SESSION_MAX_PER_USER,
+    each recorded. Their refresh tokens are not revoked at the tenant: with "Refresh Token
+    Revocation Deletes Grant" on, that would revoke the new session's too (same user, client
+    and audience); they never left the server, and are deleted with their rows."""
     if tokens.id_token is None:
         raise ValueError("a session needs the ID token")
     cookie, cookie_hash = new_cookie()
     expires = dt.datetime.fromtimestamp(runtime.clock() + tokens.expires_in, dt.UTC)
+    ended: list[tuple[repository.Ended, str]] = []
     async with transaction(runtime.database) as conn:
         session_id = await repository.insert_session(
             conn,
@@ -92,11 +100,29 @@ async def create(
             idle_seconds=runtime.idle_seconds,
             absolute_seconds=runtime.absolute_seconds,
         )
+        if replacing is not None:
+            previous = await repository.end_by_cookie(conn, replacing)
+            ended += [(previous, "signed_in_again")] if previous is not None else []
+        keep = runtime.settings.sessions.max_per_user
+        over = await repository.end_oldest_of_user(conn, sub, newest=session_id, keep=keep)
+        ended += [(session, "session_limit") for session in over]
         event = started_event(
             session_id, runtime.idle_seconds, runtime.absolute_seconds, tokens.refresh_token
         )
-        await record_events(conn, actor, [event])
+        records = [(actor, event)]
+        records += [(runtime.actor_for(actor, e), ended_event(e, why)) for e, why in ended]
+        await _record_in_scope_order(conn, records)
+    runtime.cache.drop_sessions({e.id for e, _ in ended})  # here at once; others on NOTIFY
     return cookie
+
+
+async def _record_in_scope_order(
+    conn: asyncpg.Connection, records: list[tuple[Actor, Event]]
+) -> None:
+    """Record each event as its actor, scopes in a fixed order: two transactions that record
+    in scopes A and B in opposite orders would deadlock."""
+    for actor, event in sorted(records, key=lambda record: record[0].scope):
+        await record_events(conn, actor, [event])
 
 
 # --- Finding ---------------------------------------------------------------------------------

@@ -21,8 +21,23 @@ MAX_NOTIFIED = 100
 # --- Sign-ins in progress -------------------------------------------------------------------
 
 INSERT_TRANSACTION = """
-INSERT INTO login_transactions (cookie_hash, state, nonce, code_verifier, return_to, expires_at)
-VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+INSERT INTO login_transactions
+    (cookie_hash, state, nonce, code_verifier, return_to, expires_at, address)
+VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)
+"""
+# Past a bound, the oldest go: every row at or before the newest one beyond it (found in
+# the index alone), never the row just inserted. A row's created_at is its transaction's
+# start, so only that row shares it.
+EVICT_ADDRESS = """
+DELETE FROM login_transactions
+WHERE address = $1 AND cookie_hash <> $2 AND created_at <= (
+    SELECT created_at FROM login_transactions WHERE address = $1
+    ORDER BY created_at DESC OFFSET $3 LIMIT 1)
+"""
+EVICT_OLDEST = """
+DELETE FROM login_transactions
+WHERE cookie_hash <> $1 AND created_at <= (
+    SELECT created_at FROM login_transactions ORDER BY created_at DESC OFFSET $2 LIMIT 1)
 """
 # Used once: whatever the callback says, the row is gone after it looked.
 TAKE_TRANSACTION = """
@@ -51,10 +66,29 @@ async def insert_transaction(
     code_verifier: bytes,
     return_to: str,
     seconds: float,
+    address: str | None,
 ) -> None:
     await conn.execute(
-        INSERT_TRANSACTION, cookie_hash, state, nonce, code_verifier, return_to, seconds
+        INSERT_TRANSACTION, cookie_hash, state, nonce, code_verifier, return_to, seconds, address
     )
+
+
+async def evict_transactions(
+    conn: asyncpg.Connection,
+    kept: bytes,
+    *,
+    address: str | None,
+    per_address: int,
+    total: int,
+) -> tuple[int, int]:
+    """Keep at most `per_address` sign-ins of `address` and `total` in all, `kept` (the one
+    just inserted) among them; how many were evicted for each bound."""
+    by_address = 0
+    if address is not None:
+        status = await conn.execute(EVICT_ADDRESS, address, kept, per_address)
+        by_address = int(status.split()[-1])
+    status = await conn.execute(EVICT_OLDEST, kept, total)
+    return by_address, int(status.split()[-1])
 
 
 async def take_transaction(conn: asyncpg.Connection, cookie_hash: bytes) -> Transaction | None:
@@ -110,6 +144,13 @@ SELECT id, sub, sid, scope, (SELECT count(*) FROM notified) AS notified FROM end
 """
 END_BY_ID = _END.format(where="id = $1", max_notified=MAX_NOTIFIED)
 END_BY_IDS = _END.format(where="id = ANY($1::uuid[])", max_notified=MAX_NOTIFIED)
+END_BY_COOKIE = _END.format(where="cookie_hash = $1", max_notified=MAX_NOTIFIED)
+# A user's sessions past the newest $4 besides $3 (the one just started, always kept).
+END_OLDEST_OF_USER = _END.format(
+    where="id IN (SELECT id FROM browser_sessions WHERE sub = $1 AND id <> $3"
+    " ORDER BY created_at DESC, id DESC OFFSET $4)",
+    max_notified=MAX_NOTIFIED,
+)
 SESSIONS_OF = """
 SELECT id, scope FROM browser_sessions
 WHERE ($1::text IS NULL OR sub = $1) AND ($2::text IS NULL OR sid = $2)
@@ -208,6 +249,20 @@ async def end_session(conn: asyncpg.Connection, session_id: uuid.UUID) -> Ended 
 async def end_sessions(conn: asyncpg.Connection, session_ids: list[uuid.UUID]) -> list[Ended]:
     """Delete sessions and notify every copy, once; those that had not already ended."""
     rows = await conn.fetch(END_BY_IDS, session_ids, CHANNEL)
+    return [Ended(r["id"], r["sub"], r["sid"], r["scope"]) for r in rows]
+
+
+async def end_by_cookie(conn: asyncpg.Connection, cookie_hash: bytes) -> Ended | None:
+    """Delete the session of a cookie and notify every copy; None when there is none."""
+    row = await conn.fetchrow(END_BY_COOKIE, cookie_hash, CHANNEL)
+    return None if row is None else Ended(row["id"], row["sub"], row["sid"], row["scope"])
+
+
+async def end_oldest_of_user(
+    conn: asyncpg.Connection, sub: str, *, newest: uuid.UUID, keep: int
+) -> list[Ended]:
+    """Delete the user's sessions beyond the newest `keep`, `newest` always among them."""
+    rows = await conn.fetch(END_OLDEST_OF_USER, sub, CHANNEL, newest, keep - 1)
     return [Ended(r["id"], r["sub"], r["sid"], r["scope"]) for r in rows]
 
 

@@ -75,10 +75,14 @@ class SignedIn:
 
 
 async def begin_sign_in(
-    runtime: SessionRuntime, return_to: str, extra: Mapping[str, str]
+    runtime: SessionRuntime, return_to: str, extra: Mapping[str, str], address: str | None
 ) -> SignInStarted:
     """Keep the sign-in transaction (state, nonce, the PKCE verifier sealed) under the hash of
-    a new transaction cookie, and the tenant URL the browser goes to."""
+    a new transaction cookie, and the tenant URL the browser goes to.
+
+    Anyone may start sign-ins, so they are bounded: past SESSION_MAX_PENDING_PER_ADDRESS
+    for the client's `address` (an IPv4 address or IPv6 /64), or SESSION_MAX_PENDING in
+    all, the oldest are evicted; their callbacks then ask the user to sign in again."""
     (tx_cookie, hashed), state, nonce, verifier = (
         new_cookie(),
         new_secret(),
@@ -94,7 +98,18 @@ async def begin_sign_in(
             code_verifier=runtime.box.seal(verifier),
             return_to=return_to,
             seconds=TRANSACTION_SECONDS,
+            address=address,
         )
+        bounds = runtime.settings.sessions
+        _, oldest = await repository.evict_transactions(
+            conn,
+            hashed,
+            address=address,
+            per_address=bounds.max_pending_per_address,
+            total=bounds.max_pending,
+        )
+    if oldest:  # sign-ins from everywhere are being pushed out: a flood, or a low bound
+        logger.warning("%d pending sign-in(s) evicted at SESSION_MAX_PENDING", oldest)
     url = runtime.oauth.authorization_url(
         state=state, nonce=nonce, code_verifier=verifier, extra=dict(extra)
     )
@@ -102,11 +117,16 @@ async def begin_sign_in(
 
 
 async def complete_sign_in(
-    runtime: SessionRuntime, tx_cookie: str | None, params: Mapping[str, str], actor: Actor
+    runtime: SessionRuntime,
+    tx_cookie: str | None,
+    params: Mapping[str, str],
+    actor: Actor,
+    session_cookie: str | None = None,
 ) -> SignedIn:
     """The callback: the transaction taken (once, whatever follows), the state matched, the
     code exchanged, both tokens checked, sign-up and sign-in recorded as flows 1 and 2 record
-    them, and the session started. `SignInFailed` for every refusal."""
+    them, and the session started, ending the one of `session_cookie` (the browser's previous
+    session, whoever's it was). `SignInFailed` for every refusal, which ends nothing."""
     hashed = cookie_hash(tx_cookie) if tx_cookie else None
     if hashed is None:
         raise SignInFailed("no sign-in is in progress in this browser")
@@ -137,7 +157,13 @@ async def complete_sign_in(
     await account.sign_in(runtime.database, actor, caller)
     sid = claims.get("sid") if isinstance(claims.get("sid"), str) else caller.sid
     cookie = await lifecycle.create(
-        runtime, actor, sub=caller.sub, sid=sid, scope=scope_of(caller), tokens=tokens
+        runtime,
+        actor,
+        sub=caller.sub,
+        sid=sid,
+        scope=scope_of(caller),
+        tokens=tokens,
+        replacing=cookie_hash(session_cookie) if session_cookie else None,
     )
     return SignedIn(cookie, tx.return_to, int(runtime.absolute_seconds))
 

@@ -100,3 +100,38 @@ def test_idle_may_not_outlast_absolute() -> None:
 
 def test_a_bad_client_id_is_refused() -> None:
     assert "SESSION_CLIENT_ID" in _error(**{**ON, "session_client_id": "web client/1"})
+
+
+def test_the_bounds_default_to_20_per_address_10_000_pending_and_10_sessions_a_user() -> None:
+    sessions = load_settings(**BASE, **ON).sessions
+    assert (sessions.max_pending_per_address, sessions.max_pending) == (20, 10_000)
+    assert sessions.max_per_user == 10
+
+
+def test_the_bounds_are_read_from_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SESSION_MAX_PENDING_PER_ADDRESS", "5")
+    monkeypatch.setenv("SESSION_MAX_PENDING", "500")
+    monkeypatch.setenv("SESSION_MAX_PER_USER", "3")
+    sessions = load_settings(**BASE, **ON).sessions
+    assert (sessions.max_pending_per_address, sessions.max_pending, sessions.max_per_user) == (
+        5,
+        500,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"session_max_pending_per_address": 0}, "SESSION_MAX_PENDING_PER_ADDRESS"),
+        ({"session_max_pending": 0}, "SESSION_MAX_PENDING"),
+        ({"session_max_per_user": 0}, "SESSION_MAX_PER_USER"),
+        ({"session_max_per_user": 1001}, "SESSION_MAX_PER_USER"),
+        (
+            {"session_max_pending_per_address": 50, "session_max_pending": 10},
+            "SESSION_MAX_PENDING_PER_ADDRESS must not exceed SESSION_MAX_PENDING",
+        ),
+    ],
+)
+def test_a_bound_out_of_range_is_one_line_naming_it(values: dict[str, int], named: str) -> None:
+    assert named in _error(**ON, **values)

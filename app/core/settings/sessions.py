@@ -30,6 +30,25 @@ class SessionSettings(Group):
     )
     idle_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86_400)
     absolute_seconds: int = Field(default=7 * 86_400, ge=300, le=90 * 86_400)
+    max_pending_per_address: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="Sign-ins in progress kept per client address (IPv6: per /64); one more "
+        "evicts that address's oldest.",
+    )
+    max_pending: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Sign-ins in progress kept in all; one more evicts the oldest.",
+    )
+    max_per_user: int = Field(
+        default=10,
+        ge=1,
+        le=1_000,
+        description="Sessions one user may hold; signing in past it ends the oldest.",
+    )
 
     @field_validator("client_id")
     @classmethod
@@ -57,6 +76,12 @@ class SessionSettings(Group):
     def _idle_within_absolute(self) -> Self:
         if self.idle_seconds > self.absolute_seconds:
             raise ValueError("SESSION_IDLE_SECONDS must not exceed SESSION_ABSOLUTE_SECONDS")
+        return self
+
+    @model_validator(mode="after")
+    def _pending_within_total(self) -> Self:
+        if self.max_pending_per_address > self.max_pending:
+            raise ValueError("SESSION_MAX_PENDING_PER_ADDRESS must not exceed SESSION_MAX_PENDING")
         return self
 
     @property
