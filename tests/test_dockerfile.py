@@ -262,6 +262,7 @@ def test_serve_without_devkit_answers_the_healthcheck_and_stops_on_sigterm(
             "AUTH0_CLIENT_ID": "cid",
             "AUTH0_CLIENT_SECRET": "serve-secret",
             "AUTH0_BASE_URL": "http://127.0.0.1:9",
+            "PUBLIC_URL": f"http://127.0.0.1:{port}",
             "PORT": str(port),
         }
     )
