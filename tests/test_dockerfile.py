@@ -262,6 +262,7 @@ def test_serve_without_devkit_answers_the_healthcheck_and_stops_on_sigterm(
             "AUTH0_CLIENT_ID": "cid",
             "AUTH0_CLIENT_SECRET": "serve-secret",
             "AUTH0_BASE_URL": "http://127.0.0.1:9",
+            "APP_SECRET_KEY": "serve-app-secret-key-0123456789abcdef",
             "PORT": str(port),
         }
     )
@@ -296,5 +297,5 @@ def test_serve_without_devkit_answers_the_healthcheck_and_stops_on_sigterm(
             process.kill()
         process.wait()
     stderr = process.stderr.read() if process.stderr else ""
-    assert "serve-secret" not in stderr
+    assert "serve-secret" not in stderr and "serve-app-secret-key" not in stderr
     assert "app/dev" not in stderr and "devkit" not in stderr
