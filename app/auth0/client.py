@@ -41,7 +41,12 @@ from app.auth0.breaker import CircuitBreaker
 from app.auth0.budget import BudgetSpent, ManagementBudget, Priority
 from app.auth0.tokens import M2MToken
 from app.core.errors import AppError, UpstreamError, UpstreamUnavailable
-from app.core.metrics import AUTH0_BREAKER_OPEN, AUTH0_CALLS, AUTH0_RETRIES
+from app.core.metrics import (
+    AUTH0_BREAKER_OPEN,
+    AUTH0_BREAKER_OPENINGS,
+    AUTH0_CALLS,
+    AUTH0_RETRIES,
+)
 from app.core.settings import Settings
 from app.core.timings import phase
 
@@ -88,7 +93,7 @@ class Auth0Transport:
             cooldown_seconds=settings.auth0.breaker_cooldown_seconds,
             clock=clock,
             stats=self.stats,
-            on_change=lambda is_open: AUTH0_BREAKER_OPEN.set(1 if is_open else 0),
+            on_change=_breaker_metrics,
         )
 
     async def aclose(self) -> None:
@@ -332,6 +337,12 @@ class Auth0Transport:
                 waited += spent.wait_seconds
             else:
                 return waited
+
+
+def _breaker_metrics(is_open: bool) -> None:
+    AUTH0_BREAKER_OPEN.set(1 if is_open else 0)
+    if is_open:
+        AUTH0_BREAKER_OPENINGS.inc()
 
 
 def _backoff(attempt: int) -> float:
