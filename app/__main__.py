@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -201,6 +202,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The database answers, and no migration it applied has been edited since.
     asyncio.run(check_applied_migrations(settings.database.url, settings.database.migrations_dir))
     configure_logging(settings.server.log_level)
+    if settings.server.metrics_token is None:
+        logging.getLogger("app.serve").warning(
+            "METRICS_TOKEN is unset: /metrics answers anyone who reaches this port"
+        )
     config = uvicorn.Config(
         "app.main:app",
         host=host,

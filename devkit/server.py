@@ -110,6 +110,7 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
             auth0_client_secret=client_secret,
             auth0_base_url=tenant_url,
             auth0_log_stream_token=secrets.token_urlsafe(24),
+            app_secret_key=secrets.token_urlsafe(48),  # lives as long as this process
             # Signed audit digests, with keys of this database's (devkit/keys.py).
             audit_digests=True,
             audit_signing_key=signing_key,

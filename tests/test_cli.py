@@ -27,8 +27,10 @@ AUTH0 = {
     "AUTH0_CLIENT_ID": "cid",
     "AUTH0_CLIENT_SECRET": "cli-secret-value",
 }
-# `serve` needs the origin it builds links from too.
-SERVE = {**AUTH0, "PUBLIC_URL": "https://bff.example.com"}
+SECRET_KEY = "cli-app-secret-key-0123456789abcdef"
+# `serve` needs the origin it builds links from, and the service's own secret.
+REQUIRED = {**AUTH0, "APP_SECRET_KEY": SECRET_KEY, "PUBLIC_URL": "https://bff.example.com"}
+SERVE = REQUIRED
 
 
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -36,7 +38,8 @@ def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AUTH0_", "DATABASE_URL", "MIGRATIONS_D"))
-        and k not in {"HOST", "PORT", "WORKERS", "LOG_LEVEL", "PUBLIC_URL"}
+        and k not in {"HOST", "PORT", "WORKERS", "LOG_LEVEL", "PUBLIC_URL", "APP_SECRET_KEY"}
+        and k != "REDIS_URL"
     }
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
@@ -87,18 +90,18 @@ def test_migrate_without_database_url_names_it(tmp_path: Path) -> None:
     ("env", "expected"),
     [
         (
-            {"DATABASE_URL": "postgresql://u@127.0.0.1/d"},
+            {"DATABASE_URL": "postgresql://u@127.0.0.1/d", "APP_SECRET_KEY": SECRET_KEY},
             "error: configuration error: missing required setting(s): AUTH0_DOMAIN, "
             "AUTH0_AUDIENCE, AUTH0_CLIENT_ID, AUTH0_CLIENT_SECRET",
         ),
         (
-            {**AUTH0, "DATABASE_URL": "not a url"},
+            {**REQUIRED, "DATABASE_URL": "not a url"},
             "error: configuration error: invalid setting(s): DATABASE_URL: "
             "DATABASE_URL must be a postgresql:// URL",
         ),
         (
             {
-                **{k: v for k, v in AUTH0.items() if k != "AUTH0_DOMAIN"},
+                **{k: v for k, v in REQUIRED.items() if k != "AUTH0_DOMAIN"},
                 "DATABASE_URL": "postgresql://u@127.0.0.1/d",
             },
             "error: configuration error: missing required setting(s): AUTH0_DOMAIN",
@@ -122,7 +125,13 @@ def test_serve_without_public_url_names_it_before_anything_starts(tmp_path: Path
         busy.listen()
         port = str(busy.getsockname()[1])
         result = run_cli(
-            tmp_path, "serve", "--port", port, **AUTH0, DATABASE_URL="postgresql://u@127.0.0.1:1/d"
+            tmp_path,
+            "serve",
+            "--port",
+            port,
+            **AUTH0,
+            APP_SECRET_KEY=SECRET_KEY,
+            DATABASE_URL="postgresql://u@127.0.0.1:1/d",
         )
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -136,13 +145,81 @@ def test_serve_without_public_url_names_it_before_anything_starts(tmp_path: Path
         "--port",
         str(_free_port()),
         **AUTH0,
+        APP_SECRET_KEY=SECRET_KEY,
         DATABASE_URL="postgresql://u@127.0.0.1:1/d",
     )
     assert served.stderr.strip().startswith("error: database unreachable"), served.stderr
 
 
+def test_serve_without_app_secret_key_is_one_line(tmp_path: Path) -> None:
+    """No key is derived from another secret any more: rotating the M2M client secret must
+    not move the key behind the audit log's email hashes and the cursors."""
+    env = {
+        **AUTH0,
+        "PUBLIC_URL": "https://bff.example.com",
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/d",
+    }
+    for given in ({}, {"APP_SECRET_KEY": ""}):
+        result = run_cli(tmp_path, "serve", **env, **given)
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            "error: configuration error: missing required setting(s): APP_SECRET_KEY"
+        )
+        assert result.stdout == ""
+
+
+def test_serve_with_a_short_app_secret_key_is_one_line_that_never_quotes_it(
+    tmp_path: Path,
+) -> None:
+    short = "short-key-9f3a1c"
+    env = {**SERVE, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d", "APP_SECRET_KEY": short}
+    result = run_cli(tmp_path, "serve", **env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: configuration error: invalid setting(s): APP_SECRET_KEY: at least 32 "
+        "characters (python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+    )
+    assert short not in result.stderr
+
+
+# `python -m app ARGS` in an installation without the redis package (the `redis` extra).
+_WITHOUT_REDIS = """
+import runpy, sys
+sys.modules["redis"] = None  # import redis fails as if it were not installed
+sys.argv[0] = "app"
+runpy.run_module("app", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_serve_with_redis_url_but_no_redis_package_is_one_line(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTH0_", "DATABASE_URL", "MIGRATIONS_D", "REDIS_"))
+    }
+    env |= REQUIRED | {
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/d",
+        "REDIS_URL": "redis://:redis-password-7c1e@redis.internal:6379/0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_REDIS, "serve", "--port", str(_free_port())],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: configuration error: invalid setting(s): REDIS_URL: REDIS_URL is set but the "
+        "redis package is not installed (pip install 'auth0-bff[redis]'; the image has it)"
+    )
+    assert "redis-password-7c1e" not in result.stderr
+
+
 def test_serve_with_unreachable_database_is_one_line(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "serve", **SERVE, DATABASE_URL="postgresql://u@127.0.0.1:1/d")
+    result = run_cli(tmp_path, "serve", **REQUIRED, DATABASE_URL="postgresql://u@127.0.0.1:1/d")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -156,7 +233,7 @@ def test_a_port_in_use_is_one_line_before_anything_starts(tmp_path: Path, comman
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        unreachable = {**SERVE, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
+        unreachable = {**REQUIRED, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
         env = unreachable if command == "serve" else {}
         result = run_cli(tmp_path, command, "--port", str(port), **env)
     assert result.returncode == 1
@@ -180,7 +257,7 @@ def test_audit_partitions_command(tmp_path: Path, database: ProvisionedDatabase)
 
 # --- HOST, PORT, WORKERS ------------------------------------------------------------------
 
-UNREACHABLE = {**SERVE, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
+UNREACHABLE = {**REQUIRED, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
 PORT_NOT_A_NUMBER = (
     "error: configuration error: invalid setting(s): PORT: "
     "Input should be a valid integer, unable to parse string as an integer"
@@ -323,7 +400,7 @@ def test_an_edited_migration_stops_migrate_and_serve_in_one_line(
     assert migrated.stderr.strip() == expected
     assert migrated.stdout == ""
 
-    served = run_cli(tmp_path, "serve", "--port", str(_free_port()), **SERVE, **env)
+    served = run_cli(tmp_path, "serve", "--port", str(_free_port()), **REQUIRED, **env)
     assert served.returncode == 1
     assert served.stderr.strip() == expected  # before uvicorn starts: nothing else printed
 

@@ -177,7 +177,7 @@ def test_verifying_tokens_never_loads_ecdsa() -> None:
             database_url="postgresql://x@127.0.0.1/db", auth0_domain="t.example.com",
             auth0_audience="https://api", auth0_client_id="cid", auth0_client_secret="s",
             auth0_base_url="http://tenant.test", auth0_algorithms=["RS256", "ES256"],
-            _env_file=None)
+            app_secret_key="k" * 32, _env_file=None)
 
         async def main():
             async with httpx.AsyncClient(transport=transport) as http:

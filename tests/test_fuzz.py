@@ -102,6 +102,7 @@ def live(postgres_server: str) -> Iterator[Live]:
         auth0_audience=AUDIENCE,
         auth0_client_id="fuzz-client",
         auth0_client_secret="fuzz-secret",
+        app_secret_key="0123456789abcdef0123456789abcdef-test",
         auth0_base_url=f"http://127.0.0.1:{tenant_port}",
         auth0_log_stream_token="fuzz-hook-secret",
         public_url=f"http://127.0.0.1:{app_port}",

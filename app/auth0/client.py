@@ -41,7 +41,12 @@ from app.auth0.breaker import CircuitBreaker
 from app.auth0.budget import BudgetSpent, ManagementBudget, Priority
 from app.auth0.tokens import M2MToken
 from app.core.errors import AppError, UpstreamError, UpstreamUnavailable
-from app.core.metrics import AUTH0_BREAKER_OPEN, AUTH0_CALLS, AUTH0_RETRIES
+from app.core.metrics import (
+    AUTH0_BREAKER_OPEN,
+    AUTH0_BREAKER_OPENINGS,
+    AUTH0_CALLS,
+    AUTH0_RETRIES,
+)
 from app.core.settings import Settings
 from app.core.timings import phase
 
@@ -81,7 +86,6 @@ class Auth0Transport:
         self.budget = budget
         self.stats: Counter[str] = Counter()
         self._sleep, self._clock, self._wall, self._rand = sleep, clock, wall_clock, rand
-        self._base = settings.auth0.tenant_url
         self._timeout = httpx.Timeout(settings.auth0.timeout_seconds)
         self._token = M2MToken(self._grant, clock=clock, stats=self.stats)
         self._breaker = CircuitBreaker(
@@ -89,7 +93,7 @@ class Auth0Transport:
             cooldown_seconds=settings.auth0.breaker_cooldown_seconds,
             clock=clock,
             stats=self.stats,
-            on_change=lambda is_open: AUTH0_BREAKER_OPEN.set(1 if is_open else 0),
+            on_change=_breaker_metrics,
         )
 
     async def aclose(self) -> None:
@@ -106,19 +110,25 @@ class Auth0Transport:
         return token
 
     async def _grant(self) -> tuple[str, float]:
-        """A client-credentials grant for the Management API: the token and its lifetime."""
+        """A client-credentials grant for the Management API: the token and its lifetime.
+
+        Asked of the canonical domain, for its audience: a token is issued by the domain it
+        was asked of, and the Management API takes a token only on the domain that issued it
+        (Auth0, "Get Access Tokens": custom domains and the Management API).
+        """
+        auth0 = self.settings.auth0
         grant = {
             "grant_type": "client_credentials",
-            "client_id": self.settings.auth0.client_id,
-            "client_secret": self.settings.auth0.client_secret.get_secret_value(),
-            "audience": f"https://{self.settings.auth0.domain}/api/v2/",
+            "client_id": auth0.client_id,
+            "client_secret": auth0.client_secret.get_secret_value(),
+            "audience": auth0.management_audience,
         }
         # JSON, which Auth0 accepts as well as a form. Repeating the grant only mints another
         # token, so it is safe to retry.
         response = await self.request(
             "oauth.token",
             "POST",
-            "/oauth/token",
+            f"{auth0.management_url}/oauth/token",
             json=grant,
             retryable=True,
             m2m=False,
@@ -175,7 +185,7 @@ class Auth0Transport:
         self,
         operation: str,
         method: str,
-        path: str,
+        url: str,
         *,
         json: Any = None,
         retryable: bool = False,
@@ -194,7 +204,7 @@ class Auth0Transport:
             if token is not None:
                 headers["Authorization"] = f"Bearer {token}"
             response = await self.http.request(
-                method, self._base + path, content=content, headers=headers, timeout=self._timeout
+                method, url, content=content, headers=headers, timeout=self._timeout
             )
             if not 200 <= response.status_code < 300:
                 raise Answered(response.status_code, response.headers)
@@ -327,6 +337,12 @@ class Auth0Transport:
                 waited += spent.wait_seconds
             else:
                 return waited
+
+
+def _breaker_metrics(is_open: bool) -> None:
+    AUTH0_BREAKER_OPEN.set(1 if is_open else 0)
+    if is_open:
+        AUTH0_BREAKER_OPENINGS.inc()
 
 
 def _backoff(attempt: int) -> float:

@@ -84,7 +84,7 @@ class Auth0Client:
         )
         # `token` is required but never sent: `async_token` replaces it on every request.
         self.sdk = AsyncAuth0(
-            base_url=f"{settings.auth0.tenant_url}/api/v2",
+            base_url=f"{settings.auth0.management_url}/api/v2",
             token="",
             async_token=self.transport.sdk_token,
             httpx_client=http,
@@ -239,7 +239,11 @@ class Auth0Client:
     # --- Authentication API --------------------------------------------------------------
 
     async def request_password_reset(self, email: str) -> None:
-        """Ask Auth0 to email a password-reset link; a POST that sends mail, never retried."""
+        """Ask Auth0 to email a password-reset link; a POST that sends mail, never retried.
+
+        An Authentication API call on AUTH0_DOMAIN, the domain users see, in the name of the
+        M2M application: that application needs AUTH0_DB_CONNECTION enabled.
+        """
         body = {
             "client_id": self.settings.auth0.client_id,
             "email": email,
@@ -248,7 +252,7 @@ class Auth0Client:
         await self.transport.request(
             "dbconnections.change_password",
             "POST",
-            "/dbconnections/change_password",
+            f"{self.settings.auth0.tenant_url}/dbconnections/change_password",
             json=body,
             m2m=False,
         )

@@ -38,6 +38,11 @@ AUTH0_BREAKER_OPEN = Gauge(
     "1 while the Auth0 circuit breaker is open (any worker's).",
     multiprocess_mode="livemax",
 )
+# Counted as well as shown: a breaker open for its cool-down (10 s) can close between two
+# scrapes, and only the count remembers it.
+AUTH0_BREAKER_OPENINGS = Counter(
+    "auth0_breaker_openings", "Times the Auth0 circuit breaker opened."
+)
 AUTH0_BUDGET = Counter(
     "auth0_budget_calls",
     "Management API slots asked of the shared budget, by priority and outcome (spent or refused).",
@@ -68,7 +73,10 @@ REVOCATIONS_LIVE = Gauge(
     multiprocess_mode="livemax",
 )
 SESSION_REFRESHES = Counter(
-    "session_refreshes", "Cookie-session token refreshes, by outcome.", ["outcome"]
+    "session_refreshes",
+    "Cookie-session token refreshes, by outcome: ok, ended (the tenant refused the refresh "
+    "token), failed (the tenant unreachable or refusing us).",
+    ["outcome"],
 )
 # The audit digest issuer (docs/audit.md): it stops rather than sign over digests that no
 # longer continue the last one it knew. Alert on either.

@@ -65,19 +65,13 @@ class GlobalRateLimiter:
         self, target: Database | asyncpg.Pool | CounterStore, *, redis_url: str | None = None
     ) -> None:
         """Start syncing with `target`: the app's `Database`, an asyncpg pool, or a store
-        (which `stop` then closes); with Redis instead when `redis_url` is given and the
-        `redis` package is installed. Never fails for an unreachable store: limiting stays
-        local until it answers."""
+        (which `stop` then closes); with Redis instead when `redis_url` is given (without
+        the `redis` package: ImportError, which the settings report at start-up first).
+        Never fails for an unreachable store: limiting stays local until it answers."""
         if self._task is not None:
             raise RuntimeError("GlobalRateLimiter already started")
         if redis_url:
-            try:
-                target = RedisCounters.from_url(redis_url, timeout=self.sync_timeout)
-            except ImportError:
-                logger.warning(
-                    "REDIS_URL is set but the redis package is not installed; "
-                    "sharing rate limits through Postgres"
-                )
+            target = RedisCounters.from_url(redis_url, timeout=self.sync_timeout)
         if isinstance(target, Database):
             self._store = PostgresCounters(lambda: pool_of(target), timeout=self.sync_timeout)
         elif isinstance(target, asyncpg.Pool):

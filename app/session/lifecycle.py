@@ -25,6 +25,7 @@ from app.audit.events import Actor, Event
 from app.audit.record import record_events, record_independently
 from app.core.db import connection, transaction
 from app.core.errors import UpstreamError, UpstreamUnavailable
+from app.core.metrics import SESSION_REFRESHES
 from app.session import repository
 from app.session.cache import Session
 from app.session.crypto import Undecryptable, new_cookie
@@ -240,12 +241,17 @@ async def _refresh_locked(runtime: SessionRuntime, session: Session, actor: Acto
                     ],
                 )
             else:
-                return await _store_refresh(runtime, conn, locked, tokens)
+                refreshed = await _store_refresh(runtime, conn, locked, tokens)
+        if refused is None:  # committed
+            SESSION_REFRESHES.labels(outcome="ok").inc()
+            return refreshed
     except (UpstreamUnavailable, UpstreamError) as error:
+        SESSION_REFRESHES.labels(outcome="failed").inc()
         await _record_quietly(runtime, actor, refresh_failed_event(session, error.detail))
         raise
     finally:
         runtime.cache.drop(session.cookie_hash)
+    SESSION_REFRESHES.labels(outcome="ended").inc()
     logger.info("a session ended: the tenant refused its refresh token (%s)", refused)
     raise SessionInvalid("the session has ended; sign in again")
 

@@ -51,6 +51,12 @@ class SessionRuntime:
         return client_id
 
     @property
+    def logout_return_url(self) -> str:
+        """Where the tenant's logout sends the browser: LOGOUT_RETURN_URL, else {PUBLIC_URL}/."""
+        sessions, server = self.settings.sessions, self.settings.server
+        return sessions.logout_return_url or f"{server.public_url}/"
+
+    @property
     def idle_seconds(self) -> float:
         return float(self.settings.sessions.idle_seconds)
 

@@ -219,7 +219,7 @@ async def sign_out(runtime: SessionRuntime, session: Session, actor: Actor) -> s
     query = urlencode(
         {
             "id_token_hint": session.id_token,
-            "post_logout_redirect_uri": f"{settings.server.public_url}/",
+            "post_logout_redirect_uri": runtime.logout_return_url,
             "client_id": runtime.client_id,
         }
     )

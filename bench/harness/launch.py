@@ -55,6 +55,7 @@ def server_for(run: Run, target: str, workers: int) -> Server:
             "AUTH0_AUDIENCE": AUDIENCE,
             "AUTH0_CLIENT_ID": CLIENT_ID,
             "AUTH0_CLIENT_SECRET": run.client_secret,
+            "APP_SECRET_KEY": "bench-app-secret-key-0123456789abcdef",
             "AUTH0_BASE_URL": tenant.url,
             "AUTH0_EMAIL_VERIFIED_CLAIM": data.EMAIL_VERIFIED_CLAIM,
             "PUBLIC_URL": f"http://{LOOPBACK}:{port}",

@@ -136,6 +136,7 @@ def running_stack(
             "AUTH0_AUDIENCE": AUDIENCE,
             "AUTH0_CLIENT_ID": CLIENT_ID,
             "AUTH0_CLIENT_SECRET": secret,
+            "APP_SECRET_KEY": "bench-app-secret-key-0123456789abcdef",
             "AUTH0_BASE_URL": tenant.url,
             "PUBLIC_URL": f"http://127.0.0.1:{port}",
             "RATE_LIMIT_PER_IP": UNREACHABLE_LIMIT,

@@ -176,6 +176,7 @@ async def main(events: int, calls: int) -> None:
             auth0_audience=AUDIENCE,
             auth0_client_id="fhircost-client",
             auth0_client_secret="fhircost-secret",
+            app_secret_key="0123456789abcdef0123456789abcdef-test",
             auth0_base_url=TENANT_URL,
             rate_limit_per_ip="off",
             rate_limit_per_user="off",

@@ -152,6 +152,7 @@ def service(
         "AUTH0_AUDIENCE": AUDIENCE,
         "AUTH0_CLIENT_ID": state.client_id,
         "AUTH0_CLIENT_SECRET": state.client_secret,
+        "APP_SECRET_KEY": "bench-app-secret-key-0123456789abcdef",
         "AUTH0_BASE_URL": tenant_url,
         "DB_POOL_MIN_SIZE": str(pool),
         "DB_POOL_MAX_SIZE": str(pool),

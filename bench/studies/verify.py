@@ -43,6 +43,7 @@ def _settings(cache_size: int) -> Settings:
         auth0_audience=AUDIENCE,
         auth0_client_id="bench",
         auth0_client_secret="bench-secret",
+        app_secret_key="0123456789abcdef0123456789abcdef-test",
         auth0_base_url="http://tenant.bench",
         token_cache_size=cache_size,
         _env_file=None,

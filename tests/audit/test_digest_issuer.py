@@ -226,6 +226,7 @@ _BASE = {
     "auth0_audience": "https://api.example.com",
     "auth0_client_id": "cid",
     "auth0_client_secret": "cli-secret-value",
+    "app_secret_key": "0123456789abcdef0123456789abcdef-test",
     "_env_file": None,
 }
 

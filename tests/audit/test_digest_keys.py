@@ -148,6 +148,7 @@ class TestTheKeySetComesFromTheSettings:
                 auth0_audience="https://api.example.com",
                 auth0_client_id="cid",
                 auth0_client_secret="cli-secret-value",
+                app_secret_key="0123456789abcdef0123456789abcdef-test",
                 audit_signing_key=AUDIT_KEY,
                 audit_retired_keys=value,
                 _env_file=None,

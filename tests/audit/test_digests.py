@@ -210,6 +210,7 @@ class TestSettings:
         "auth0_audience": "https://api.example.com",
         "auth0_client_id": "cid",
         "auth0_client_secret": "cli-secret-value",
+        "app_secret_key": "0123456789abcdef0123456789abcdef-test",
         "_env_file": None,
     }
 
@@ -257,7 +258,7 @@ class TestSettings:
         result = _cli(tmp_path, "serve", AUDIT_DIGESTS="true", AUDIT_SCOPE_KEY=SCOPE_KEY,
                       DATABASE_URL="postgresql://u@127.0.0.1/d",
                       AUTH0_DOMAIN="t.example.com", AUTH0_AUDIENCE="a", AUTH0_CLIENT_ID="c",
-                      AUTH0_CLIENT_SECRET="s")  # fmt: skip
+                      AUTH0_CLIENT_SECRET="s", APP_SECRET_KEY="k" * 32)  # fmt: skip
         assert result.returncode == 2
         assert result.stderr.strip() == (
             "error: configuration error: invalid setting(s): AUDIT_SIGNING_KEY: required when "

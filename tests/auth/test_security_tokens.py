@@ -158,6 +158,7 @@ class TestRevokedSessionSetting:
         "auth0_audience": "https://api.example.com",
         "auth0_client_id": "cid",
         "auth0_client_secret": "super-secret-value",
+        "app_secret_key": "0123456789abcdef0123456789abcdef-test",
         "_env_file": None,
     }
 
@@ -190,6 +191,7 @@ class TestRevokedSessionSetting:
             "AUTH0_AUDIENCE": "https://api.example.com",
             "AUTH0_CLIENT_ID": "cid",
             "AUTH0_CLIENT_SECRET": "cli-secret-value",
+            "APP_SECRET_KEY": "0123456789abcdef0123456789abcdef-test",
             "REVOKED_SESSION_SECONDS": "3600",
         }
         result = subprocess.run(

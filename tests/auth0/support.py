@@ -25,6 +25,7 @@ def make_settings(**overrides: Any) -> Settings:
         "auth0_audience": "https://api.example.com",
         "auth0_client_id": "cid",
         "auth0_client_secret": "secret",
+        "app_secret_key": "0123456789abcdef0123456789abcdef-test",
         "auth0_base_url": BASE,
         **overrides,
     }

@@ -12,6 +12,7 @@ import asyncio
 import httpx
 import pytest
 import respx
+from prometheus_client import REGISTRY
 
 from app.core.errors import NotFound, UpstreamUnavailable
 from tests.auth0.support import PROFILE, USER, USER_PATH, FakeTime, make_client
@@ -102,3 +103,35 @@ async def test_4xx_answers_do_not_open_the_breaker(
         with pytest.raises(NotFound):
             await client.get_user(USER)
     assert users.call_count == 4
+
+
+def _breaker_metrics() -> tuple[float, float]:
+    """`auth0_breaker_openings_total` and `auth0_breaker_open`, as a scrape would read them."""
+    openings = REGISTRY.get_sample_value("auth0_breaker_openings_total")
+    is_open = REGISTRY.get_sample_value("auth0_breaker_open")
+    return openings or 0.0, is_open or 0.0
+
+
+async def test_every_opening_is_counted_even_when_a_scrape_would_miss_it(
+    mock: respx.MockRouter, token_route: respx.Route, http: httpx.AsyncClient, fake: FakeTime
+) -> None:
+    """The gauge says "open" only for the cool-down; the counter keeps every opening, so an
+    alert sees one that opened and closed between two scrapes."""
+    users = mock.get(USER_PATH).mock(side_effect=httpx.ConnectError("down"))
+    client = make_client(http, fake, auth0_retry_budget_seconds=0, auth0_breaker_failures=2)
+    openings, _ = _breaker_metrics()
+
+    for _ in range(2):
+        with pytest.raises(UpstreamUnavailable):
+            await client.get_user(USER)
+    assert _breaker_metrics() == (openings + 1, 1.0)
+
+    fake.advance(10)
+    with pytest.raises(UpstreamUnavailable):
+        await client.get_user(USER)  # the trial fails: open again
+    assert _breaker_metrics() == (openings + 2, 1.0)
+
+    fake.advance(10)
+    users.mock(side_effect=None, return_value=httpx.Response(200, json=PROFILE))
+    assert await client.get_user(USER) == PROFILE  # the trial succeeds: closed
+    assert _breaker_metrics() == (openings + 2, 0.0)

@@ -12,6 +12,7 @@ VALID = {
     "auth0_audience": "https://api.example.com",
     "auth0_client_id": "cid",
     "auth0_client_secret": "super-secret-value",
+    "app_secret_key": "app-secret-key-value-0123456789abcdef",
     "_env_file": None,
 }
 
@@ -26,6 +27,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "AUTH0_CLIENT_SECRET",
         "AUTH0_BASE_URL",
         "MIGRATIONS_DATABASE_URL",
+        "APP_SECRET_KEY",
+        "AUTH0_MANAGEMENT_DOMAIN",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -46,7 +49,14 @@ def test_base_url_redirects_requests_but_not_the_issuer() -> None:
 
 @pytest.mark.parametrize(
     "missing",
-    ["database_url", "auth0_domain", "auth0_audience", "auth0_client_id", "auth0_client_secret"],
+    [
+        "database_url",
+        "auth0_domain",
+        "auth0_audience",
+        "auth0_client_id",
+        "auth0_client_secret",
+        "app_secret_key",
+    ],
 )
 def test_missing_required_setting_is_one_line_naming_it(missing: str) -> None:
     values = {k: v for k, v in VALID.items() if k != missing}
@@ -63,6 +73,7 @@ def test_settings_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("AUTH0_AUDIENCE", "aud")
     monkeypatch.setenv("AUTH0_CLIENT_ID", "id")
     monkeypatch.setenv("AUTH0_CLIENT_SECRET", "s")
+    monkeypatch.setenv("APP_SECRET_KEY", "k" * 32)
     monkeypatch.setenv("AUTH0_ALGORITHMS", "RS256, ES256")
     settings = load_settings(_env_file=None)
     assert settings.auth0.domain == "env-tenant.auth0.com"
@@ -101,21 +112,78 @@ def test_derived_keys_are_stable_and_purpose_bound() -> None:
     b = load_settings(**VALID)
     assert a.derived_key("cursor") == b.derived_key("cursor")
     assert a.derived_key("cursor") != a.derived_key("email-hash")
-    other = load_settings(**{**VALID, "auth0_client_secret": "different"})
+    other = load_settings(**{**VALID, "app_secret_key": "another-app-secret-key-0123456789"})
     assert other.derived_key("cursor") != a.derived_key("cursor")
 
 
-def test_env_example_documents_every_setting_with_a_comment() -> None:
-    from pathlib import Path
+def test_rotating_the_client_secret_leaves_the_derived_keys_alone() -> None:
+    """The audit log's email hashes and every cursor outlive a routine M2M secret rotation."""
+    rotated = load_settings(**{**VALID, "auth0_client_secret": "rotated-secret-value"})
+    before = load_settings(**VALID)
+    for purpose in ("email-hash", "audit-cursor", "patient-cursor"):
+        assert rotated.derived_key(purpose) == before.derived_key(purpose)
 
-    from app.core.settings import Settings
 
-    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
-    lines = text.splitlines()
-    names = {line.split("=", 1)[0] for line in lines if line and not line.startswith("#")}
-    assert set(Settings.env_names()) <= names
-    for index, line in enumerate(lines):
-        if line and not line.startswith("#"):
-            # A comment directly above, or above the group of settings it belongs to.
-            above = lines[index - 1]
-            assert above.startswith("#") or "=" in above, f"{line.split('=')[0]}: no comment"
+def test_the_upgrade_note_keeps_the_keys_of_a_deployment_that_never_set_it() -> None:
+    """docs/deployment.md: APP_SECRET_KEY set to the client secret's value gives the keys the
+    old derivation gave (HMAC-SHA256 of the purpose under that value)."""
+    import hashlib
+    import hmac
+
+    old_root = "an-auth0-client-secret-of-64-characters-0123456789abcdef01234567"
+    upgraded = load_settings(
+        **{**VALID, "auth0_client_secret": old_root, "app_secret_key": old_root}
+    )
+    expected = hmac.new(old_root.encode(), b"email-hash", hashlib.sha256).digest()
+    assert upgraded.derived_key("email-hash") == expected
+
+
+def test_a_custom_domain_keeps_the_management_api_on_the_canonical_domain() -> None:
+    settings = load_settings(
+        **{**VALID, "auth0_domain": "login.hospital.example"},
+        auth0_management_domain="hospital.eu.auth0.com",
+    )
+    assert settings.auth0.issuer == "https://login.hospital.example/"
+    assert settings.auth0.jwks_url == "https://login.hospital.example/.well-known/jwks.json"
+    assert settings.auth0.tenant_url == "https://login.hospital.example"
+    assert settings.auth0.management_url == "https://hospital.eu.auth0.com"
+    assert settings.auth0.management_audience == "https://hospital.eu.auth0.com/api/v2/"
+
+
+def test_without_a_management_domain_both_are_auth0_domain() -> None:
+    settings = load_settings(**VALID)
+    assert settings.auth0.management_url == "https://tenant.eu.auth0.com"
+    assert settings.auth0.management_audience == "https://tenant.eu.auth0.com/api/v2/"
+
+
+def test_base_url_stands_in_for_both_domains_but_not_the_audience() -> None:
+    settings = load_settings(
+        **VALID, auth0_management_domain="canonical.eu.auth0.com", auth0_base_url="http://x:1/"
+    )
+    assert settings.auth0.tenant_url == settings.auth0.management_url == "http://x:1"
+    assert settings.auth0.management_audience == "https://canonical.eu.auth0.com/api/v2/"
+    assert settings.auth0.issuer == "https://tenant.eu.auth0.com/"
+
+
+@pytest.mark.parametrize("value", ["https://tenant.eu.auth0.com", "tenant.eu.auth0.com/", "a b"])
+def test_a_management_domain_that_is_not_a_host_name_is_named(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**VALID, auth0_management_domain=value)
+    assert str(caught.value) == (
+        "configuration error: invalid setting(s): AUTH0_MANAGEMENT_DOMAIN: "
+        "AUTH0_MANAGEMENT_DOMAIN is a host name like your-tenant.us.auth0.com"
+    )
+
+
+def test_redis_url_without_the_redis_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # import fails as if absent
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**VALID, redis_url="redis://:pw-5d2e@redis.internal:6379/0")
+    message = str(caught.value)
+    assert message == (
+        "configuration error: invalid setting(s): REDIS_URL: REDIS_URL is set but the redis "
+        "package is not installed (pip install 'auth0-bff[redis]'; the image has it)"
+    )
+    assert "pw-5d2e" not in message

@@ -105,6 +105,7 @@ class TestCors:
                 auth0_audience="a",
                 auth0_client_id="c",
                 auth0_client_secret="s",
+                app_secret_key="0123456789abcdef0123456789abcdef-test",
                 cors_allowed_origins=origins,
                 _env_file=None,
             )
@@ -173,6 +174,7 @@ class TestTrustedProxies:
                 auth0_audience="a",
                 auth0_client_id="c",
                 auth0_client_secret="s",
+                app_secret_key="0123456789abcdef0123456789abcdef-test",
                 trusted_proxies="10.0.0.0/33",
                 _env_file=None,
             )
@@ -218,6 +220,7 @@ class TestRateLimits:
                 auth0_audience="a",
                 auth0_client_id="c",
                 auth0_client_secret="s",
+                app_secret_key="0123456789abcdef0123456789abcdef-test",
                 rate_limit_per_ip=value,
                 _env_file=None,
             )

@@ -264,6 +264,7 @@ def two_workers(database: ProvisionedDatabase, tmp_path: Path) -> Iterator[tuple
             "AUTH0_AUDIENCE": "https://api.example.com",
             "AUTH0_CLIENT_ID": "cid",
             "AUTH0_CLIENT_SECRET": "workers-secret",
+            "APP_SECRET_KEY": "0123456789abcdef0123456789abcdef-test",
             "AUTH0_BASE_URL": "http://127.0.0.1:9",  # nothing listens: /healthz needs no Auth0
             "PUBLIC_URL": f"http://127.0.0.1:{port}",
             metrics.MULTIPROC_ENV: str(directory),

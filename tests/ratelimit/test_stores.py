@@ -298,21 +298,20 @@ class TestRedis:
         assert len(names) == 1
         await client.delete(*names)
 
-    async def test_redis_url_without_the_package_falls_back_to_postgres(
+    async def test_redis_url_without_the_package_is_refused_not_replaced_by_postgres(
         self,
         database: ProvisionedDatabase,
         owner: asyncpg.Connection,
         monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture,
     ) -> None:
+        """Counts shared through Postgres while the operator believes Redis shares them would
+        hide a configuration mistake; the settings refuse it at start-up first."""
         monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # import fails as if absent
         limiter = GlobalRateLimiter(sync_interval=NEVER)
         per_ip = limiter.limit("ip", Quota(5, WINDOW))
         async with app_pool(database) as pool:
-            with caplog.at_level(logging.WARNING, logger="app.ratelimit"):
+            with pytest.raises(ImportError):
                 await limiter.start(pool, redis_url="redis://127.0.0.1:6379/0")
             per_ip.check("203.0.113.7")
-            assert await limiter.sync()
-            await limiter.stop()
-        assert await stored_total(owner, "ip:203.0.113.7") == 1
-        assert "redis package is not installed" in caplog.text
+            assert not await limiter.sync()  # no store: nothing shared anywhere
+        assert await stored_total(owner, "ip:203.0.113.7") == 0

@@ -7,6 +7,7 @@ import asyncio
 
 import asyncpg
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.settings import Settings
 from app.session.crypto import TokenBox
@@ -151,3 +152,51 @@ async def test_a_refused_client_is_502_and_keeps_every_session(
     assert len(await session_rows(owner)) == 1
     [failed] = await audit_rows(owner, "session.refresh_failed")
     assert failed["outcome"] == "failed"
+
+
+async def test_every_refresh_is_counted_by_outcome_on_metrics(
+    app: httpx.AsyncClient, owner: asyncpg.Connection, standin: StandIn
+) -> None:
+    """`session_refreshes_total`: what the "session refreshes failing" alert reads
+    (deploy/alerts.yml)."""
+
+    async def counts() -> dict[str, float]:
+        text = (await app.get("/metrics")).text
+        return {outcome: value(text, outcome) for outcome in ("ok", "failed", "ended")}
+
+    cookie = await login(app)
+    before = await counts()
+    await make_due(owner, 10)
+    route = standin.router.routes["standin"]
+    working = route.side_effect
+    route.side_effect = httpx.ConnectError("down")
+    assert_problem(await app.get("/api/patients", headers=with_cookie(cookie)), 503)
+    route.side_effect = working
+    assert (await app.get("/api/patients", headers=with_cookie(cookie))).status_code == 200
+
+    cookie = await login(app)  # a second session, not yet read (so not cached)
+    row = next(r for r in await session_rows(owner) if r["refreshed_at"] is None)
+    async with httpx.AsyncClient() as thief:  # its refresh token used elsewhere first
+        stolen = await thief.post(
+            f"{TENANT_URL}/oauth/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": BOX.open(row["refresh_token"]),
+                "client_id": SESSION_CLIENT_ID,
+                "client_secret": SESSION_CLIENT_SECRET,
+            },
+        )
+    assert stolen.status_code == 200
+    await make_due(owner, 10)
+    assert_problem(await app.get("/api/patients", headers=with_cookie(cookie)), 401)
+
+    after = await counts()
+    assert {k: after[k] - before[k] for k in after} == {"ok": 1, "failed": 1, "ended": 1}
+
+
+def value(exposition: str, outcome: str) -> float:
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "session_refreshes_total" and sample.labels == {"outcome": outcome}:
+                return sample.value
+    return 0.0

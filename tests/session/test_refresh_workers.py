@@ -69,6 +69,7 @@ async def test_ten_racing_requests_over_two_worker_processes_cause_one_refresh(
             "AUTH0_AUDIENCE": AUDIENCE,
             "AUTH0_CLIENT_ID": CLIENT_ID,
             "AUTH0_CLIENT_SECRET": CLIENT_SECRET,
+            "APP_SECRET_KEY": "0123456789abcdef0123456789abcdef-test",
             "AUTH0_BASE_URL": tenant_url,
             "SESSION_CLIENT_ID": SESSION_CLIENT_ID,
             "SESSION_CLIENT_SECRET": SESSION_CLIENT_SECRET,

@@ -15,6 +15,7 @@ BASE = {
     "auth0_audience": "https://api.example.com",
     "auth0_client_id": "cid",
     "auth0_client_secret": "super-secret-value",
+    "app_secret_key": "0123456789abcdef0123456789abcdef-test",
     "_env_file": None,
 }
 KEY = Fernet.generate_key().decode()
@@ -28,7 +29,7 @@ ON = {
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SESSION_CLIENT_ID", "SESSION_CLIENT_SECRET", "PUBLIC_URL"):
+    for name in ("SESSION_CLIENT_ID", "SESSION_CLIENT_SECRET", "PUBLIC_URL", "LOGOUT_RETURN_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("SESSION_ENCRYPTION_KEY", raising=False)
 
@@ -135,3 +136,43 @@ def test_the_bounds_are_read_from_their_variables(monkeypatch: pytest.MonkeyPatc
 )
 def test_a_bound_out_of_range_is_one_line_naming_it(values: dict[str, int], named: str) -> None:
     assert named in _error(**ON, **values)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://www.hospital.example/signed-out",
+        "https://app.example.com/",
+        "http://localhost:3000/bye",
+    ],
+)
+def test_logout_return_url_may_be_any_https_page(url: str) -> None:
+    settings = load_settings(**BASE, **ON, logout_return_url=url)
+    assert settings.sessions.logout_return_url == url
+
+
+def test_logout_return_url_unset_is_empty() -> None:
+    assert load_settings(**BASE, **ON, logout_return_url="").sessions.logout_return_url is None
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://www.hospital.example/", "an https URL (http only for localhost)"),
+        ("/signed-out", "an https URL (http only for localhost)"),
+        ("javascript:alert(1)", "an https URL (http only for localhost)"),
+        ("https:///path", "an absolute URL with a host and no credentials or fragment"),
+        (
+            "https://u:p@app.example.com/",
+            "an absolute URL with a host and no credentials or fragment",
+        ),
+        (
+            "https://app.example.com/#x",
+            "an absolute URL with a host and no credentials or fragment",
+        ),
+    ],
+)
+def test_a_bad_logout_return_url_is_one_line(url: str, reason: str) -> None:
+    assert _error(**ON, logout_return_url=url) == (
+        f"configuration error: invalid setting(s): LOGOUT_RETURN_URL: {reason}"
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from app.core.settings.group import Group
@@ -20,6 +20,11 @@ class Auth0Settings(Group):
     model_config = SettingsConfigDict(env_prefix="AUTH0_")
 
     domain: str
+    management_domain: str | None = Field(
+        default=None,
+        description="The tenant's canonical domain (your-tenant.us.auth0.com) when AUTH0_DOMAIN "
+        "is a custom domain: the Management API's audience and host.",
+    )
     audience: str
     client_id: str
     client_secret: SecretStr
@@ -59,12 +64,15 @@ class Auth0Settings(Group):
         Quota.parse(value)  # a readable ValueError for a malformed budget
         return value.strip()
 
-    @field_validator("domain")
+    @field_validator("domain", "management_domain")
     @classmethod
-    def _domain(cls, value: str) -> str:
+    def _domain(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or (info.field_name == "management_domain" and not value.strip()):
+            return None
         value = value.strip()
         if not value or "/" in value or ":" in value or " " in value:
-            raise ValueError("AUTH0_DOMAIN is a host name like your-tenant.us.auth0.com")
+            name = cls.env_name(info.field_name or "domain")
+            raise ValueError(f"{name} is a host name like your-tenant.us.auth0.com")
         return value
 
     @field_validator("base_url")
@@ -107,9 +115,22 @@ class Auth0Settings(Group):
 
     @property
     def tenant_url(self) -> str:
-        """Where requests to the tenant go (a local stand-in in development and tests)."""
+        """Where requests to AUTH0_DOMAIN go: the JWKS, sign-in, logout, the Authentication
+        API (a local stand-in in development and tests)."""
         return self.base_url or f"https://{self.domain}"
 
     @property
     def jwks_url(self) -> str:
         return f"{self.tenant_url}/.well-known/jwks.json"
+
+    @property
+    def management_url(self) -> str:
+        """Where the Management API and its token requests go: the canonical domain, whose
+        tokens the Management API accepts. AUTH0_BASE_URL stands in for both domains."""
+        return self.base_url or f"https://{self.management_domain or self.domain}"
+
+    @property
+    def management_audience(self) -> str:
+        """The Management API's identifier, always on the canonical domain, whatever
+        AUTH0_BASE_URL says."""
+        return f"https://{self.management_domain or self.domain}/api/v2/"

@@ -3,6 +3,9 @@
 A group's environment names are flat (`AUTH0_DOMAIN`, `DATABASE_URL`): the group's
 `env_prefix` plus the field's name, or the field's alias where the field's name is shorter
 than the variable's. A command that needs one group loads only that group (`Group.load()`).
+
+An empty variable (`NAME=` in `.env` or in `docker run --env-file`) means "not set": the
+default applies, or a required setting is reported missing.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class Group(BaseSettings):
         frozen=True,
         populate_by_name=True,
         hide_input_in_errors=True,  # a rejected value may be a secret
+        env_ignore_empty=True,
     )
 
     @classmethod
@@ -41,6 +45,11 @@ class Group(BaseSettings):
     def env_names(cls) -> dict[str, str]:
         """Every field's environment variable, by field name."""
         return {field: cls.env_name(field) for field in cls.model_fields}
+
+    def missing_in_service(self) -> list[str]:
+        """Variables the whole service needs that this group, loaded alone for a command that
+        needs less (`dev` reads PORT), may lack."""
+        return []
 
     @classmethod
     def load(cls, **values: Any) -> Self:

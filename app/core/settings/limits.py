@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -40,6 +41,13 @@ class RateLimitSettings(Group):
             return None
         if urlsplit(value.get_secret_value()).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        try:  # asked now: the sharing starts after the app does, too late to say so
+            importlib.import_module("redis.asyncio")
+        except ImportError:
+            raise ValueError(
+                "REDIS_URL is set but the redis package is not installed "
+                "(pip install 'auth0-bff[redis]'; the image has it)"
+            ) from None
         return value
 
     @property

@@ -59,6 +59,7 @@ class Settings(BaseModel):
         for name, group in self.GROUPS.items():
             if isinstance(values.get(name), group):
                 groups[name] = values.pop(name)
+                missing += groups[name].missing_in_service()
                 continue
             mine = {
                 field: values.pop(env.lower())
@@ -71,6 +72,8 @@ class Settings(BaseModel):
                 found = describe(exc, group.env_name)
                 missing += found[0]
                 invalid += found[1]
+            else:
+                missing += groups[name].missing_in_service()
         if values:
             invalid.append("unknown setting(s) " + ", ".join(sorted(v.upper() for v in values)))
         if missing or invalid:
@@ -101,9 +104,11 @@ class Settings(BaseModel):
         return self
 
     def derived_key(self, purpose: str) -> bytes:
-        """A key for one purpose (cursor signing, keyed hashes), stable across copies."""
-        root = (self.server.app_secret_key or self.auth0.client_secret).get_secret_value()
-        return hmac.new(root.encode(), purpose.encode(), hashlib.sha256).digest()
+        """A key for one purpose (cursor signing, keyed hashes): HMAC-SHA256 of `purpose`
+        under APP_SECRET_KEY, so every copy agrees and no other secret's rotation moves it."""
+        root = self.server.app_secret_key
+        assert root is not None  # Settings are never built without it (missing_in_service)
+        return hmac.new(root.get_secret_value().encode(), purpose.encode(), hashlib.sha256).digest()
 
 
 def load_settings(**overrides: Any) -> Settings:

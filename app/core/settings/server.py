@@ -17,6 +17,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 HSTS_ONE_YEAR = 365 * 86_400
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+# APP_SECRET_KEY is an HMAC key: shorter than this it could be guessed or was typed by hand.
+MIN_SECRET_KEY_LENGTH = 32
 
 
 class ServerSettings(Group):
@@ -33,8 +35,8 @@ class ServerSettings(Group):
     )
     app_secret_key: SecretStr | None = Field(
         default=None,
-        description="Signs pagination cursors and keys hashes; derived from the client "
-        "secret when unset, so every copy of the service agrees.",
+        description="Signs pagination cursors and keys the audit log's email hashes; the "
+        "service requires it (every copy the same value).",
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     metrics_token: SecretStr | None = Field(
@@ -65,6 +67,21 @@ class ServerSettings(Group):
     @classmethod
     def _blank(cls, value: SecretStr | None) -> SecretStr | None:
         return blank_is_unset(value)  # type: ignore[no-any-return]
+
+    @field_validator("app_secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(
+                f"at least {MIN_SECRET_KEY_LENGTH} characters (python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))')"
+            )
+        return value
+
+    def missing_in_service(self) -> list[str]:
+        # Not required by the field itself: `dev` loads this group alone for PORT and makes
+        # its own key.
+        return [] if self.app_secret_key is not None else ["APP_SECRET_KEY"]
 
     @field_validator("cors_allowed_origins", "trusted_proxies", mode="before")
     @classmethod

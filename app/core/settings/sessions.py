@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 from typing import Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from app.core.settings.group import Group
+from app.core.settings.server import LOCAL_HOSTS
 from app.core.settings.values import blank_is_unset, parse_fernet_keys
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -49,6 +51,12 @@ class SessionSettings(Group):
         le=1_000,
         description="Sessions one user may hold; signing in past it ends the oldest.",
     )
+    logout_return_url: str | None = Field(
+        default=None,
+        validation_alias="LOGOUT_RETURN_URL",
+        description="Where the tenant sends the browser after sign-out (one of the "
+        "application's Allowed Logout URLs); unset: {PUBLIC_URL}/.",
+    )
 
     @field_validator("client_id")
     @classmethod
@@ -58,6 +66,22 @@ class SessionSettings(Group):
             return None
         if not CLIENT_ID.fullmatch(value):
             raise ValueError("an Auth0 client id: 1-128 of A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("logout_return_url")
+    @classmethod
+    def _logout_return_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if not value:
+            return None
+        # Any site the operator chooses (Auth0's Allowed Logout URLs is the list that binds);
+        # https, so the page a user lands on after signing out cannot be tampered with.
+        parts = urlsplit(value)
+        local = parts.hostname in LOCAL_HOSTS
+        if parts.scheme != "https" and not (parts.scheme == "http" and local):
+            raise ValueError("an https URL (http only for localhost)")
+        if not parts.hostname or parts.username or parts.password or parts.fragment:
+            raise ValueError("an absolute URL with a host and no credentials or fragment")
         return value
 
     @field_validator("client_secret", "encryption_key")
