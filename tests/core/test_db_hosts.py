@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from databases import Database
 
 from app.core.db import (
     asyncpg_dsn,
@@ -124,6 +125,15 @@ async def read_only(admin_url: str, name: str, on: bool, *, end_sessions: bool =
         await admin.close()
 
 
+async def _revoke(pool: Database, pids: list[int]) -> None:
+    """One write, noting which backend it reached in `pids`."""
+    async with transaction(pool) as conn:
+        pids.append(conn.get_server_pid())
+        await conn.execute(
+            "INSERT INTO revocations (kind, sub, value, expires_at) VALUES ('jti', 's', 'v', now())"
+        )
+
+
 async def test_a_connection_refused_as_read_only_is_never_handed_out_again(
     database: ProvisionedDatabase,
 ) -> None:
@@ -133,12 +143,7 @@ async def test_a_connection_refused_as_read_only_is_never_handed_out_again(
     refused: list[int] = []
     try:
         with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError):
-            async with transaction(pool) as conn:
-                refused.append(conn.get_server_pid())
-                await conn.execute(
-                    "INSERT INTO revocations (kind, sub, value, expires_at)"
-                    " VALUES ('jti', 's', 'v', now())"
-                )
+            await _revoke(pool, refused)
         async with connection(pool) as conn:
             assert conn.get_server_pid() != refused[0]
             live = await conn.fetchval(
