@@ -29,13 +29,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import asyncpg
+
 from bench.kit.auditcheck import verify_chains, verify_export
 from bench.kit.copies import Copies, check_ledger, running_copies
 from bench.kit.faultstack import Report, log
 from bench.kit.haproxy import HAProxy, free_port, postgres_section
 from bench.kit.loadgen import Answer, Load
 from bench.kit.loopback import LOOPBACK, http_call
-from bench.kit.patroni import PatroniCluster
+from bench.kit.patroni import Node, PatroniCluster
 from bench.studies.rolling import rolling_restart
 
 KINDS = ("read", "post", "update", "read")
@@ -122,6 +124,7 @@ async def failover_run(
                 await asyncio.sleep(seconds)
                 old = cluster.leader()
                 assert old is not None
+                report.figures["standby behind the leader at the kill"] = await _lag(old)
                 times["kill"] = time.monotonic()
                 await asyncio.to_thread(old.kill)
                 times["promoted"] = await asyncio.to_thread(_new_leader, cluster, old)
@@ -178,6 +181,24 @@ async def failover_run(
             report.figures["offline verifier"] = line
             report.check("an auditor's export verifies offline (verify-export)", intact)
     return report
+
+
+async def _lag(leader: Node) -> str:
+    """How far the standbys' disks were behind the leader's WAL (what asynchronous
+    replication can lose): bytes not yet flushed by each."""
+    url = f"postgresql://postgres@{LOOPBACK}:{leader.pg_port}/postgres"
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT application_name, sync_state,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint AS behind"
+            " FROM pg_stat_replication"
+        )
+    finally:
+        await conn.close()
+    return ", ".join(
+        f"{r['application_name']} ({r['sync_state']}): {r['behind']} bytes" for r in rows
+    )
 
 
 def _new_leader(cluster: PatroniCluster, old: object, timeout: float = 60) -> float:
