@@ -102,10 +102,10 @@ def create_database(
     if len(hosts) > 1:
         options["host"] = [host for host, _ in hosts]
         options["port"] = [port or 5432 for _, port in hosts]
+        # `databases` parses the URL's one host; asyncpg connects with the lists above.
         credentials, at, _ = netloc.rpartition("@")
-        netloc = (
-            f"{credentials}{at}{hosts[0][0]}"  # what `databases` parses; asyncpg gets the lists
-        )
+        first = hosts[0][0]
+        netloc = f"{credentials}{at}{f'[{first}]' if ':' in first else first}"
     if "target_session_attrs" in query:
         options["target_session_attrs"] = query.pop("target_session_attrs")
     if "host" in query:

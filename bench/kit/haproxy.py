@@ -44,18 +44,22 @@ listen postgres
 """
 
 
-def service_section(port: int, copies: list[tuple[str, int]]) -> str:
-    """`copies`: (name, port) of each copy of the service."""
+def service_section(port: int, copies: list[tuple[str, int]], *, retries: bool = True) -> str:
+    """`copies`: (name, port) of each copy of the service. Without `retries`, a request
+    that cannot reach its copy fails (503) as behind a balancer that never retries."""
     servers = "\n".join(f"    server {name} {LOOPBACK}:{p} check" for name, p in copies)
+    retrying = (
+        "    option redispatch\n    retries 3\n    retry-on conn-failure"
+        if retries
+        else "    retries 0"
+    )
     return f"""
 listen service
     mode http
     bind {LOOPBACK}:{port}
     option httpchk GET /readyz
     http-check expect status 200
-    option redispatch
-    retries 3
-    retry-on conn-failure
+{retrying}
     timeout client 30s
     timeout server 30s
     default-server {CHECK} fall 1 rise 2

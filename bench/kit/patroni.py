@@ -75,6 +75,15 @@ class Node:
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
+    def walreceiver(self) -> psutil.Process | None:
+        """The standby's WAL receiver (None on a leader): stopping it makes the standby lag."""
+        with contextlib.suppress(OSError, ValueError, IndexError, psutil.NoSuchProcess):
+            postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+            for child in postmaster.children():
+                if "walreceiver" in " ".join(child.cmdline()):
+                    return child
+        return None
+
     def kill(self) -> None:
         """Patroni, its postmaster and the backends, all at once (SIGKILL)."""
         victims: list[psutil.Process] = []

@@ -1,8 +1,9 @@
 """The rolling restart of `python -m bench.failover`: three copies of the service behind
 HAProxy (health check `GET /readyz`), each sent SIGTERM and started again in turn while a
 steady mixed load goes through HAProxy. With SHUTDOWN_DRAIN_SECONDS longer than HAProxy
-takes to see a copy go down (one failed check, 0.5 s apart), no request may fail; with no
-drain (`drain=0`, today's default) the figures show what an operator would see instead."""
+takes to see a copy go down (one failed check, 0.5 s apart), no request may fail. Without
+a drain (`drain=0`, the default) HAProxy's own retries of refused connections hide the
+refusals; `retries=False` shows what a balancer that does not retry (kube-proxy) passes on."""
 
 from __future__ import annotations
 
@@ -39,8 +40,12 @@ def _routed(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} was not ready within {timeout:g} s")
 
 
-async def rolling_restart(admin_url: str, seconds: float, drain: float = DRAIN) -> Report:
-    report = Report("rolling-restart" + ("" if drain else "-without-drain"))
+async def rolling_restart(
+    admin_url: str, seconds: float, drain: float = DRAIN, *, retries: bool = True
+) -> Report:
+    """`retries`: HAProxy resends a request that could not reach a copy to another one."""
+    name = "rolling-restart" + ("" if drain else "-without-drain")
+    report = Report(name + ("" if retries else "-without-retries"))
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     env = {"SHUTDOWN_DRAIN_SECONDS": f"{drain:g}"}
     with (
@@ -48,7 +53,7 @@ async def rolling_restart(admin_url: str, seconds: float, drain: float = DRAIN) 
         running_copies(admin_url, Path(directory), 3, env) as copies,
     ):
         port = free_port()
-        section = service_section(port, [(s.name, s.port) for s in copies.servers])
+        section = service_section(port, [(s.name, s.port) for s in copies.servers], retries=retries)
         with HAProxy(section, [port]):
             await asyncio.to_thread(_routed, copies.servers[-1].url)
             load = Load(f"http://{LOOPBACK}:{port}", copies.calls(0, KINDS), CONCURRENCY, RATE)
@@ -72,7 +77,9 @@ async def rolling_restart(admin_url: str, seconds: float, drain: float = DRAIN) 
         report.figures["restarts (SIGTERM to back in rotation)"] = ", ".join(
             f"{s:.1f} s" for s in restarts
         )
-        report.figures["drain"] = f"SHUTDOWN_DRAIN_SECONDS={drain:g}"
+        report.figures["drain"] = f"SHUTDOWN_DRAIN_SECONDS={drain:g}" + (
+            ", HAProxy resends what could not reach a copy" if retries else ", HAProxy: retries 0"
+        )
         failed = found.requests - found.ok
         ledger = await check_ledger(copies.db.owner_url, answers, copies.unrecorded_by_design())
         report.figures["acknowledged writes missing"] = ledger.lost
