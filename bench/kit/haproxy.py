@@ -6,8 +6,8 @@ the service, set up as their documentation sets it up.
   reconnect to the new leader instead of waiting on a dead one.
 - `service`: HTTP to the copies whose `GET /readyz` answers 200, checked every 0.5 s; a
   copy that drains (SHUTDOWN_DRAIN_SECONDS) is out of rotation after one failed check.
-  A request that could not reach a copy at all is sent to another (`retry-on conn-failure`:
-  nothing reached the copy, so a POST is as safe to resend as a GET).
+  With `retries`, a request that could not reach a copy at all is sent to another
+  (`retry-on conn-failure`: nothing reached the copy, so a POST is as safe to resend).
 """
 
 from __future__ import annotations

@@ -75,14 +75,13 @@ class Node:
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
-    def walreceiver(self) -> psutil.Process | None:
-        """The standby's WAL receiver (None on a leader): stopping it makes the standby lag."""
+    def walsenders(self) -> list[psutil.Process]:
+        """The leader's WAL senders: stopping them makes its standbys lag, with the WAL
+        they have not been sent still on the leader alone."""
         with contextlib.suppress(OSError, ValueError, IndexError, psutil.NoSuchProcess):
             postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
-            for child in postmaster.children():
-                if "walreceiver" in " ".join(child.cmdline()):
-                    return child
-        return None
+            return [c for c in postmaster.children() if "walsender" in " ".join(c.cmdline())]
+        return []
 
     def kill(self) -> None:
         """Patroni, its postmaster and the backends, all at once (SIGKILL)."""

@@ -1,9 +1,10 @@
 """The rolling restart of `python -m bench.failover`: three copies of the service behind
 HAProxy (health check `GET /readyz`), each sent SIGTERM and started again in turn while a
 steady mixed load goes through HAProxy. With SHUTDOWN_DRAIN_SECONDS longer than HAProxy
-takes to see a copy go down (one failed check, 0.5 s apart), no request may fail. Without
-a drain (`drain=0`, the default) HAProxy's own retries of refused connections hide the
-refusals; `retries=False` shows what a balancer that does not retry (kube-proxy) passes on."""
+takes to see a copy go down (one failed check, 0.5 s apart), no request may fail, even with
+HAProxy's retries off. Without a drain (`drain=0`, the service's default) the contrast runs
+show what a balancer that does not retry (kube-proxy) passes on, and that HAProxy's own
+retries of refused connections (`retries=True`) hide those refusals."""
 
 from __future__ import annotations
 
@@ -41,9 +42,10 @@ def _routed(url: str, timeout: float = 30) -> None:
 
 
 async def rolling_restart(
-    admin_url: str, seconds: float, drain: float = DRAIN, *, retries: bool = True
+    admin_url: str, seconds: float, drain: float = DRAIN, *, retries: bool = False
 ) -> Report:
-    """`retries`: HAProxy resends a request that could not reach a copy to another one."""
+    """`retries`: HAProxy resends a request that could not reach a copy to another one
+    (off by default, so that the drain alone is what is measured)."""
     name = "rolling-restart" + ("" if drain else "-without-drain")
     report = Report(name + ("" if retries else "-without-retries"))
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
