@@ -47,7 +47,7 @@ async def rolling_restart(
     """`retries`: HAProxy resends a request that could not reach a copy to another one
     (off by default, so that the drain alone is what is measured)."""
     name = "rolling-restart" + ("" if drain else "-without-drain")
-    report = Report(name + ("" if retries else "-without-retries"))
+    report = Report(name + ("-haproxy-retries" if retries else ""))
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     env = {"SHUTDOWN_DRAIN_SECONDS": f"{drain:g}"}
     with (
