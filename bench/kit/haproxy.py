@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,6 +105,7 @@ class HAProxy:
                 os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)
             self.proc = None
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> HAProxy:
         self.start()
