@@ -84,7 +84,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             "migrations/ directory of this release"
         )
     migrations = discover_migrations(directory)
-    applied = asyncio.run(migrate(settings.owner_url, migrations))
+    applied = asyncio.run(
+        migrate(settings.owner_url, migrations, retry_seconds=settings.connect_retry_seconds)
+    )
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
 
@@ -189,10 +191,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from app.core.logs import configure_logging
-    from app.http.server import GracefulServer, run_workers
+    from app.http.server import GracefulServer, ServeConfig, run_workers
 
     settings = load_settings()
     if settings.server.public_url is None:  # every absolute link is built from it, never Host
@@ -200,14 +201,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port, workers = _listen(args, settings)
     _check_port(host, port)
     # The database answers, and no migration it applied has been edited since.
-    asyncio.run(check_applied_migrations(settings.database.url, settings.database.migrations_dir))
+    database = settings.database
+    asyncio.run(
+        check_applied_migrations(
+            database.url, database.migrations_dir, retry_seconds=database.connect_retry_seconds
+        )
+    )
     configure_logging(settings.server.log_level)
     if settings.server.metrics_token is None:
         logging.getLogger("app.serve").warning(
             "METRICS_TOKEN is unset: /metrics answers anyone who reaches this port"
         )
-    config = uvicorn.Config(
+    config = ServeConfig(
         "app.main:app",
+        shutdown_drain_seconds=settings.server.shutdown_drain_seconds,
         host=host,
         port=port,
         workers=workers,

@@ -56,3 +56,12 @@ def test_sigterm_under_load_drains_and_exits_0(postgres_server: str) -> None:
     report = run_scenario("sigterm", SECONDS, postgres_server)
     _assert_passed(report)
     assert report.figures["exit code"] == 0
+
+
+@pytest.mark.parametrize("scenario", ["sigterm-drain", "sigterm-drain-workers"])
+def test_sigterm_with_a_drain_serves_through_it_then_exits_0(
+    postgres_server: str, scenario: str
+) -> None:
+    report = run_scenario(scenario, SECONDS, postgres_server, {"SHUTDOWN_DRAIN_SECONDS": "2"})
+    _assert_passed(report)
+    assert report.figures["exit code"] == 0

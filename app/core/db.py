@@ -8,26 +8,35 @@ Migrations are the numbered `.sql` files in `migrations/`, applied in name order
 each inside its own transaction, under a session advisory lock so that two copies of the
 service starting together apply each file exactly once. Each applied file's SHA-256 is
 recorded; a file edited after it was applied stops `migrate` and `serve` (`MigrationChanged`).
+
+A URL may name several hosts (`postgresql://u@h1:5432,h2:5432/db`, as libpq writes it):
+every connection (the pool, the listeners, `migrate`) then goes to the one that accepts
+writes (`target_session_attrs=read-write` unless the URL says otherwise), so after a
+failover they find the promoted standby by themselves. `databases` cannot parse such a URL,
+so the pool gets the hosts and ports as asyncpg's own lists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from databases import Database
 
 from app.core import timings
-from app.core.errors import DatabaseUnavailable
+from app.core.errors import DATABASE_OUTAGES, DatabaseUnavailable
 from app.core.metrics import DB_POOL_IN_USE
+from app.core.settings.values import READ_WRITE, hosts_of
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +71,22 @@ class MigrationChanged(Exception):
 
 
 def asyncpg_dsn(url: str) -> str:
-    """A DSN asyncpg accepts: `postgresql+asyncpg://` becomes `postgresql://`."""
+    """A DSN asyncpg accepts: `postgresql+asyncpg://` becomes `postgresql://`; a URL naming
+    several hosts asks for the writable one unless it says otherwise."""
     parts = urlsplit(url)
     scheme = "postgresql" if parts.scheme in {"postgresql+asyncpg", "postgres"} else parts.scheme
-    return urlunsplit((scheme, *parts[1:]))
+    query = parts.query
+    if len(hosts_of(url)) > 1 and "target_session_attrs" not in dict(parse_qsl(query)):
+        query = "&".join(filter(None, [query, f"target_session_attrs={READ_WRITE}"]))
+    return urlunsplit((scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def create_database(
     url: str, *, min_size: int, max_size: int, statement_timeout_ms: int = 5000
 ) -> Database:
-    """The application's pool (not yet connected). A `?host=` socket directory is honoured."""
+    """The application's pool (not yet connected). A `?host=` socket directory is honoured;
+    several hosts reach asyncpg as lists, with `target_session_attrs` (read-write by
+    default), since `databases` would read only one."""
     parts = urlsplit(asyncpg_dsn(url))
     query = dict(parse_qsl(parts.query))
     options: dict[str, Any] = {
@@ -83,11 +98,22 @@ def create_database(
             "application_name": "auth0-bff",
         },
     }
+    netloc = parts.netloc
+    hosts = hosts_of(url)
+    if len(hosts) > 1:
+        options["host"] = [host for host, _ in hosts]
+        options["port"] = [port or 5432 for _, port in hosts]
+        # `databases` parses the URL's one host; asyncpg connects with the lists above.
+        credentials, at, _ = netloc.rpartition("@")
+        first = hosts[0][0]
+        netloc = f"{credentials}{at}{f'[{first}]' if ':' in first else first}"
+    if "target_session_attrs" in query:
+        options["target_session_attrs"] = query.pop("target_session_attrs")
     if "host" in query:
         options["host"] = query.pop("host")
     if "port" in query:
         options["port"] = int(query.pop("port"))
-    clean = urlunsplit((*parts[:3], urlencode(query), parts.fragment))
+    clean = urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment))
     return Database(clean, **options)
 
 
@@ -126,66 +152,129 @@ def discover_migrations(directory: Path | None = None) -> list[Migration]:
     return [Migration(p.stem, p) for p in files]
 
 
-async def connect_raw(url: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
+async def connect_raw(
+    url: str, *, connect_timeout: float = 10.0, retry_seconds: float = 0.0
+) -> asyncpg.Connection:
+    """One connection of its own (to the writable host when the URL names several). With
+    `retry_seconds`, failures are retried with a growing pause for that long (a failover
+    in progress) before `DatabaseUnavailable`."""
+    return await with_retries(
+        lambda: _connect_once(url, connect_timeout), retry_seconds, f"connect to {where(url)}"
+    )
+
+
+async def _connect_once(url: str, connect_timeout: float) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(asyncpg_dsn(url), timeout=connect_timeout)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InternalClientError, TimeoutError) as exc:
         raise DatabaseUnavailable(describe_connect_error(url, exc)) from None
 
 
-def describe_connect_error(url: str, exc: BaseException) -> str:
+T = TypeVar("T")
+
+
+async def with_retries(attempt: Callable[[], Awaitable[T]], retry_seconds: float, what: str) -> T:
+    """`attempt()`, tried again after a database outage (a pause of 0.2 s, doubling up to 5 s)
+    until `retry_seconds` have passed; the last outage is raised."""
+    deadline = time.monotonic() + retry_seconds
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except DATABASE_OUTAGES as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("cannot %s (%s); retrying in %.1fs", what, type(exc).__name__, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def where(url: str) -> str:
+    """`host:port/db` (every host of a multi-host URL), for messages: never the credentials."""
     parts = urlsplit(url)
-    where = f"{parts.hostname or 'local socket'}:{parts.port or 5432}{parts.path}"
+    try:
+        hosts = hosts_of(url)
+    except ValueError:
+        hosts = []
+    named = ",".join(f"{host or 'local socket'}:{port or 5432}" for host, port in hosts)
+    return f"{named or 'local socket:5432'}{parts.path}"
+
+
+def describe_connect_error(url: str, exc: BaseException) -> str:
     reason = exc.__class__.__name__
     message = str(exc).splitlines()[0] if str(exc) else ""
-    return f"database unreachable at {where}: {reason}{': ' + message if message else ''}"
+    return f"database unreachable at {where(url)}: {reason}{': ' + message if message else ''}"
 
 
-async def migrate(url: str, migrations: Sequence[Migration] | None = None) -> list[str]:
+async def migrate(
+    url: str, migrations: Sequence[Migration] | None = None, *, retry_seconds: float = 0.0
+) -> list[str]:
     """Apply pending migrations as the owner role; return the versions applied now.
 
     Raises `MigrationChanged`, applying nothing, when an applied file was edited since.
     Rows from before checksums were recorded get the file's current hash (earlier edits
-    cannot be known)."""
+    cannot be known). With `retry_seconds`, a run that cannot connect or loses its
+    connection (a failover) starts again for that long: each file commits with its row in
+    `schema_migrations`, so a new run applies only what the lost one had not."""
     pending_source = list(migrations) if migrations is not None else discover_migrations()
-    conn = await connect_raw(url)
     applied_now: list[str] = []
-    try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+
+    async def run() -> list[str]:
+        conn = await connect_raw(url)
         try:
-            await conn.execute(CREATE_MIGRATIONS_TABLE)
-            await conn.execute(ADD_CHECKSUM_COLUMN)
-            recorded = await _recorded_checksums(conn)
-            check_checksums(pending_source, recorded)
-            backfill = [
-                (m.version, m.checksum)
-                for m in pending_source
-                if m.version in recorded and recorded[m.version] is None
-            ]
-            if backfill:
-                await conn.executemany(
-                    "UPDATE schema_migrations SET checksum = $2 WHERE version = $1", backfill
-                )
-                logger.info("migration checksums recorded", extra={"migrations": len(backfill)})
-            for migration in pending_source:
-                if migration.version in recorded:
-                    continue
-                sql, checksum = migration.load()
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
-                        migration.version,
-                        checksum,
-                    )
-                applied_now.append(migration.version)
-                logger.info("migration applied", extra={"version": migration.version})
-            await conn.execute(GRANT_MIGRATIONS_READ)
+            await _apply(conn, pending_source, applied_now)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+            await _close_quietly(conn)
+        return applied_now
+
+    return await with_retries(run, retry_seconds, "migrate")
+
+
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    if conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=5)
+    except Exception:  # a connection lost mid-run: nothing left to close cleanly
+        conn.terminate()
+
+
+async def _apply(
+    conn: asyncpg.Connection, pending_source: list[Migration], applied_now: list[str]
+) -> None:
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(CREATE_MIGRATIONS_TABLE)
+        await conn.execute(ADD_CHECKSUM_COLUMN)
+        recorded = await _recorded_checksums(conn)
+        check_checksums(pending_source, recorded)
+        backfill = [
+            (m.version, m.checksum)
+            for m in pending_source
+            if m.version in recorded and recorded[m.version] is None
+        ]
+        if backfill:
+            await conn.executemany(
+                "UPDATE schema_migrations SET checksum = $2 WHERE version = $1", backfill
+            )
+            logger.info("migration checksums recorded", extra={"migrations": len(backfill)})
+        for migration in pending_source:
+            if migration.version in recorded:
+                continue
+            sql, checksum = migration.load()
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
+                    migration.version,
+                    checksum,
+                )
+            applied_now.append(migration.version)
+            logger.info("migration applied", extra={"version": migration.version})
+        await conn.execute(GRANT_MIGRATIONS_READ)
     finally:
-        await conn.close()
-    return applied_now
+        if not conn.is_closed():
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
 
 
 async def _recorded_checksums(conn: asyncpg.Connection) -> dict[str, str | None]:
@@ -204,10 +293,12 @@ def check_checksums(migrations: Sequence[Migration], recorded: dict[str, str | N
         )
 
 
-async def check_applied_migrations(url: str, directory: Path | None = None) -> None:
+async def check_applied_migrations(
+    url: str, directory: Path | None = None, *, retry_seconds: float = 0.0
+) -> None:
     """What `serve` checks before it starts: no applied migration's file has changed. A
     database without the bookkeeping (never migrated, or not since checksums) passes."""
-    conn = await connect_raw(url, connect_timeout=5)
+    conn = await connect_raw(url, connect_timeout=5, retry_seconds=retry_seconds)
     try:
         recorded = await _recorded_checksums(conn)
     except (
@@ -252,8 +343,15 @@ def pool_of(database: Database) -> asyncpg.Pool:
 
 
 ACQUIRE_TIMEOUT_SECONDS = 5.0
-# Failures after which a pooled connection cannot be trusted again.
-_BROKEN = (asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError)
+# Failures after which a pooled connection cannot be trusted again. A read-only refusal
+# (SQLSTATE 25006) means the server it reaches is a standby now: a new connection finds the
+# writable one.
+_BROKEN = (
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    OSError,
+)
 
 
 @contextlib.asynccontextmanager
@@ -267,7 +365,8 @@ async def connection(database: Database) -> AsyncIterator[asyncpg.Connection]:
     try:
         with timings.phase("pool_wait"):
             conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
-    except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+    except (asyncpg.PostgresError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
+        # InternalClientError: no host is writable now (TargetServerAttributeNotMatched).
         raise DatabaseUnavailable(f"no database connection: {type(exc).__name__}") from exc
     DB_POOL_IN_USE.inc()
     try:

@@ -191,6 +191,9 @@ DATABASE_OUTAGES: tuple[type[Exception], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.QueryCanceledError,
+    # A write that reached a standby (SQLSTATE 25006: a server demoted under an open
+    # connection, or a URL that does not ask for the writable host): nothing was written.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
 

@@ -21,6 +21,7 @@ from app.http import explorer
 from app.http.bodies import JSONResponse
 from app.http.context import context
 from app.http.openapi import Problem, Resp, build_openapi, operation
+from app.http.server import stopping
 
 API_TITLE = "Auth0 BFF"
 API_VERSION = "0.1.0"
@@ -45,11 +46,16 @@ async def healthz(request: Request) -> Response:
 
 
 @operation(
-    "Readiness: the database answers and signing keys are loaded or loadable",
+    "Readiness: the database answers and signing keys are loaded or loadable; 503 from the "
+    "moment the copy is told to stop (SHUTDOWN_DRAIN_SECONDS)",
     tags=["operations"],
-    responses={200: Readiness, 503: Resp(Readiness, "Not ready")},
+    responses={200: Readiness, 503: Resp(Readiness, "Not ready, or stopping")},
 )
 async def readyz(request: Request) -> Response:
+    if stopping():  # a load balancer should stop sending now; nothing else need be asked
+        return JSONResponse(
+            {"status": "not ready", "checks": {"shutdown": "failing"}}, status_code=503
+        )
     core = context(request)
     checks = {"database": "ok" if await is_ready(core.database) else "failing"}
     for name, check in core.checks.items():

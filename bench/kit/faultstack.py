@@ -14,14 +14,14 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 
 from app.core.db import asyncpg_dsn
-from bench.kit.loadgen import Answer, Call, Summary
+from bench.kit.loadgen import Answer, Call, Load, Summary
 from bench.kit.loopback import free_port, http_call
 from bench.kit.servers import Server
 from bench.kit.tenant import write_config
@@ -107,7 +107,7 @@ def tenant_server(workdir: Path, config: Path, port: int) -> Server:
 
 @contextlib.contextmanager
 def running_stack(
-    admin_url: str, workdir: Path, service_env: dict[str, str] | None = None
+    admin_url: str, workdir: Path, service_env: dict[str, str] | None = None, workers: int = 1
 ) -> Iterator[Stack]:
     """Database, tenant and service up; all stopped and the database dropped on the way out."""
     with contextlib.ExitStack() as stack:
@@ -147,15 +147,25 @@ def running_stack(
             "LOG_LEVEL": "WARNING",
             **(service_env or {}),
         }
-        argv = [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", "1"]
-        service = Server("service", argv, env, port, 1, workdir / "service.log", workdir)
+        argv = [
+            sys.executable,
+            "-m",
+            "app",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
+        service = Server("service", argv, env, port, workers, workdir / "service.log", workdir)
         stack.callback(lambda: service.stop())
         service.start()
         yield Stack(workdir, db, key, tenant, service)
 
 
 def make_call(kind: str, token: str, tag: str) -> Call:
-    """One request of the load: `read`, `post`, `me` or `profile`; `tag` keeps a POST's
+    """One request of the load: `read`, `post`, `me`, `profile` or `update` (a profile
+    change, through the Management API); `tag` keeps a POST's
     identifier unique (a duplicate would be a 409, not what is measured)."""
     auth = {"Authorization": f"Bearer {token}"}
     if kind == "read":
@@ -169,6 +179,11 @@ def make_call(kind: str, token: str, tag: str) -> Call:
         return Call(kind, "GET", "/api/me", auth)
     if kind == "profile":
         return Call(kind, "GET", "/api/profile", auth)
+    if kind == "update":
+        body = b'{"nickname": "Fault Load"}'
+        return Call(
+            kind, "PATCH", "/api/profile", auth | {"Content-Type": "application/json"}, body
+        )
     raise ValueError(kind)
 
 
@@ -241,3 +256,58 @@ class Report:
         lines += [f"  {'PASS' if ok else 'FAIL'}  {text}" for text, ok in self.checks]
         lines.append(f"  overall: {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
+
+
+# --- Running a load beside a fault -------------------------------------------------------
+
+
+def mixed_calls(stack: Stack, kinds: Sequence[str], tokens: Sequence[str]) -> Callable[[int], Call]:
+    """Request n of a load: the kinds and tokens in turn."""
+
+    def call(n: int) -> Call:
+        return make_call(kinds[n % len(kinds)], tokens[n % len(tokens)], f"{stack.run_id}-{n}")
+
+    return call
+
+
+async def under_load(load: Load, steps: Callable[[], Awaitable[None]], grace: float) -> None:
+    """Run the load, run `steps` (sleeps and faults) beside it, then stop the load."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(load.run(stop, grace))
+    try:
+        await steps()
+    finally:
+        stop.set()
+        await task
+
+
+def of_kind(answers: list[Answer], *names: str) -> list[Answer]:
+    return [a for a in answers if a.name in names]
+
+
+def recovery(
+    report: Report, answers: list[Answer], cleared: float, end: float, within: float
+) -> None:
+    """How long after `cleared` the last failure started (at most `within` seconds); the
+    final second all 2xx."""
+    failed = [a.started for a in answers if not (a.status and 200 <= a.status < 300)]
+    last = max((t for t in failed if t >= cleared), default=cleared)
+    report.figures["recovered after"] = f"{last - cleared:.1f} s (last failure after the fault)"
+    report.check(f"recovered within {within:g} s of the fault's end", last - cleared <= within)
+    final = [a for a in answers if a.started >= end - 1.0]
+    report.check(
+        "answers 2xx again after the fault, without a restart (final second all 2xx)",
+        bool(final) and all(a.status and 200 <= a.status < 300 for a in final),
+    )
+
+
+def common_checks(report: Report, load: Load, allowed: set[int]) -> None:
+    stuck = load.pending
+    odd = [a for a in load.answers if a.status not in allowed]
+    bare = [a for a in load.answers if a.status == 503 and not a.retry_after]
+    report.figures["still pending at the end"] = stuck
+    report.check(
+        f"no status outside {sorted(allowed)} and no transport error ({len(odd)})", not odd
+    )
+    report.check(f"every 503 carries Retry-After ({len(bare)} without)", not bare)
+    report.check(f"no stuck request ({stuck} pending)", stuck == 0)

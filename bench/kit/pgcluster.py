@@ -5,6 +5,9 @@ directory, `pg_ctl` runs it on a free loopback port (its socket stays in that di
 The binaries come from PG_BIN, else /usr/lib/postgresql/<newest>/bin, else the embedded
 `pgserver` package. Postgres refuses to run as root, so as root the cluster belongs to the
 `postgres` (or `pgserver`) system user and every command runs as that user.
+
+`StandbyCluster(primary)` is a streaming standby of one (`pg_basebackup -R`), which
+`promote()` turns into a primary: a failover without a failover manager.
 """
 
 from __future__ import annotations
@@ -116,6 +119,10 @@ class PrivateCluster:
             "start",
         )
 
+    def promote(self) -> None:
+        """A standby becomes a primary (accepts writes) once this returns."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "30", "promote")
+
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
 
@@ -143,3 +150,31 @@ class PrivateCluster:
             pass
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class StandbyCluster(PrivateCluster):
+    """A streaming standby of `primary`, on a port and in a directory of its own; read-only
+    until `promote()`. initdb's loopback `trust` lines already allow the replication."""
+
+    def __init__(self, primary: PrivateCluster) -> None:
+        super().__init__()
+        self.primary = primary
+
+    def init(self) -> None:
+        if self.user is not None:
+            shutil.chown(self.root, self.user)
+        self._run(
+            "pg_basebackup",
+            "-h",
+            LOOPBACK,
+            "-p",
+            str(self.primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(self.data),
+            "-R",  # standby.signal and primary_conninfo: it streams from the primary
+            "-X",
+            "stream",
+            "--no-sync",
+        )

@@ -10,7 +10,8 @@ per criterion; the exit status is 1 when any criterion fails. The 10-minute soak
 
 Scenarios: postgres-restart and postgres-crash (a private cluster, never the shared
 server), tenant-slow, tenant-down, tenant-429, jwks-rotation (Auth0's way: the new key was
-published ahead), jwks-rotation-unannounced, sigterm. See docs/reliability.md.
+published ahead), jwks-rotation-unannounced, sigterm, sigterm-drain and sigterm-drain-workers
+(bench/studies/sigterm.py). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -19,17 +20,29 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from app.auth0.client import JITTER_SECONDS, MAX_ATTEMPTS
-from bench.kit.faultstack import Report, Stack, count_stored, log, make_call, running_stack
-from bench.kit.loadgen import Answer, Call, Load
+from bench.kit.faultstack import (
+    Report,
+    Stack,
+    common_checks,
+    count_stored,
+    log,
+    make_call,
+    mixed_calls,
+    of_kind,
+    recovery,
+    running_stack,
+    under_load,
+)
+from bench.kit.loadgen import Call, Load
 from bench.kit.loopback import http_call
 from bench.kit.pgcluster import PrivateCluster
+from bench.studies.sigterm import sigterm, sigterm_drain
 from devkit.db import LOCAL_SERVER_URL
 
 CONCURRENCY = 16
@@ -47,56 +60,6 @@ def _bound_seconds(env: dict[str, str]) -> float:
     return MAX_ATTEMPTS * timeout + budget + JITTER_SECONDS + 1.0
 
 
-def _mixed(stack: Stack, kinds: Sequence[str], tokens: Sequence[str]) -> Callable[[int], Call]:
-    def call(n: int) -> Call:
-        return make_call(kinds[n % len(kinds)], tokens[n % len(tokens)], f"{stack.run_id}-{n}")
-
-    return call
-
-
-async def _under_load(load: Load, steps: Callable[[], Awaitable[None]], grace: float) -> None:
-    """Run the load, run `steps` (sleeps and faults) beside it, then stop the load."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(load.run(stop, grace))
-    try:
-        await steps()
-    finally:
-        stop.set()
-        await task
-
-
-def _of(answers: list[Answer], *names: str) -> list[Answer]:
-    return [a for a in answers if a.name in names]
-
-
-def _recovery(
-    report: Report, answers: list[Answer], cleared: float, end: float, within: float
-) -> None:
-    """How long after `cleared` the last failure started (at most `within` seconds); the
-    final second all 2xx."""
-    failed = [a.started for a in answers if not (a.status and 200 <= a.status < 300)]
-    last = max((t for t in failed if t >= cleared), default=cleared)
-    report.figures["recovered after"] = f"{last - cleared:.1f} s (last failure after the fault)"
-    report.check(f"recovered within {within:g} s of the fault's end", last - cleared <= within)
-    final = [a for a in answers if a.started >= end - 1.0]
-    report.check(
-        "answers 2xx again after the fault, without a restart (final second all 2xx)",
-        bool(final) and all(a.status and 200 <= a.status < 300 for a in final),
-    )
-
-
-def _common_checks(report: Report, load: Load, allowed: set[int]) -> None:
-    stuck = load.pending
-    odd = [a for a in load.answers if a.status not in allowed]
-    bare = [a for a in load.answers if a.status == 503 and not a.retry_after]
-    report.figures["still pending at the end"] = stuck
-    report.check(
-        f"no status outside {sorted(allowed)} and no transport error ({len(odd)})", not odd
-    )
-    report.check(f"every 503 carries Retry-After ({len(bare)} without)", not bare)
-    report.check(f"no stuck request ({stuck} pending)", stuck == 0)
-
-
 # --- postgres-restart --------------------------------------------------------------------
 
 
@@ -107,7 +70,7 @@ async def postgres_restart(
     WAL recovery on start)."""
     report = Report("postgres-restart" if mode == "fast" else "postgres-crash")
     load = Load(
-        stack.service.url, _mixed(stack, ("post", "read"), stack.tokens()), CONCURRENCY, RATE
+        stack.service.url, mixed_calls(stack, ("post", "read"), stack.tokens()), CONCURRENCY, RATE
     )
     pid = stack.service.proc.pid if stack.service.proc else None
     times: dict[str, float] = {}
@@ -118,11 +81,11 @@ async def postgres_restart(
         await asyncio.sleep(seconds)
         times["end"] = time.monotonic()
 
-    await _under_load(load, steps, grace=30)
+    await under_load(load, steps, grace=30)
     answers = load.answers
     report.summary("all requests", answers)
-    report.summary("POST /api/patients", _of(answers, "post"))
-    report.summary("GET /api/patients", _of(answers, "read"))
+    report.summary("POST /api/patients", of_kind(answers, "post"))
+    report.summary("GET /api/patients", of_kind(answers, "read"))
     report.figures["Postgres down"] = f"{times['started'] - times['stopped']:.1f} s ({mode} stop)"
     stored = await count_stored(stack.db.owner_url, answers)
     report.figures["201s / rows / events"] = (
@@ -130,13 +93,13 @@ async def postgres_restart(
         f"(table holds {stored.all_rows} rows, {stored.all_events} events)"
     )
     report.figures["rows lost"] = stored.lost
-    _common_checks(report, load, {200, 201, 503})
+    common_checks(report, load, {200, 201, 503})
     report.check("the outage was seen (some 503s)", any(a.status == 503 for a in answers))
     report.check(
         "every 201 has its row and its patient.created event (rows lost: 0)", stored.lost == 0
     )
     report.check("no row without its audit event", stored.all_rows == stored.all_events)
-    _recovery(report, answers, times["started"], times["end"], within=2.0)
+    recovery(report, answers, times["started"], times["end"], within=2.0)
     alive = stack.service.proc is not None and stack.service.proc.poll() is None
     report.check("the same service process throughout", alive and pid in stack.service.pids())
     return report
@@ -148,7 +111,10 @@ async def postgres_restart(
 async def tenant_fault(stack: Stack, kind: str, seconds: float, env: dict[str, str]) -> Report:
     report = Report(f"tenant-{kind}")
     load = Load(
-        stack.service.url, _mixed(stack, ("profile", "read"), stack.tokens()), CONCURRENCY, RATE
+        stack.service.url,
+        mixed_calls(stack, ("profile", "read"), stack.tokens()),
+        CONCURRENCY,
+        RATE,
     )
     cooldown = float(env.get("AUTH0_BREAKER_COOLDOWN_SECONDS", 10))
     times: dict[str, float] = {}
@@ -174,8 +140,8 @@ async def tenant_fault(stack: Stack, kind: str, seconds: float, env: dict[str, s
 
     bound = _bound_seconds(env)
     refused_before = _refreshes_refused(stack)
-    await _under_load(load, steps, grace=bound + 5)
-    profile, reads = _of(load.answers, "profile"), _of(load.answers, "read")
+    await under_load(load, steps, grace=bound + 5)
+    profile, reads = of_kind(load.answers, "profile"), of_kind(load.answers, "read")
     report.figures["fault"] = f"{kind} for {times['off'] - times['on']:.1f} s" + (
         f" ({json.dumps(fault[kind])})" if kind in fault else " (tenant process stopped)"
     )
@@ -184,7 +150,7 @@ async def tenant_fault(stack: Stack, kind: str, seconds: float, env: dict[str, s
     found = report.summary("  during the fault", during)
     report.summary("GET /api/patients", reads)
     worst = max((a.seconds for a in load.answers), default=0.0)
-    _common_checks(report, load, {200, 503})
+    common_checks(report, load, {200, 503})
     report.check(f"max latency {worst:.2f} s within the Auth0 bound {bound:.2f} s", worst <= bound)
     report.check("GET /api/patients unaffected (all 2xx)", all(a.status == 200 for a in reads))
     if kind == "down":
@@ -201,7 +167,7 @@ async def tenant_fault(stack: Stack, kind: str, seconds: float, env: dict[str, s
         report.figures["tenant answers faulted"] = faulted
         report.check("the fault was seen (the tenant faulted some answers)", faulted > 0)
     # An open breaker answers 503 for its whole cool-down, even once the tenant is back.
-    _recovery(report, profile, times["off"], times["end"], within=cooldown + 2.0)
+    recovery(report, profile, times["off"], times["end"], within=cooldown + 2.0)
     return report
 
 
@@ -254,7 +220,7 @@ async def jwks_rotation(stack: Stack, seconds: float, *, announced: bool = True)
         tokens[:] = [t for pair in zip(tokens, fresh, strict=True) for t in pair]
         await asyncio.sleep(2 * seconds)
 
-    await _under_load(load, steps, grace=30)
+    await under_load(load, steps, grace=30)
     answers = load.answers
     old = [a for a in answers if a.name.endswith("/old")]
     new = [a for a in answers if a.name.endswith("/new")]
@@ -264,70 +230,9 @@ async def jwks_rotation(stack: Stack, seconds: float, *, announced: bool = True)
     if unauthorized:
         last = max(a.started for a in unauthorized) - times["rotated"]
         report.figures["401s"] = f"{len(unauthorized)}, the last {last:.1f} s after the rotation"
-    _common_checks(report, load, {200})
+    common_checks(report, load, {200})
     report.check(f"no 401 for tokens of either key ({len(unauthorized)})", not unauthorized)
     report.check("tokens of the new key were tried", bool(new))
-    return report
-
-
-# --- sigterm -----------------------------------------------------------------------------
-
-
-async def sigterm(stack: Stack, seconds: float) -> Report:
-    """SIGTERM while requests are in flight (the tenant is made slow, so GET /api/profile
-    requests are in flight for 1.5 s at any moment): they must complete, new connections
-    must be refused, and the process must exit 0."""
-    report = Report("sigterm")
-    proc = stack.service.proc
-    assert proc is not None
-    load = Load(
-        stack.service.url,
-        _mixed(stack, ("read", "profile", "me"), stack.tokens()),
-        CONCURRENCY,
-        RATE,
-    )
-    times: dict[str, float] = {}
-    codes: list[int | None] = []
-
-    async def steps() -> None:
-        await asyncio.sleep(seconds / 2)  # warm: JWKS and M2M token fetched at full speed
-        await asyncio.to_thread(stack.tenant_post, "/dev/fault", SLOW_1_5)
-        await asyncio.sleep(seconds / 2)
-        times["term"] = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        codes.append(await asyncio.to_thread(proc.wait, 30))
-        times["exited"] = time.monotonic()
-        await asyncio.sleep(1.0)
-
-    await _under_load(load, steps, grace=10)
-    term, exited = times["term"], times["exited"]
-    before = [a for a in load.answers if a.started < term]
-    in_flight = [a for a in before if a.started + a.seconds > term]
-    late = [a for a in load.answers if a.started >= term]
-    refused = [a for a in late if a.error == "ConnectError"]
-    report.summary("sent before SIGTERM", before)
-    report.summary("  of which in flight at SIGTERM", in_flight)
-    report.summary("sent after SIGTERM", late)
-    report.figures["drain (SIGTERM to exit)"] = f"{exited - term:.2f} s"
-    report.figures["exit code"] = codes[0] if codes else "did not exit"
-    broken = [a for a in before if a.status is None]
-    served_late = [a for a in late if a.status is not None]
-    after_exit_odd = [a for a in late if a.started >= exited and a.error != "ConnectError"]
-    reset = [a for a in late if a.status is None and a.error != "ConnectError"]
-    report.figures["after SIGTERM: served / refused / reset"] = (
-        f"{len(served_late)} / {len(refused)} / {len(reset)}"
-    )
-    report.check(
-        f"{len(in_flight)} requests in flight at SIGTERM (> 0) all completed",
-        bool(in_flight) and all(a.status == 200 for a in in_flight),
-    )
-    report.check(f"no request sent before SIGTERM lost its answer ({len(broken)})", not broken)
-    report.check("new connections refused after SIGTERM (some ConnectError)", bool(refused))
-    report.check("nothing but refusals once it exited", not after_exit_odd)
-    report.check(
-        "no 5xx among the answers", not [a for a in load.answers if a.status and a.status >= 500]
-    )
-    report.check("exit code 0", codes == [0])
     return report
 
 
@@ -342,6 +247,8 @@ SCENARIOS = (
     "jwks-rotation",
     "jwks-rotation-unannounced",
     "sigterm",
+    "sigterm-drain",
+    "sigterm-drain-workers",
 )
 
 
@@ -366,11 +273,17 @@ def run_scenario(
             env.setdefault("PROFILE_CACHE_SECONDS", "0")
             with running_stack(admin_url, workdir, env) as stack:
                 return asyncio.run(tenant_fault(stack, name.removeprefix("tenant-"), seconds, env))
-        if name == "sigterm":
+        if name.startswith("sigterm"):
             # No copy is ever young enough to serve: every profile read waits for the tenant,
             # which the scenario makes slow, so requests are in flight at the signal.
             env.setdefault("PROFILE_CACHE_SECONDS", "0")
             env.setdefault("PROFILE_MAX_STALE_SECONDS", "0.001")
+        if name.startswith("sigterm-drain"):
+            env.setdefault("SHUTDOWN_DRAIN_SECONDS", f"{max(1.5, seconds / 2):g}")
+            workers = 2 if name.endswith("-workers") else 1
+            with running_stack(admin_url, workdir, env, workers=workers) as stack:
+                drain = float(env["SHUTDOWN_DRAIN_SECONDS"])
+                return asyncio.run(sigterm_drain(stack, seconds, drain, workers))
         with running_stack(admin_url, workdir, env) as stack:
             if name.startswith("jwks-rotation"):
                 announced = name == "jwks-rotation"

@@ -85,6 +85,15 @@ def test_settings_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     [
         ("database_url", "mysql://u@h/d", "DATABASE_URL must be a postgresql:// URL"),
         ("database_url", "postgresql://u@h", "DATABASE_URL must name a database"),
+        ("database_url", "postgresql://u@h1:5432,h2:x/d", "DATABASE_URL names a host with a bad"),
+        ("database_url", "postgresql://u@h1:5432,h2:70000/d", "DATABASE_URL names a host with"),
+        (
+            "database_url",
+            "postgresql://u@h1,h2/d?target_session_attrs=writable",
+            "DATABASE_URL: target_session_attrs must be one of",
+        ),
+        ("shutdown_drain_seconds", "-1", "SHUTDOWN_DRAIN_SECONDS"),
+        ("db_connect_retry_seconds", "-1", "DB_CONNECT_RETRY_SECONDS"),
         ("auth0_domain", "https://tenant.auth0.com/", "AUTH0_DOMAIN is a host name"),
         ("auth0_base_url", "ftp://x", "AUTH0_BASE_URL must be an http(s) URL"),
         ("auth0_algorithms", "HS256", "AUTH0_ALGORITHMS may list only"),
@@ -98,6 +107,17 @@ def test_invalid_setting_is_named(field: str, value: str, expected: str) -> None
         load_settings(**{**VALID, field: value})
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_url_naming_a_primary_and_its_standbys_is_accepted() -> None:
+    url = "postgresql://u:pw@db-a:5432,db-b:5433,[::1]/d?target_session_attrs=read-write"
+    settings = load_settings(**{**VALID, "database_url": url, "shutdown_drain_seconds": "5"})
+    assert settings.database.url == url
+    assert settings.server.shutdown_drain_seconds == 5.0
+    # The defaults keep what a single copy did: no drain, no waiting for a database.
+    defaults = load_settings(**VALID)
+    assert defaults.server.shutdown_drain_seconds == 0
+    assert defaults.database.connect_retry_seconds == 0
 
 
 def test_secrets_never_print() -> None:

@@ -28,6 +28,14 @@ class DatabaseSettings(Group):
     statement_timeout_ms: int = Field(
         default=5000, ge=100, validation_alias="DB_STATEMENT_TIMEOUT_MS"
     )
+    connect_retry_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        validation_alias="DB_CONNECT_RETRY_SECONDS",
+        description="How long `migrate` and `serve`'s start-up check keep retrying a database "
+        "they cannot reach (a failover in progress) before giving up; 0: at once.",
+    )
 
     @field_validator("url")
     @classmethod

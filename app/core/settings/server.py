@@ -44,6 +44,14 @@ class ServerSettings(Group):
     )
     cors_allowed_origins: Annotated[list[str], NoDecode] = []
     trusted_proxies: Annotated[list[str], NoDecode] = []
+    shutdown_drain_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM, /readyz answers 503 at once and requests are still served "
+        "this long (so a load balancer stops sending first); then the copy stops accepting "
+        "and finishes what is in flight. 0: stop accepting at once.",
+    )
     hsts_seconds: int = Field(
         default=HSTS_ONE_YEAR,
         ge=0,

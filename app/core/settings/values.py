@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
@@ -141,13 +141,49 @@ def parse_fernet_keys(text: str) -> list[bytes]:
     return keys
 
 
+# libpq's name for "the server that accepts writes": a primary, never a standby.
+READ_WRITE = "read-write"
+TARGET_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", READ_WRITE, "read-only")
+
+
+def hosts_of(url: str) -> list[tuple[str, int | None]]:
+    """The (host, port) pairs a URL names, in order: `h1:5432,h2,[::1]:5433` is three;
+    none when it names no host (a local socket). A `ValueError` names a bad port."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    found: list[tuple[str, int | None]] = []
+    for spec in filter(None, netloc.split(",")):
+        if spec.startswith("["):
+            host, _, rest = spec[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        else:
+            host, _, port_text = spec.partition(":")
+        port = None
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"{port_text!r} is not a port (1-65535)")
+            port = int(port_text)
+        found.append((host, port))
+    return found
+
+
 def postgres_url(value: str, name: str) -> str:
-    """`value` if it is a postgresql:// URL naming a database, else a `ValueError`."""
+    """`value` if it is a postgresql:// URL naming a database, else a `ValueError`. It may
+    name several hosts (`postgresql://user@h1:5432,h2:5432/db`, libpq's form), each with a
+    valid port, and a `target_session_attrs` libpq knows."""
     parts = urlsplit(value)
     if parts.scheme not in _POSTGRES_SCHEMES:
         raise ValueError(f"{name} must be a postgresql:// URL")
     if not parts.path.strip("/"):
         raise ValueError(f"{name} must name a database (postgresql://user@host:port/dbname)")
+    try:
+        hosts_of(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} names a host with a bad port: {exc}") from None
+    attrs = dict(parse_qsl(parts.query)).get("target_session_attrs")
+    if attrs is not None and attrs not in TARGET_SESSION_ATTRS:
+        raise ValueError(
+            f"{name}: target_session_attrs must be one of {', '.join(TARGET_SESSION_ATTRS)}"
+        )
     return value
 
 
