@@ -28,6 +28,7 @@ from app.core.errors import UpstreamError, UpstreamUnavailable
 from app.session import repository
 from app.session.cache import Session
 from app.session.crypto import Undecryptable, new_cookie
+from app.session.dpop import SessionKey
 from app.session.events import ended_event, refresh_failed_event, started_event
 from app.session.oauth import GrantRefused, TokenSet
 from app.session.runtime import SessionRuntime
@@ -38,7 +39,9 @@ REFRESH_MARGIN_SECONDS = 60.0  # refresh an access token this long before it exp
 PURGE_BATCH = 100
 # Refusals that mean the refresh token is dead (reused, revoked, expired), so the session is.
 # Any other refusal (invalid_client: a misconfigured secret) keeps every session: 502.
-ENDS_SESSION = frozenset({"invalid_grant", "no_refresh_token", "undecryptable_refresh_token"})
+ENDS_SESSION = frozenset(
+    {"invalid_grant", "no_refresh_token", "undecryptable_refresh_token", "unreadable_dpop_key"}
+)
 
 
 class SessionInvalid(Exception):
@@ -72,8 +75,10 @@ async def create(
     sid: str | None,
     scope: str,
     tokens: TokenSet,
+    dpop_key: SessionKey | None = None,
 ) -> str:
-    """Store a new session and record `session.started`; the cookie value (a secret)."""
+    """Store a new session (with the DPoP key its tokens are bound to, sealed) and record
+    `session.started`; the cookie value (a secret)."""
     if tokens.id_token is None:
         raise ValueError("a session needs the ID token")
     cookie, cookie_hash = new_cookie()
@@ -91,6 +96,7 @@ async def create(
             access_expires_at=expires,
             idle_seconds=runtime.idle_seconds,
             absolute_seconds=runtime.absolute_seconds,
+            dpop_key=runtime.box.seal(dpop_key.to_json()) if dpop_key else None,
         )
         event = started_event(
             session_id, runtime.idle_seconds, runtime.absolute_seconds, tokens.refresh_token
@@ -157,6 +163,7 @@ def _decode(runtime: SessionRuntime, row: asyncpg.Record, actor: Actor) -> Sessi
         last_seen_at=_epoch(row["last_seen_at"]),
         idle_expires_at=_epoch(row["idle_expires_at"]),
         absolute_expires_at=_epoch(row["absolute_expires_at"]),
+        dpop_key=row["dpop_key"],
     )
 
 
@@ -231,8 +238,17 @@ async def _grant(runtime: SessionRuntime, session: Session) -> TokenSet:
         refresh_token = runtime.box.open(session.refresh_token)
     except Undecryptable:
         raise GrantRefused("undecryptable_refresh_token") from None
+    key = None
+    if session.dpop_key is not None:
+        try:
+            key = SessionKey.from_json(runtime.box.open(session.dpop_key))
+        except (Undecryptable, ValueError):
+            raise GrantRefused("unreadable_dpop_key") from None
     runtime.refresh_grants += 1
-    return await runtime.oauth.refresh(refresh_token)
+    tokens = await runtime.oauth.refresh(refresh_token, key)
+    if key is not None and not tokens.bound:
+        raise UpstreamError("the identity provider did not bind the refreshed tokens (DPoP)")
+    return tokens
 
 
 async def _store_refresh(

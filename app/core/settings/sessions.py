@@ -30,6 +30,10 @@ class SessionSettings(Group):
     )
     idle_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86_400)
     absolute_seconds: int = Field(default=7 * 86_400, ge=300, le=90 * 86_400)
+    dpop: bool = Field(
+        default=False,
+        description="Bind each session's tokens to a key of its own (DPoP, docs/dpop.md).",
+    )
 
     @field_validator("client_id")
     @classmethod
