@@ -64,12 +64,15 @@ def server_for(run: Run, target: str, workers: int) -> Server:
             # to refuse, so the limiter's per-request check is measured but not its 429s.
             "RATE_LIMIT_PER_IP": UNREACHABLE_LIMIT,
             "RATE_LIMIT_PER_USER": UNREACHABLE_LIMIT,
+            # Where the DPoP read's proofs point (their htu), as production configures it.
+            "PUBLIC_URL": f"http://{LOOPBACK}:{port}",
+            # The read_dpop proofs are made just before a run and must outlive it.
+            "DPOP_IAT_LEEWAY_SECONDS": str(min(600, max(60, int(run.args.duration) + 30))),
         }
         if cookie_mode(run):  # on for every scenario of ours, so the reads compare alike
             env |= {
                 "SESSION_CLIENT_ID": SESSION_CLIENT_ID,
                 "SESSION_CLIENT_SECRET": run.session_secret,
-                "PUBLIC_URL": f"http://{LOOPBACK}:{port}",
                 "SESSION_ENCRYPTION_KEY": run.session_key,
             }
         env |= dict(item.split("=", 1) for item in run.args.service_env)
