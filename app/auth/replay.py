@@ -2,7 +2,7 @@
 once, whichever copy it reaches (RFC 9449 section 11.1).
 
 The store is the one that holds the rate limits: Redis when REDIS_URL is set (`SET NX` with
-an expiry, one round trip), else Postgres (`dpop_proofs`, migrations/0012_dpop.sql). In
+an expiry, one round trip), else Postgres (`dpop_proofs`, migrations/0013_dpop.sql). In
 Postgres every accepted proof is a row written before the request is served, so
 concurrent requests share one statement and one commit (group commit, as the audit log's
 reads do, app/audit/batcher.py): with one request at a time it writes at once. Rows are
