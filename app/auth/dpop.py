@@ -22,7 +22,8 @@ passed, so a refused proof stores nothing:
 
 Key objects are cached per thumbprint (a client signs every proof with the same key), so a
 known key costs a dict lookup instead of an import. Nothing else can be cached: every proof
-is new by design.
+is new by design. The checks and the replay write are the request phases `dpop_proof` and
+`dpop_replay` (app/core/timings.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from app.auth.tokens import Principal, b64url_decode
 from app.auth.uris import normalize_uri
 from app.core.errors import AppError, Unauthorized
 from app.core.settings.dpop import DPoPSettings
+from app.core.timings import phase
 
 with warnings.catch_warnings():
     # authlib 1.x announces on import that authlib.jose moves to joserfc in 2.0 (and forces
@@ -246,7 +248,8 @@ class DPoPVerifier:
             raise DPoPRefused("the request has no DPoP proof")
         if len(presented.proofs) > 1:
             raise DPoPRefused("send exactly one DPoP proof")
-        claims, key = self.verify_proof(presented)
+        with phase("dpop_proof"):
+            claims, key = self.verify_proof(presented)
         if not hmac.compare_digest(
             claims["ath"].encode(), access_token_hash(presented.token).encode()
         ):
@@ -256,7 +259,9 @@ class DPoPVerifier:
         fresher = self._check_nonce(claims.get("nonce"))
         until = claims["iat"] + 2 * self._leeway  # covers the other copies' clock skew too
         replay_key = hashlib.sha256(f"dpop/v1\x00{key}\x00{claims['jti']}".encode()).digest()
-        if not await self.replays.first_use(replay_key, until):
+        with phase("dpop_replay"):
+            new = await self.replays.first_use(replay_key, until)
+        if not new:
             raise DPoPRefused("the proof was already used (its jti is not new)")
         return fresher
 

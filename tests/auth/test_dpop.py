@@ -71,6 +71,18 @@ class TestAccepted:
         events = await owner.fetch("SELECT action, actor FROM audit_events")
         assert [(e["action"], e["actor"]) for e in events] == [("patient.searched", USER)]
 
+    async def test_the_access_log_says_what_the_proof_cost(
+        self, client: httpx.AsyncClient, minter: TokenMinter, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        dpop = bound_client(minter)
+        with caplog.at_level("INFO", logger="app.http.middleware"):
+            response = await client.get(PATIENTS, headers=dpop.headers())
+        assert response.status_code == 200
+        [logged] = [r for r in caplog.records if getattr(r, "route", None) == PATIENTS]
+        spent = logged.phases_ms  # type: ignore[attr-defined]
+        assert {"dpop_proof", "dpop_replay"} <= set(spent)
+        assert all(spent[name] >= 0 for name in ("dpop_proof", "dpop_replay"))
+
     async def test_a_second_request_needs_a_new_proof(
         self, client: httpx.AsyncClient, minter: TokenMinter, owner: asyncpg.Connection
     ) -> None:
