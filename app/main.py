@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from databases import Database
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -26,6 +27,8 @@ from app.account.runtime import (
 from app.audit import endpoints as audit_endpoints
 from app.audit.edge import record_denial
 from app.audit.runtime import running_audit
+from app.auth import replay
+from app.auth.dpop import DPoPVerifier
 from app.auth.runtime import AuthRuntime
 from app.auth.tokens import TokenVerifier
 from app.auth0.budget import management_budget
@@ -89,11 +92,13 @@ def middleware(
                 allow_headers=[
                     "Authorization",
                     "Content-Type",
+                    "DPoP",
                     "If-Match",
                     "Idempotency-Key",
                     "X-Request-ID",
                 ],
                 expose_headers=[
+                    "DPoP-Nonce",
                     "ETag",
                     "Location",
                     "Retry-After",
@@ -109,6 +114,19 @@ def middleware(
         # Innermost of the three, inside CORS, so a browser can read the 429.
         stack.append(Middleware(ClientRateLimitMiddleware, limit=per_ip))
     return stack
+
+
+def dpop_verifier(settings: Settings, database: Database) -> DPoPVerifier | None:
+    """The DPoP proof checks, their jti store where the rate limits are; None when off."""
+    if settings.dpop.mode == "off":
+        return None
+    redis = settings.rate_limits.redis_url
+    return DPoPVerifier(
+        settings.dpop,
+        replay.replay_store(database, redis.get_secret_value() if redis else None),
+        origin=settings.server.public_url,
+        nonce_key=settings.derived_key("dpop-nonce"),
+    )
 
 
 def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
@@ -151,6 +169,9 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
             sessions = session_runtime(settings, core.database, core.http, verifier)
             if sessions is not None:
                 await stack.enter_async_context(running_sessions(sessions))
+            proofs = dpop_verifier(settings, core.database)
+            if proofs is not None:
+                stack.push_async_callback(proofs.replays.aclose)
             purges = [
                 *account.purges(),
                 Purge("idempotency keys", idempotency.purge_expired),
@@ -160,6 +181,8 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
                 purges.append(
                     Purge("cookie sessions", lambda conn: lifecycle.purge(sessions, conn))
                 )
+            if proofs is not None and isinstance(proofs.replays, replay.PostgresReplays):
+                purges.append(Purge("DPoP proofs", replay.purge_expired))
             housekeeping = Housekeeping(core.database, purges)
             housekeeping.start()
             stack.push_async_callback(housekeeping.stop)
@@ -169,6 +192,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
                 per_user_limit=per_user,
                 on_denied=record_denial,
                 sessions=SessionResolver(sessions) if sessions is not None else None,
+                proofs=proofs,
             )
             yield {
                 "core": core,

@@ -17,7 +17,16 @@ from typing import Any
 
 from bench.kit.loopback import check_loopback
 
-ALL_SCENARIOS = ("read", "read_cookie", "read_cold", "me", "post", "profile", "insert")
+ALL_SCENARIOS = (
+    "read",
+    "read_dpop",
+    "read_cookie",
+    "read_cold",
+    "me",
+    "post",
+    "profile",
+    "insert",
+)
 
 
 def _list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:

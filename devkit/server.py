@@ -2,9 +2,10 @@
 
 A stand-in Auth0 tenant on its own loopback port, a database (`DATABASE_URL` if set, else a
 throwaway embedded Postgres with both roles provisioned), migrations applied, the service
-started, and a ready-to-paste `curl` line with a freshly minted access token. Cookie mode
-is on against the stand-in tenant, and a small page at `/` (devkit/page.py) signs in
-through it.
+started, and a ready-to-paste `curl` line with a freshly minted access token, and the
+command that makes the same call with DPoP (`python -m devkit.dpop`). Cookie mode is on
+against the stand-in tenant, its sessions' tokens DPoP-bound (SESSION_DPOP, unless the
+environment says false), and a small page at `/` (devkit/page.py) signs in through it.
 
 It trusts `X-Forwarded-For` exactly as `serve` does, from TRUSTED_PROXIES only (uvicorn's
 own default would believe any local process), and sends no Strict-Transport-Security:
@@ -120,6 +121,9 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
             session_client_secret=tenant.session_client_secret,
             public_url=public_url,
             session_encryption_key=Fernet.generate_key().decode(),  # lives as long as this process
+            # The sessions' tokens bound to a key each (the tenant stands in for an API
+            # that allows DPoP); SESSION_DPOP=false shows them as bearer tokens.
+            session_dpop=os.environ.get("SESSION_DPOP", "true"),
             _env_file=None,
         )
         tenant_server = _QuietServer(
@@ -174,6 +178,10 @@ def _banner(port: int, tenant_url: str, token: str) -> str:
   An access token for auth0|dev-user with every permission (valid for one hour):
 
   curl -H "Authorization: Bearer {token}" {base}/api/me
+
+  The same with a DPoP-bound token and a proof per request (RFC 9449), from the checkout:
+
+  python -m devkit.dpop --tenant {tenant_url} {base}/api/me
 
   More tokens: curl -X POST {tenant_url}/dev/token -H 'content-type: application/json' -d {mint}
   Stop with Ctrl+C.

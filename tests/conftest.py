@@ -12,6 +12,7 @@ pytest.register_assert_rewrite(
     # Support modules that a test of another folder may import before that folder's conftest.
     "tests.account.support",
     "tests.audit.support",
+    "tests.auth.dpop_support",
     "tests.auth.tokens_support",
     "tests.auth0.support",
     "tests.dev.tenant_login",

@@ -21,10 +21,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import quote
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from app.auth.dpop import Presented, as_dpop_refusal
 from app.auth.runtime import AuthRuntime, CookieSessions, auth_of
 from app.auth.tokens import Principal
 from app.core.errors import (
@@ -51,20 +53,38 @@ class AuthRequirement:
     mfa: bool = False
 
 
-def bearer_token(conn: HTTPConnection) -> str:
-    """The bearer token of the request, or `Unauthorized` (bare challenge when none sent)."""
+def credentials(conn: HTTPConnection, *, dpop: bool = False) -> tuple[str, str]:
+    """The request's Authorization scheme (lower case) and token, or `Unauthorized` (bare
+    challenge when none sent). `dpop`: the DPoP scheme is accepted beside Bearer."""
     values = conn.headers.getlist("authorization")
     if not values:
         raise Unauthorized(error=None)
     if len(values) > 1:
         raise Unauthorized("send exactly one Authorization header")
     scheme, _, token = values[0].partition(" ")
-    if scheme.lower() != "bearer":
-        raise Unauthorized("the Authorization scheme must be Bearer")
+    scheme = scheme.lower()
+    if scheme != "bearer" and not (dpop and scheme == "dpop"):
+        raise Unauthorized(
+            f"the Authorization scheme must be {'Bearer or DPoP' if dpop else 'Bearer'}"
+        )
     token = token.strip()
     if not token:
-        raise Unauthorized("the bearer token is empty")
-    return token
+        raise Unauthorized(f"the {'bearer' if scheme == 'bearer' else 'DPoP'} token is empty")
+    return scheme, token
+
+
+def presented(conn: HTTPConnection, scheme: str, token: str) -> Presented:
+    """What the request presents for DPoP: its method, raw path (the query is in another
+    field of the ASGI scope) and the origin of the socket it came in on."""
+    scope = conn.scope
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else quote(scope["path"])
+    local = ""
+    if server := scope.get("server"):
+        host, port = server
+        host = f"[{host}]" if ":" in host else host
+        local = f"{scope['scheme']}://{host}" + (f":{port}" if port else "")
+    return Presented(scheme, token, conn.headers.getlist("dpop"), scope["method"], path, local)
 
 
 def check_requirement(
@@ -92,20 +112,32 @@ def check_requirement(
 
 
 async def authenticate(request: Request, requirement: AuthRequirement) -> Principal:
-    """Verify the request's token against `requirement`; store the result on the request."""
+    """Verify the request's token (and DPoP proof) against `requirement`; store the result on
+    the request. A cookie session's token is the service's own, used in process: it needs
+    no proof, bound or not."""
     runtime = auth_of(request)
     found: Principal | None = None
     sessions = _cookie_sessions(request, runtime)
+    proofs = runtime.proofs
+    dpop_challenge = False
     try:
-        if sessions is not None:  # the session cookie, when the request sends no bearer token
-            token = await sessions.access_token(request)
+        if sessions is not None:  # the session cookie, when the request sends no token
+            found = await runtime.verifier.verify_access_token(await sessions.access_token(request))
         else:
-            token = bearer_token(request)
-        found = await runtime.verifier.verify_access_token(token)
+            if proofs is not None:
+                sent = request.headers.get("authorization", "").partition(" ")[0].lower()
+                dpop_challenge = proofs.asked_for(sent, request.headers.getlist("dpop"))
+            scheme, token = credentials(request, dpop=proofs is not None)
+            found = await runtime.verifier.verify_access_token(token)
+            if proofs is not None:
+                shown = presented(request, scheme, token)
+                request.state.dpop_nonce = await proofs.check(shown, found)
         if runtime.per_user_limit is not None:  # before the permission check: 403s count too
             runtime.per_user_limit.enforce(found.sub)
         check_requirement(found, requirement, runtime.policy)
     except (Unauthorized, Forbidden) as error:  # a 503 is not a denial
+        if dpop_challenge:
+            as_dpop_refusal(error)
         if sessions is not None and found is None:
             await sessions.refused(request, error)
         await _report_denial(runtime, request, found, error)
@@ -138,7 +170,11 @@ def requires(
         @functools.wraps(endpoint)
         async def wrapper(request: Request) -> Response:
             await authenticate(request, requirement)
-            return await endpoint(request)
+            response = await endpoint(request)
+            nonce = getattr(request.state, "dpop_nonce", None)
+            if nonce is not None:  # the proof used the previous nonce: here is the current one
+                response.headers["DPoP-Nonce"] = nonce
+            return response
 
         cast(Any, wrapper).__auth__ = requirement
         return wrapper

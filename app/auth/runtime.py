@@ -14,6 +14,7 @@ from typing import Protocol
 
 from starlette.requests import HTTPConnection, Request
 
+from app.auth.dpop import DPoPVerifier
 from app.auth.tokens import Principal, TokenVerifier
 from app.core.errors import AppError
 from app.core.settings.auth import AuthSettings
@@ -46,6 +47,7 @@ class AuthRuntime:
     per_user_limit: Limit | None = None
     on_denied: DenialHook | None = None
     sessions: CookieSessions | None = None  # cookie mode on
+    proofs: DPoPVerifier | None = None  # DPoP accepted (DPOP_MODE allowed or required)
 
 
 def auth_of(conn: HasState) -> AuthRuntime:

@@ -82,6 +82,7 @@ class Principal:
     iat: int | None = None
     amr: tuple[str, ...] = ()
     email_verified: bool | None = None
+    jkt: str | None = None  # `cnf.jkt`: the token is bound to this DPoP key (app/auth/dpop.py)
     claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -192,10 +193,10 @@ class TokenVerifier:
         if len(segments) != 3:
             raise Unauthorized(MALFORMED)
         try:
-            header = orjson.loads(_b64decode(segments[0]))
-            claims = orjson.loads(_b64decode(segments[1]))
+            header = orjson.loads(b64url_decode(segments[0]))
+            claims = orjson.loads(b64url_decode(segments[1]))
             # May be empty: `alg: none` then gets "algorithm not allowed", a clearer answer.
-            signature = _b64decode(segments[2])
+            signature = b64url_decode(segments[2])
         except ValueError:  # binascii.Error and orjson.JSONDecodeError are ValueErrors
             raise Unauthorized(MALFORMED) from None
         if not isinstance(header, dict) or not isinstance(claims, dict):
@@ -262,6 +263,9 @@ class TokenVerifier:
         if any(len(a) > _MAX_METHOD_LENGTH or _CONTROL.search(a) for a in methods):
             raise Unauthorized("invalid amr claim")  # recorded with each sign-in
         email_verified = claims.get(self.settings.auth0.email_verified_claim)
+        cnf = claims.get("cnf")
+        if cnf is not None and not (isinstance(cnf, dict) and cnf):
+            raise Unauthorized("invalid cnf claim")
         return Principal(
             sub=sub,
             permissions=permissions,
@@ -274,6 +278,7 @@ class TokenVerifier:
             iat=None if iat is None else int(iat),
             amr=methods,
             email_verified=email_verified if isinstance(email_verified, bool) else None,
+            jkt=_string(cnf.get("jkt")) if cnf else None,
             claims=claims,
         )
 
@@ -355,7 +360,7 @@ class TokenVerifier:
                 del self._cache[digest]
 
 
-def _b64decode(segment: bytes) -> bytes:
+def b64url_decode(segment: bytes) -> bytes:
     """Unpadded base64url, strictly: any other byte, padding or impossible length raises."""
     padded = segment.translate(_FROM_URLSAFE) + b"=" * (-len(segment) % 4)
     return binascii.a2b_base64(padded, strict_mode=True)

@@ -3,7 +3,8 @@
 The request envelope (app/http/middleware.py) opens a request's phases; code on the
 request's path wraps what it waits for in `phase(name)`: a database connection from the
 pool (`pool_wait`), the page query (`page_query`), the audit commit (`audit_wait`), the
-Management API (`auth0`). The envelope adds `send` and reports every phase in the access
+Management API (`auth0`), a DPoP proof's checks and its replay write (`dpop_proof`,
+`dpop_replay`). The envelope adds `send` and reports every phase in the access
 log and in `http_request_phase_seconds`. Outside a request (a background task, a test
 calling a service directly) `phase` measures nothing and costs one context-variable read.
 

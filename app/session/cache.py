@@ -34,6 +34,7 @@ class Session:
     last_seen_at: float
     idle_expires_at: float
     absolute_expires_at: float
+    dpop_key: bytes | None = None  # sealed; the tokens are bound to it (SESSION_DPOP)
 
     def idle_expires(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.idle_expires_at, dt.UTC)

@@ -29,6 +29,7 @@ from app.core.metrics import SESSION_REFRESHES
 from app.session import repository
 from app.session.cache import Session
 from app.session.crypto import Undecryptable, new_cookie
+from app.session.dpop import SessionKey
 from app.session.events import ended_event, refresh_failed_event, started_event
 from app.session.oauth import GrantRefused, TokenSet
 from app.session.runtime import SessionRuntime
@@ -39,7 +40,9 @@ REFRESH_MARGIN_SECONDS = 60.0  # refresh an access token this long before it exp
 PURGE_BATCH = 100
 # Refusals that mean the refresh token is dead (reused, revoked, expired), so the session is.
 # Any other refusal (invalid_client: a misconfigured secret) keeps every session: 502.
-ENDS_SESSION = frozenset({"invalid_grant", "no_refresh_token", "undecryptable_refresh_token"})
+ENDS_SESSION = frozenset(
+    {"invalid_grant", "no_refresh_token", "undecryptable_refresh_token", "unreadable_dpop_key"}
+)
 
 
 class SessionInvalid(Exception):
@@ -74,8 +77,10 @@ async def create(
     scope: str,
     tokens: TokenSet,
     replacing: bytes | None = None,
+    dpop_key: SessionKey | None = None,
 ) -> str:
-    """Store a new session and record `session.started`; the cookie value (a secret).
+    """Store a new session (with the DPoP key its tokens are bound to, sealed) and record
+    `session.started`; the cookie value (a secret).
 
     In the same transaction, end the browser's previous session (`replacing`: the hash of
     the cookie the callback came with) and the user's oldest past SESSION_MAX_PER_USER,
@@ -100,6 +105,7 @@ async def create(
             access_expires_at=expires,
             idle_seconds=runtime.idle_seconds,
             absolute_seconds=runtime.absolute_seconds,
+            dpop_key=runtime.box.seal(dpop_key.to_json()) if dpop_key else None,
         )
         if replacing is not None:
             previous = await repository.end_by_cookie(conn, replacing)
@@ -184,6 +190,7 @@ def _decode(runtime: SessionRuntime, row: asyncpg.Record, actor: Actor) -> Sessi
         last_seen_at=_epoch(row["last_seen_at"]),
         idle_expires_at=_epoch(row["idle_expires_at"]),
         absolute_expires_at=_epoch(row["absolute_expires_at"]),
+        dpop_key=row["dpop_key"],
     )
 
 
@@ -263,8 +270,17 @@ async def _grant(runtime: SessionRuntime, session: Session) -> TokenSet:
         refresh_token = runtime.box.open(session.refresh_token)
     except Undecryptable:
         raise GrantRefused("undecryptable_refresh_token") from None
+    key = None
+    if session.dpop_key is not None:
+        try:
+            key = SessionKey.from_json(runtime.box.open(session.dpop_key))
+        except (Undecryptable, ValueError):
+            raise GrantRefused("unreadable_dpop_key") from None
     runtime.refresh_grants += 1
-    return await runtime.oauth.refresh(refresh_token)
+    tokens = await runtime.oauth.refresh(refresh_token, key)
+    if key is not None and not tokens.bound:
+        raise UpstreamError("the identity provider did not bind the refreshed tokens (DPoP)")
+    return tokens
 
 
 async def _store_refresh(

@@ -8,6 +8,9 @@ Each call uses a fresh `AsyncOAuth2Client`: authlib keeps the last token on the 
 object, which must never be shared between two users' requests. Its requests go through
 `SharedTransport` to the app's one `httpx.AsyncClient`, so they use its pool and limits
 (and respx stubs in tests) and carry the same timeout as every other call to the tenant.
+A session with a DPoP key (app/session/dpop.py) sends its grants through `ProofTransport`
+instead, which adds the proof; a `use_dpop_nonce` answer is tried once more, with the
+nonce the tenant named.
 
 Errors: an OAuth error answer (`invalid_grant` and the like) is `GrantRefused`; no answer,
 a 429 or a 5xx is `UpstreamUnavailable` (503 + Retry-After); anything else unreadable is
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,7 @@ import httpx
 
 from app.core.errors import UpstreamError, UpstreamUnavailable
 from app.core.settings import Settings
+from app.session.dpop import ProofTransport, SessionKey, TenantNonce
 
 with warnings.catch_warnings():
     # authlib 1.x warns on import that it prefers `httpx2`; it falls back to httpx, which is
@@ -71,6 +76,12 @@ class TokenSet:
     expires_in: float
     refresh_token: str | None
     id_token: str | None
+    token_type: str = "Bearer"  # noqa: S105 - a scheme's name
+
+    @property
+    def bound(self) -> bool:
+        """Whether the tenant bound the tokens to the DPoP key the grant was sent with."""
+        return self.token_type.lower() == "dpop"
 
 
 class TenantOAuth:
@@ -88,8 +99,14 @@ class TenantOAuth:
         self._timeout = httpx.Timeout(
             settings.auth0.timeout_seconds, connect=min(settings.auth0.timeout_seconds, 2.0)
         )
+        self.dpop_nonce = TenantNonce()
 
-    def _client(self) -> AsyncOAuth2Client:
+    def _client(self, key: SessionKey | None = None) -> AsyncOAuth2Client:
+        transport: httpx.AsyncBaseTransport = (
+            SharedTransport(self._http)
+            if key is None
+            else ProofTransport(self._http, key, self.dpop_nonce)
+        )
         return AsyncOAuth2Client(
             client_id=self.client_id,
             client_secret=self._secret.get_secret_value(),
@@ -98,7 +115,7 @@ class TenantOAuth:
             scope=SCOPE,
             redirect_uri=self.redirect_uri,
             code_challenge_method="S256",
-            transport=SharedTransport(self._http),
+            transport=transport,
             timeout=self._timeout,
             follow_redirects=False,
             trust_env=False,
@@ -119,27 +136,53 @@ class TenantOAuth:
         )
         return str(url)
 
-    async def exchange_code(self, code: str, code_verifier: str) -> TokenSet:
-        """The `authorization_code` grant, with the PKCE verifier."""
-        async with self._client() as client:
-            token = await self._call(
-                "code exchange",
-                client.fetch_token(
-                    f"{self.base}/oauth/token",
-                    grant_type="authorization_code",
-                    code=code,
-                    code_verifier=code_verifier,
-                ),
-            )
-        return _token_set(token)
+    async def exchange_code(
+        self, code: str, code_verifier: str, key: SessionKey | None = None
+    ) -> TokenSet:
+        """The `authorization_code` grant, with the PKCE verifier (and a proof of `key`)."""
 
-    async def refresh(self, refresh_token: str) -> TokenSet:
-        """The `refresh_token` grant; the tenant rotates the refresh token."""
-        async with self._client() as client:
-            token = await self._call(
-                "refresh", client.refresh_token(f"{self.base}/oauth/token", refresh_token)
+        def call(client: AsyncOAuth2Client) -> Any:
+            return client.fetch_token(
+                f"{self.base}/oauth/token",
+                grant_type="authorization_code",
+                code=code,
+                code_verifier=code_verifier,
             )
-        return _token_set(token)
+
+        return _token_set(await self._grant("code exchange", call, key))
+
+    async def refresh(self, refresh_token: str, key: SessionKey | None = None) -> TokenSet:
+        """The `refresh_token` grant (with a proof of `key`); the tenant rotates the refresh
+        token."""
+
+        def call(client: AsyncOAuth2Client) -> Any:
+            return client.refresh_token(f"{self.base}/oauth/token", refresh_token)
+
+        return _token_set(await self._grant("refresh", call, key))
+
+    async def _grant(
+        self,
+        what: str,
+        call: Callable[[AsyncOAuth2Client], Any],
+        key: SessionKey | None,
+    ) -> Any:
+        try:
+            return await self._once(what, call, key)
+        except GrantRefused as exc:
+            # RFC 9449 section 8: the tenant wants its nonce in the proof; the transport
+            # has kept the one it named.
+            if exc.error != "use_dpop_nonce" or key is None:
+                raise
+        return await self._once(what, call, key)
+
+    async def _once(
+        self,
+        what: str,
+        call: Callable[[AsyncOAuth2Client], Any],
+        key: SessionKey | None,
+    ) -> Any:
+        async with self._client(key) as client:
+            return await self._call(what, call(client))
 
     async def revoke(self, refresh_token: str) -> None:
         """RFC 7009 revocation of a refresh token (Auth0's `/oauth/revoke`)."""
@@ -192,9 +235,11 @@ def _token_set(token: dict[str, Any]) -> TokenSet:
         raise UpstreamError("the tenant's token answer has no access token")
     if not isinstance(expires_in, int | float) or not 0 < expires_in <= 90 * 86_400:
         raise UpstreamError("the tenant's token answer has no usable expires_in")
+    token_type = token.get("token_type")
     return TokenSet(
         access_token=access,
         expires_in=float(expires_in),
         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
         id_token=id_token if isinstance(id_token, str) and id_token else None,
+        token_type=token_type if isinstance(token_type, str) else "Bearer",
     )

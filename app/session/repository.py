@@ -100,14 +100,14 @@ async def take_transaction(conn: asyncpg.Connection, cookie_hash: bytes) -> Tran
 # --- Sessions ---------------------------------------------------------------------------------
 
 _COLUMNS = """id, cookie_hash, sub, sid, scope, access_token, refresh_token, id_token,
-    access_expires_at, last_seen_at, idle_expires_at, absolute_expires_at"""
+    access_expires_at, last_seen_at, idle_expires_at, absolute_expires_at, dpop_key"""
 
 INSERT_SESSION = """
 INSERT INTO browser_sessions (cookie_hash, sub, sid, scope, access_token, refresh_token, id_token,
-    access_expires_at, idle_expires_at, absolute_expires_at)
+    access_expires_at, idle_expires_at, absolute_expires_at, dpop_key)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
     now() + make_interval(secs => least($9::float8, $10::float8)),
-    now() + make_interval(secs => $10::float8))
+    now() + make_interval(secs => $10::float8), $11)
 RETURNING id
 """
 SELECT_SESSION = f"SELECT {_COLUMNS} FROM browser_sessions WHERE cookie_hash = $1"
@@ -184,6 +184,7 @@ async def insert_session(
     access_expires_at: dt.datetime,
     idle_seconds: float,
     absolute_seconds: float,
+    dpop_key: bytes | None = None,
 ) -> uuid.UUID:
     session_id: uuid.UUID = await conn.fetchval(
         INSERT_SESSION,
@@ -197,6 +198,7 @@ async def insert_session(
         access_expires_at,
         idle_seconds,
         absolute_seconds,
+        dpop_key,
     )
     return session_id
 

@@ -26,6 +26,7 @@ from app.core.errors import Unauthorized
 from app.session import lifecycle, repository
 from app.session.cache import Session
 from app.session.crypto import cookie_hash, new_cookie, new_secret
+from app.session.dpop import SessionKey
 from app.session.idtoken import (
     InvalidToken,
     replay_window_end,
@@ -145,13 +146,17 @@ async def complete_sign_in(
     code = params.get("code")
     if not code or len(code) > 512:
         raise SignInFailed("the callback has no authorization code")
+    key = SessionKey.generate() if runtime.settings.sessions.dpop else None
     try:
-        tokens = await runtime.oauth.exchange_code(code, runtime.box.open(tx.code_verifier))
+        tokens = await runtime.oauth.exchange_code(code, runtime.box.open(tx.code_verifier), key)
     except GrantRefused as exc:
         raise SignInFailed(f"the identity provider refused the code ({exc.error})") from None
     if tokens.id_token is None:
         raise SignInFailed("the identity provider sent no ID token")
     caller, claims = await _signed_in_user(runtime, tokens.access_token, tokens.id_token, tx.nonce)
+    if key is not None and not (tokens.bound and caller.jkt == key.thumbprint):
+        # SESSION_DPOP promises bound tokens; the API in Auth0 must allow DPoP for that.
+        raise SignInFailed("the identity provider did not bind the tokens to the session (DPoP)")
     actor = actor.acting_as(caller)
     await account.sign_up(runtime.database, actor, caller)
     await account.sign_in(runtime.database, actor, caller)
@@ -164,6 +169,7 @@ async def complete_sign_in(
         scope=scope_of(caller),
         tokens=tokens,
         replacing=cookie_hash(session_cookie) if session_cookie else None,
+        dpop_key=key,
     )
     return SignedIn(cookie, tx.return_to, int(runtime.absolute_seconds))
 

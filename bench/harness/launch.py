@@ -58,7 +58,6 @@ def server_for(run: Run, target: str, workers: int) -> Server:
             "APP_SECRET_KEY": "bench-app-secret-key-0123456789abcdef",
             "AUTH0_BASE_URL": tenant.url,
             "AUTH0_EMAIL_VERIFIED_CLAIM": data.EMAIL_VERIFIED_CLAIM,
-            "PUBLIC_URL": f"http://{LOOPBACK}:{port}",
             "LOG_LEVEL": "INFO",
             "DB_POOL_MAX_SIZE": str(run.args.pool_max),
             "AUTH0_MANAGEMENT_RATE": run.args.management_rate,
@@ -66,6 +65,10 @@ def server_for(run: Run, target: str, workers: int) -> Server:
             # to refuse, so the limiter's per-request check is measured but not its 429s.
             "RATE_LIMIT_PER_IP": UNREACHABLE_LIMIT,
             "RATE_LIMIT_PER_USER": UNREACHABLE_LIMIT,
+            # Where the DPoP read's proofs point (their htu), as production configures it.
+            "PUBLIC_URL": f"http://{LOOPBACK}:{port}",
+            # The read_dpop proofs are made just before a run and must outlive it.
+            "DPOP_IAT_LEEWAY_SECONDS": str(min(600, max(60, int(run.args.duration) + 30))),
         }
         if cookie_mode(run):  # on for every scenario of ours, so the reads compare alike
             env |= {

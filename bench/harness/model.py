@@ -45,6 +45,7 @@ SCENARIOS = (
     Scenario("peer", "read", "GET", READ_PATH, "get"),
     Scenario("ours", "read", "GET", READ_PATH, "get"),
     Scenario("ours", "read_cookie", "GET", READ_PATH, "cookie_get"),
+    Scenario("ours", "read_dpop", "GET", READ_PATH, "dpop_get"),
     Scenario("ours", "read_cold", "GET", READ_PATH, "get", cold=True),
     Scenario("ours", "me", "GET", "/api/me", "get"),
     Scenario("ours", "post", "POST", "/api/patients", "post", 201),
@@ -52,7 +53,7 @@ SCENARIOS = (
 )
 TARGETS = ("floor", "ours", "peer")
 # The order cells are measured in within a round: the reads of all three side by side.
-ORDER = ("read", "read_cookie", "read_cold", "me", "profile", "insert", "post")
+ORDER = ("read", "read_dpop", "read_cookie", "read_cold", "me", "profile", "insert", "post")
 
 
 @dataclass
@@ -155,6 +156,7 @@ class Run:
     session_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     session_key: str = field(default_factory=lambda: _fernet_key())
     session_cookies: Path | None = None
+    dpop: Any = None  # bench.harness.proofs.Clients, when read_dpop is measured
     first_cookie: str = ""
     first_token: str = ""
     first_scope: str = ""
@@ -172,5 +174,39 @@ def _fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
+def dpop_wanted(args: Any) -> bool:
+    return "read_dpop" in args.scenarios and "ours" in args.targets
+
+
 def cookie_mode(run: Run) -> bool:
     return "read_cookie" in run.args.scenarios and "ours" in run.args.targets
+
+
+def find_cell(run: Run, target: str, scenario: str, workers: int, conns: int) -> Measurement | None:
+    for m in run.measurements:
+        key = (m.target, m.scenario, m.workers, m.connections)
+        if key == (target, scenario, workers, conns) and m.samples:
+            return m
+    return None
+
+
+def throughput_ratio(
+    a: Measurement | None, b: Measurement | None
+) -> tuple[float, float, float] | None:
+    """Ratio of the median throughputs, and the lowest and highest per-round ratio."""
+    if a is None or b is None or not b.median("rps"):
+        return None
+    rounds = [
+        x.result.rps / y.result.rps for x, y in zip(a.samples, b.samples, strict=False)
+        if y.result.rps
+    ]  # fmt: skip
+    ratio = a.median("rps") / b.median("rps")
+    return ratio, min(rounds, default=ratio), max(rounds, default=ratio)
+
+
+def verdict(value: tuple[float, float, float] | None, target: float) -> str:
+    if value is None:
+        return "n/a"
+    ratio, low, high = value
+    spread = f" [{low:.2f}..{high:.2f}]" if high - low > 0.005 else ""
+    return f"{ratio:.2f}{spread} {'met' if ratio >= target else 'MISSED'}"

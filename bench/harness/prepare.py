@@ -15,9 +15,18 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from bench.auditlog.grow import grow
-from bench.harness import data
+from bench.harness import data, proofs
 from bench.harness.launch import base_env
-from bench.harness.model import AUDIENCE, CLIENT_ID, DOMAIN, REPO, TARGETS, TOKEN_TTL, Run
+from bench.harness.model import (
+    AUDIENCE,
+    CLIENT_ID,
+    DOMAIN,
+    REPO,
+    TARGETS,
+    TOKEN_TTL,
+    Run,
+    dpop_wanted,
+)
 from bench.kit.log import log
 from bench.kit.loopback import free_port
 from bench.kit.servers import Server
@@ -72,6 +81,12 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
     threads = stack.enter_context(ThreadPoolExecutor(1))
     warm_future = threads.submit(data.mint, key, warm_claims, processes)
     cold_future = threads.submit(data.mint, key, cold_claims, processes)
+    dpop_claims = data.token_claims(minter, users, len(users), TOKEN_TTL)
+    dpop_future = (
+        threads.submit(proofs.make_clients, key, dpop_claims, processes)
+        if dpop_wanted(args)
+        else None
+    )
 
     log(f"provisioning a database on {args.admin_url.rsplit('@', 1)[-1]}")
     run.db = asyncio.run(provision(args.admin_url, f"bench_{run.run_id}"))
@@ -107,6 +122,8 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
         data.write_tokens(str(path), cold[n * share : (n + 1) * share],
                           cold_claims[n * share : (n + 1) * share])  # fmt: skip
         run.cold_tokens.append(path)
+    if dpop_future is not None:
+        run.dpop = dpop_future.result()
     log(f"tokens ready ({share} cold tokens per cold run)")
 
 

@@ -8,18 +8,19 @@ import subprocess
 from collections.abc import Iterable
 
 from app.core.settings import Quota
-from bench.harness.model import Measurement, OpenLoopCell, Run, TenantCounts
+from bench.harness.dpopread import dpop_lines
+from bench.harness.model import (
+    Measurement,
+    OpenLoopCell,
+    Run,
+    TenantCounts,
+    find_cell,
+    throughput_ratio,
+    verdict,
+)
 
 JWKS_PERIOD_S = 600  # at most one JWKS request per 10 minutes per process
 M2M_LIFETIME_S = 86_400  # the stand-in tenant's M2M token lifetime, as Auth0's default
-
-
-def _find(run: Run, target: str, scenario: str, workers: int, conns: int) -> Measurement | None:
-    for m in run.measurements:
-        key = (m.target, m.scenario, m.workers, m.connections)
-        if key == (target, scenario, workers, conns) and m.samples:
-            return m
-    return None
 
 
 def table(measurements: Iterable[Measurement]) -> list[str]:
@@ -37,32 +38,14 @@ def table(measurements: Iterable[Measurement]) -> list[str]:
         text = f"{errors}" + (f" ({status} non-2xx)" if status else "")
         if m.scenario.endswith("_cold") and m.total("wraps"):
             text += f", tokens reused {m.total('wraps')}x"
+        if m.scenario == "read_dpop" and m.total("wraps"):
+            text += f", proofs reused {m.total('wraps')}x"
         lines.append(
             head + f"| {m.median('rps'):,.0f} | {m.median('p50_ms'):.1f} "
             f"| {m.median('p95_ms'):.1f} | {m.median('p99_ms'):.1f} | {text} "
             f"| {m.median('app_us'):,.0f} | {m.median('db_us'):,.0f} |"
         )
     return lines
-
-
-def _ratio(a: Measurement | None, b: Measurement | None) -> tuple[float, float, float] | None:
-    """Ratio of the median throughputs, and the lowest and highest per-round ratio."""
-    if a is None or b is None or not b.median("rps"):
-        return None
-    rounds = [
-        x.result.rps / y.result.rps for x, y in zip(a.samples, b.samples, strict=False)
-        if y.result.rps
-    ]  # fmt: skip
-    ratio = a.median("rps") / b.median("rps")
-    return ratio, min(rounds, default=ratio), max(rounds, default=ratio)
-
-
-def _verdict(value: tuple[float, float, float] | None, target: float) -> str:
-    if value is None:
-        return "n/a"
-    ratio, low, high = value
-    spread = f" [{low:.2f}..{high:.2f}]" if high - low > 0.005 else ""
-    return f"{ratio:.2f}{spread} {'met' if ratio >= target else 'MISSED'}"
 
 
 # The targets (one run, two cores, the log grown first): docs/benchmarks.md.
@@ -81,7 +64,7 @@ def ratios(run: Run) -> list[str]:
         for conns in run.args.connections:
 
             def get(target: str, scenario: str) -> Measurement | None:
-                return _find(run, target, scenario, workers, conns)  # noqa: B023
+                return find_cell(run, target, scenario, workers, conns)  # noqa: B023
 
             read = get("ours", "read")
             p99_text = f"{read.median('p99_ms'):.1f}" if read else "n/a"
@@ -90,13 +73,14 @@ def ratios(run: Run) -> list[str]:
                 for m in run.measurements
                 if m.target == "ours" and m.workers == workers and m.connections == conns
             )
-            cold = _ratio(get("ours", "read_cold"), read)
+            cold = throughput_ratio(get("ours", "read_cold"), read)
+            post = throughput_ratio(get("ours", "post"), get("floor", "insert"))
             lines.append(
                 f"| {workers} | {conns} "
-                f"| {_verdict(_ratio(read, get('peer', 'read')), READ_PEER)} "
-                f"| {_verdict(_ratio(read, get('floor', 'read')), READ_FLOOR)} "
-                f"| {_verdict(_ratio(get('ours', 'post'), get('floor', 'insert')), POST_INSERT)} "
-                f"| {_verdict(_ratio(get('ours', 'profile'), read), PROFILE_READ)} "
+                f"| {verdict(throughput_ratio(read, get('peer', 'read')), READ_PEER)} "
+                f"| {verdict(throughput_ratio(read, get('floor', 'read')), READ_FLOOR)} "
+                f"| {verdict(post, POST_INSERT)} "
+                f"| {verdict(throughput_ratio(get('ours', 'profile'), read), PROFILE_READ)} "
                 f"| {f'{cold[0]:.2f}' if cold else 'n/a'} | {p99_text} "
                 f"| {errors}{' MISSED' if errors else ' met'} |"
             )
@@ -117,11 +101,11 @@ def cookie_table(run: Run) -> list[str]:
     ]
     for workers in run.args.workers:
         for conns in run.args.connections:
-            bearer = _find(run, "ours", "read", workers, conns)
-            cookie = _find(run, "ours", "read_cookie", workers, conns)
+            bearer = find_cell(run, "ours", "read", workers, conns)
+            cookie = find_cell(run, "ours", "read_cookie", workers, conns)
             if bearer is None or cookie is None:
                 continue
-            cost = _ratio(bearer, cookie)
+            cost = throughput_ratio(bearer, cookie)
             cost_text = "n/a"
             if cost is not None:
                 spread = f" [{cost[1]:.2f}..{cost[2]:.2f}]" if cost[2] - cost[1] > 0.005 else ""
@@ -156,7 +140,9 @@ def cpu_table(run: Run) -> list[str]:
     ]
     for workers in run.args.workers:
         for conns in run.args.connections:
-            cells = {t: _find(run, t, "read", workers, conns) for t in ("ours", "peer", "floor")}
+            cells = {
+                t: find_cell(run, t, "read", workers, conns) for t in ("ours", "peer", "floor")
+            }
             if not any(cells.values()):
                 continue
 
@@ -402,6 +388,7 @@ def markdown(run: Run) -> str:
             if cookie_table(run)
             else []
         ),
+        *dpop_lines(run),
         *(
             [
                 "Read at a fixed rate (open loop, bench/kit/openloop.py: "

@@ -8,10 +8,11 @@ import json
 import secrets
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from bench.auditlog.tables import log_size_at
-from bench.harness import data, sessions
+from bench.harness import data, proofs, sessions
 from bench.harness.launch import server_for, tenant_stats
 from bench.harness.model import (
     ORDER,
@@ -45,6 +46,8 @@ def preflight(run: Run, server: Server, scenario: Scenario) -> str | None:
     headers = {"Authorization": f"Bearer {run.first_token}"}
     if scenario.mode == "cookie_get":
         headers = {"Cookie": f"__Host-bff_session={run.first_cookie}", "X-CSRF": "1"}
+    if scenario.mode == "dpop_get":
+        headers = proofs.headers(run.dpop, server.url)
     if scenario.target == "floor":
         headers["X-Bench-Scope"] = run.first_scope
     body = None
@@ -79,8 +82,12 @@ def measure(run: Run, server: Server, cell: Measurement, scenario: Scenario, rou
     if round_ == 0 and args.warmup >= 1:
         warm_mode = "get" if scenario.cold else scenario.mode
         warm_tokens = tokens if scenario.mode == "cookie_get" else run.warm_tokens
+        if scenario.mode == "dpop_get":
+            warm_tokens = dpop_proofs(run, server, cell, args.warmup, "warm")
         run_wrk(url, warm_tokens, warm_mode, tag + "-warm", connections=conns,
                 seconds=args.warmup)  # fmt: skip
+    if scenario.mode == "dpop_get":
+        tokens = dpop_proofs(run, server, cell, args.duration, f"r{round_}")
     app_before = cpu_times(server.pids())
     db_before = cpu_times(postgres_backends(run.db.name))
     with WaitSampler(args.admin_url, run.db.name) as waits:
@@ -98,6 +105,19 @@ def measure(run: Run, server: Server, cell: Measurement, scenario: Scenario, rou
         f"errors {result.errors}  cpu {sample.app_cpu_s / max(result.requests, 1) * 1e6:5.0f} "
         "us/req"
     )
+
+
+def dpop_proofs(run: Run, server: Server, cell: Measurement, seconds: float, name: str) -> Path:
+    """Fresh proofs for one wrk run of the DPoP read, as many as the bearer read of these
+    workers and connections suggests it can send."""
+    bearer = [
+        m
+        for m in run.measurements
+        if (m.target, m.scenario, m.workers, m.connections)
+        == ("ours", "read", cell.workers, cell.connections)
+    ]
+    path = run.run_dir / f"dpop-w{cell.workers}-c{cell.connections}-{name}.tsv"
+    return proofs.write_proofs(path, run.dpop, server.url, proofs.wanted(bearer, seconds))
 
 
 def open_loop_rate(run: Run, workers: int) -> float | None:

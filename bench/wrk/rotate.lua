@@ -12,6 +12,8 @@
 --   floor_post  as post, plus "X-Bench-Scope: <scope>"
 --   cookie_get  GET URL with "Cookie: __Host-bff_session=<token>" and "X-CSRF: 1" (the
 --               lines hold session cookies instead of access tokens: bench/harness/sessions.py)
+--   dpop_get    GET URL with "Authorization: DPoP <token>" and "DPoP: <proof>" (the lines
+--               hold "<token>\t<proof>", each proof good once: bench/harness/proofs.py)
 -- TAG makes identifiers unique across runs. At the end one line "BENCH_JSON {...}" holds
 -- the counts and latency percentiles (microseconds) for the harness.
 
@@ -51,12 +53,15 @@ function init(args)
   if count == 0 then
     error("no tokens for thread " .. id .. " in " .. path)
   end
-  if mode == "get" or mode == "floor_get" or mode == "cookie_get" then
+  if mode == "get" or mode == "floor_get" or mode == "cookie_get" or mode == "dpop_get" then
     prepared = {}
     for i = 1, count do
       local headers = { ["Authorization"] = "Bearer " .. tokens[i] }
       if mode == "cookie_get" then
         headers = { ["Cookie"] = "__Host-bff_session=" .. tokens[i], ["X-CSRF"] = "1" }
+      end
+      if mode == "dpop_get" then
+        headers = { ["Authorization"] = "DPoP " .. tokens[i], ["DPoP"] = scopes[i] }
       end
       if mode == "floor_get" then
         headers["X-Bench-Scope"] = scopes[i]

@@ -5,7 +5,8 @@ It is a separate ASGI app on its own port, never mounted in or imported by the s
 
 - `/.well-known/openid-configuration` and `/.well-known/jwks.json`
 - `POST /oauth/token` (client-credentials grant for the Management API; the
-  `authorization_code` and `refresh_token` grants of the browser login, devkit/tenant/oauth.py)
+  `authorization_code` and `refresh_token` grants of the browser login, devkit/tenant/oauth.py,
+  DPoP-bound when the request carries a proof, devkit/tenant/dpop.py)
 - `GET`/`POST /authorize` (a sign-in form), `POST /oauth/revoke`, `GET /oidc/logout`,
   `POST /dev/backchannel-logout` (sends an OIDC back-channel logout for a `sid`)
 - `GET`/`PATCH /api/v2/users/{id}`, `GET`/`POST`/`DELETE /api/v2/users/{id}/roles`,
@@ -14,7 +15,8 @@ It is a separate ASGI app on its own port, never mounted in or imported by the s
   in that organization; 404 for a user outside it), answered in the Management API's
   shapes: its paging envelopes (`_role_page`, `_member_page`) and error bodies
 - `POST /dbconnections/change_password`
-- `POST /dev/token`: mints an access token with the claims given (development only)
+- `POST /dev/token`: mints an access token with the claims given (development only; a
+  `cnf` of `{"jkt": THUMBPRINT}` binds it to a DPoP key, as `python -m devkit.dpop` asks)
 - `GET /dev/stats`: how many requests of each kind it served (`?window=SECONDS`: the most
   Management API requests within any such window)
 - `POST /dev/fault`: makes it slow or answer 429/500 (`devkit.tenant.faults`), for fault runs
@@ -156,7 +158,8 @@ def create_tenant_app(state: TenantState) -> Starlette:
                 raw = base64.b64decode(request.headers["authorization"][6:]).decode()
                 body["client_id"], _, body["client_secret"] = raw.partition(":")
         if body.get("grant_type") in ("authorization_code", "refresh_token"):
-            return token_grant(state, body)
+            proofs = request.headers.getlist("dpop")
+            return token_grant(state, body, proofs, f"{base(request)}/oauth/token")
         if body.get("grant_type") != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, 400)
         if body.get("client_id") != state.client_id or not secrets.compare_digest(

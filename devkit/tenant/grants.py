@@ -3,7 +3,9 @@
 `token_grant` serves `POST /oauth/token` for the `authorization_code` grant (PKCE `S256`,
 single-use codes valid 60 s) and the `refresh_token` grant with rotation: each refresh
 answers a new refresh token, and presenting a rotated one again revokes its whole family
-(every token descended from that login). Status codes and error bodies are Auth0's.
+(every token descended from that login). With a DPoP proof (devkit/tenant/dpop.py) the
+tokens are bound to its key, and a refresh token so issued is refreshed with that key
+only. Status codes and error bodies are Auth0's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from devkit.keys import ALL_PERMISSIONS
+from devkit.tenant.dpop import check_proof, current_nonce
 from devkit.tenant.state import Login, RefreshToken, TenantState
 
 CODE_TTL_SECONDS = 60
@@ -44,7 +47,12 @@ def _s256(verifier: str) -> str:
 
 
 def _tokens(
-    state: TenantState, login: Login, *, family: str | None, nonce: str | None
+    state: TenantState,
+    login: Login,
+    *,
+    family: str | None,
+    nonce: str | None,
+    jkt: str | None = None,
 ) -> dict[str, Any]:
     """The token response: access and ID token, and a refresh token with `offline_access`."""
     minter, user = state.minter, state.user(login.sub)
@@ -62,6 +70,7 @@ def _tokens(
         sid=None,
         org_id=login.org_id,
         email_verified=user.get("email_verified"),
+        cnf={"jkt": jkt} if jkt else None,
     )
     answer: dict[str, Any] = {"access_token": access}
     if "openid" in scopes:
@@ -78,20 +87,43 @@ def _tokens(
         )
     if "offline_access" in scopes and family is not None:
         refresh = secrets.token_urlsafe(32)
-        state.logins.refresh_tokens[refresh] = RefreshToken(login, family)
+        state.logins.refresh_tokens[refresh] = RefreshToken(login, family, jkt=jkt)
         answer["refresh_token"] = refresh
-    return answer | {"token_type": "Bearer", "expires_in": ttl, "scope": login.scope}
+    token_type = "DPoP" if jkt else "Bearer"
+    return answer | {"token_type": token_type, "expires_in": ttl, "scope": login.scope}
 
 
-def token_grant(state: TenantState, body: dict[str, Any]) -> Response:
-    """`POST /oauth/token` for the `authorization_code` and `refresh_token` grants.
+def token_grant(
+    state: TenantState, body: dict[str, Any], proofs: list[str], token_url: str
+) -> Response:
+    """`POST /oauth/token` for the `authorization_code` and `refresh_token` grants, the
+    `DPoP` headers it came with, and the URL it was sent to (what a proof's `htu` names).
 
-    Counted by kind (`code_grant`, `refresh_grant`, `refresh_reuse`) next to the request's
-    own `oauth_token` count, without counting the request twice in `total`."""
-    store, refreshing = state.logins, body["grant_type"] == "refresh_token"
+    Counted by kind (`code_grant`, `refresh_grant`, `refresh_reuse`, and `dpop_grant` or
+    `dpop_nonce_challenge` for a request with a proof) next to the request's own
+    `oauth_token` count, without counting the request twice in `total`."""
+    refreshing = body["grant_type"] == "refresh_token"
     state.counts["refresh_grant" if refreshing else "code_grant"] += 1
     if not client_ok(state, body):
         return oauth_error(401, "invalid_client", "Client authentication failed.")
+    jkt: str | None = None
+    proofs = proofs if state.dpop.enabled else []
+    if proofs:
+        checked = check_proof(state.dpop, proofs, token_url)
+        if not isinstance(checked, str):
+            if b"use_dpop_nonce" in checked.body:
+                state.counts["dpop_nonce_challenge"] += 1
+            return checked
+        jkt = checked
+        state.counts["dpop_grant"] += 1
+    answer = _grant(state, body, refreshing, jkt)
+    if proofs:
+        answer.headers["DPoP-Nonce"] = current_nonce(state.dpop)
+    return answer
+
+
+def _grant(state: TenantState, body: dict[str, Any], refreshing: bool, jkt: str | None) -> Response:
+    store = state.logins
     if refreshing:
         if not body.get("refresh_token"):
             return oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
@@ -103,10 +135,11 @@ def token_grant(state: TenantState, body: dict[str, Any]) -> Response:
             store.revoked_families.add(token.family)
         if token.rotated or token.family in store.revoked_families:
             return _invalid_grant("Unknown or invalid refresh token.")
+        if token.jkt is not None and token.jkt != jkt and state.dpop.enabled:
+            return _invalid_grant("The DPoP proof's key is not the refresh token's.")
         token.rotated = True
-        return JSONResponse(
-            _tokens(state, token.login, family=token.family, nonce=None), headers=NO_STORE
-        )
+        tokens = _tokens(state, token.login, family=token.family, nonce=None, jkt=jkt)
+        return JSONResponse(tokens, headers=NO_STORE)
     for name in ("code", "redirect_uri"):
         if not body.get(name):
             return oauth_error(400, "invalid_request", f"Missing required parameter: {name}")
@@ -118,5 +151,5 @@ def token_grant(state: TenantState, body: dict[str, Any]) -> Response:
     if not secrets.compare_digest(_s256(str(body.get("code_verifier", ""))), code.code_challenge):
         return _invalid_grant("Failed to verify code verifier")
     family = secrets.token_urlsafe(16)
-    tokens = _tokens(state, code.login, family=family, nonce=code.nonce)
+    tokens = _tokens(state, code.login, family=family, nonce=code.nonce, jkt=jkt)
     return JSONResponse(tokens, headers=NO_STORE)

@@ -44,6 +44,20 @@ class RefreshToken:
     login: Login
     family: str  # every refresh token descended from one code exchange
     rotated: bool = False
+    jkt: str | None = None  # issued with a DPoP proof of this key: refreshed with it only
+
+
+@dataclass
+class DPoPState:
+    """The token endpoint's DPoP (devkit/tenant/dpop.py): whether it binds tokens at all (an
+    API in Auth0 without DPoP does not), whether a proof must carry a nonce (Auth0's
+    `use_dpop_nonce` dance), its nonces and the proof ids it has seen."""
+
+    enabled: bool = True
+    require_nonce: bool = True
+    nonce_seconds: int = 300
+    nonce_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    seen: dict[str, float] = field(default_factory=dict)  # jti -> when it may be forgotten
 
 
 @dataclass
@@ -95,6 +109,7 @@ class TenantState:
     session_access_token_ttl_seconds: int = 86400
     user_permissions: dict[str, list[str]] = field(default_factory=dict)
     logins: LoginStore = field(default_factory=LoginStore)
+    dpop: DPoPState = field(default_factory=DPoPState)
 
     def user(self, user_id: str) -> dict[str, Any]:
         if user_id not in self.users:

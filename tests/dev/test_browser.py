@@ -3,7 +3,8 @@ driven in Debian's Chromium through Playwright.
 
 Sign in through the stand-in tenant's form, see the name, create a patient and see it
 listed, sign out and see the API answer 401 (the old cookie too); sign in again, have the
-tenant send a back-channel logout, and see the page signed out.
+tenant send a back-channel logout, and see the page signed out. The sessions' tokens are
+DPoP-bound (SESSION_DPOP=true): the tenant counts a grant with a proof per sign-in.
 
 Without /usr/bin/chromium (or the `playwright` package) the test skips, unless CI or
 REQUIRE_BROWSER=1 (`.ci/run` sets both) says it must run: then it fails.
@@ -77,6 +78,7 @@ async def dev_server(database: ProvisionedDatabase, workdir: Path) -> AsyncItera
     settings_prefixes = ("AUTH0_", "SESSION_", "PUBLIC_URL", "DATABASE_URL", "MIGRATIONS_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(settings_prefixes)}
     env |= {"DATABASE_URL": database.app_url, "MIGRATIONS_DATABASE_URL": database.owner_url}
+    env["SESSION_DPOP"] = "true"
     env["PYTHONPATH"] = str(REPO)
     log = workdir / "dev-server.log"
     with log.open("wb") as stderr:
@@ -240,6 +242,9 @@ async def test_cookie_session_in_chromium(database: ProvisionedDatabase, tmp_pat
             await page.wait_for_selector("#who[data-state=signed-out]", timeout=STEP_MS)
             assert await page.is_visible("#signin")
             assert refused == [], refused
+            async with httpx.AsyncClient(base_url=server.tenant, timeout=10) as client:
+                counts = (await client.get("/dev/stats")).json()
+            assert counts.get("dpop_grant") == 2, counts  # both sign-ins bound their tokens
         finally:
             await browser.close()
 

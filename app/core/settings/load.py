@@ -20,6 +20,7 @@ from app.core.settings.audit import AuditSettings
 from app.core.settings.auth import AuthSettings
 from app.core.settings.auth0 import Auth0Settings
 from app.core.settings.database import DatabaseSettings
+from app.core.settings.dpop import DPoPSettings
 from app.core.settings.group import ENV_FILE, Group
 from app.core.settings.limits import RateLimitSettings
 from app.core.settings.server import ServerSettings
@@ -35,6 +36,7 @@ class Settings(BaseModel):
         "database": DatabaseSettings,
         "auth0": Auth0Settings,
         "auth": AuthSettings,
+        "dpop": DPoPSettings,
         "account": AccountSettings,
         "rate_limits": RateLimitSettings,
         "audit": AuditSettings,
@@ -45,6 +47,7 @@ class Settings(BaseModel):
     database: DatabaseSettings
     auth0: Auth0Settings
     auth: AuthSettings
+    dpop: DPoPSettings
     account: AccountSettings
     rate_limits: RateLimitSettings
     audit: AuditSettings

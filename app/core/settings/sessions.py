@@ -57,6 +57,10 @@ class SessionSettings(Group):
         description="Where the tenant sends the browser after sign-out (one of the "
         "application's Allowed Logout URLs); unset: {PUBLIC_URL}/.",
     )
+    dpop: bool = Field(
+        default=False,
+        description="Bind each session's tokens to a key of its own (DPoP, docs/dpop.md).",
+    )
 
     @field_validator("client_id")
     @classmethod
