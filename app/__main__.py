@@ -16,17 +16,17 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.audit import commands as audit_commands
+from app.core.cli import fail
 from app.core.db import (
     MIGRATIONS_DIR,
     MigrationChanged,
     check_applied_migrations,
-    connect_raw,
     discover_migrations,
     migrate,
 )
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import ConfigError, Settings, load_settings
-from app.core.settings.audit import AuditSettings
 from app.core.settings.database import DatabaseSettings
 from app.core.settings.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 from app.core.settings.values import one_line
@@ -53,28 +53,6 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
-def _owner_url() -> str:
-    return DatabaseSettings.load().owner_url
-
-
-def _on(url: str, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
-    """`work` on a connection of its own to `url`, closed after."""
-
-    async def run() -> T:
-        conn = await connect_raw(url)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = DatabaseSettings.load()
     directory = settings.migrations_dir or MIGRATIONS_DIR
@@ -89,105 +67,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     )
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
-
-
-def cmd_audit_partitions(args: argparse.Namespace) -> int:
-    ensure = "SELECT audit_events_ensure_partitions($1)"
-    created: int = _on(_owner_url(), lambda conn: conn.fetchval(ensure, args.months))
-    print(f"created {created} audit partition(s) covering the next {args.months} month(s)")
-    return 0
-
-
-def _audit_keys(*required: str) -> AuditSettings:
-    """The audit settings, with `required` (field names) set, or `ConfigError` naming them."""
-    audit = AuditSettings.load()
-    if missing := [AuditSettings.env_name(f) for f in required if getattr(audit, f) is None]:
-        raise ConfigError("configuration error: missing required setting(s): " + ", ".join(missing))
-    return audit
-
-
-def cmd_audit_digest(args: argparse.Namespace) -> int:
-    import asyncpg
-
-    from app.audit.anchor import Anchor, StateUnreadable, load_anchor, save_anchor
-    from app.audit.digests import DigestRefused, DigestRun, issue_digest
-    from app.audit.signing import KeyRing, ScopeNames
-
-    database, audit = DatabaseSettings.load(), _audit_keys("signing_key", "scope_key")
-    assert audit.signing_key is not None and audit.scope_key is not None
-    ring = KeyRing.from_setting(audit.signing_key.get_secret_value(), audit.retired_keys)
-    names = ScopeNames.from_setting(audit.scope_key.get_secret_value())
-    state = audit.signer_state_file
-    try:  # the same rule as the service's issuer, with the same state file
-        known = load_anchor(state) if state is not None else None
-    except StateUnreadable as exc:
-        return _fail(f"refused to sign: AUDIT_SIGNER_STATE_FILE {exc} (docs/audit.md)")
-
-    try:
-        done: DigestRun = _on(database.url, lambda c: issue_digest(c, ring, names, known=known))
-    except DigestRefused as exc:
-        return _fail(f"refused to sign: {exc} (docs/audit.md)")
-    except asyncpg.PostgresError as exc:
-        return _fail(f"the digest was not stored: {exc}")
-    issued = done.issued
-    assert issued is not None  # no interval: always issued
-    if state is not None:
-        if known is None and done.found is not None:
-            print(f"note: no state file at {state} yet: trusted the table's last, {done.found}",
-                  file=sys.stderr)  # fmt: skip
-        try:
-            save_anchor(state, Anchor(issued.number, issued.hash))
-        except OSError as exc:
-            return _fail(f"digest {issued.number} was stored, {state} not written: {exc.strerror}")
-    print(
-        f"issued audit digest {issued.number} at {issued.issued_at.isoformat()} with key "
-        f"{issued.kid}: {issued.heads} chain head(s), events up to seq {issued.watermark}"
-    )
-    return 0
-
-
-def cmd_audit_register_key(args: argparse.Namespace) -> int:
-    import asyncpg
-
-    from app.audit.digests import register_keys
-    from app.audit.signing import KeyRing
-
-    owner_url, audit = _owner_url(), _audit_keys("signing_key")
-    assert audit.signing_key is not None
-    ring = KeyRing.from_setting(audit.signing_key.get_secret_value())
-
-    try:
-        done = _on(owner_url, lambda conn: register_keys(conn, ring))
-    except asyncpg.InsufficientPrivilegeError:
-        return _fail("only the migrations owner registers keys: set MIGRATIONS_DATABASE_URL")
-    except asyncpg.UndefinedFunctionError:
-        return _fail("the database lacks migration 0011: run `python -m app migrate` first")
-    except asyncpg.PostgresError as exc:
-        return _fail(f"no key was registered: {exc}")
-    for kid, state in done:
-        print(f"audit signing key {kid}: {state}")
-    return 0
-
-
-def cmd_audit_verify_export(args: argparse.Namespace) -> int:
-    from app.audit.offline import ExportInvalid, verify_export
-
-    try:
-        verdict = verify_export(args.events, args.digests, args.keys, anchors=args.anchor)
-    except ExportInvalid as exc:
-        return _fail(str(exc))
-    print(verdict.message)
-    return 0 if verdict.intact else 1
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    commands = {
-        "partitions": cmd_audit_partitions,
-        "digest": cmd_audit_digest,
-        "register-key": cmd_audit_register_key,
-        "verify-export": cmd_audit_verify_export,
-    }
-    return commands[args.audit_command](args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -251,7 +130,7 @@ def _free_port() -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     run_dev = _development_tooling()
     if run_dev is None:
-        return _fail("`dev` is not part of this installation (the image carries `serve` only)")
+        return fail("`dev` is not part of this installation (the image carries `serve` only)")
     port = args.port if args.port is not None else ServerSettings.load().port
     _check_port("127.0.0.1", port)
     return asyncio.run(run_dev(port=port, tenant_port=args.tenant_port or _free_port()))
@@ -343,40 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tenant-port", type=int, default=0, help="the stand-in tenant's port; 0 picks a free one"
     )
 
-    audit = sub.add_parser("audit", help="audit log maintenance", formatter_class=fmt)
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    partitions = audit_sub.add_parser(
-        "partitions", help="create monthly partitions ahead", formatter_class=fmt
-    )
-    partitions.add_argument("--months", type=int, default=3, help="how many months ahead to cover")
-    audit_sub.add_parser(
-        "digest",
-        help="sign and store a digest of the audit chain heads now (AUDIT_SIGNING_KEY, "
-        "AUDIT_SCOPE_KEY; AUDIT_SIGNER_STATE_FILE as the service)",
-        formatter_class=fmt,
-    )
-    audit_sub.add_parser(
-        "register-key",
-        help="register AUDIT_SIGNING_KEY's public keys in the database, as the migrations "
-        "owner (MIGRATIONS_DATABASE_URL): digests are accepted under registered keys only",
-        formatter_class=fmt,
-    )
-    verify = audit_sub.add_parser(
-        "verify-export",
-        help="check an exported audit log against its signed digests, offline (docs/audit.md)",
-        formatter_class=fmt,
-    )
-    verify.add_argument("--events", type=Path, required=True, help="the NDJSON export (required)")
-    verify.add_argument(
-        "--digests", type=Path, required=True, help="digests, one per line (required)"
-    )
-    verify.add_argument("--keys", type=Path, required=True, help="the pinned JWKS (required)")
-    verify.add_argument(
-        "--anchor",
-        type=Path,
-        help="digests you saved earlier, one per line: the digests must hold each unchanged, "
-        "and may start at one of them (default: none, so they must start at digest 1)",
-    )
+    audit_commands.add_parser(sub, fmt)
     return parser
 
 
@@ -384,7 +230,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "serve": cmd_serve,
     "dev": cmd_dev,
-    "audit": cmd_audit,
+    "audit": audit_commands.run,
 }
 
 
@@ -393,9 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     except (DatabaseUnavailable, MigrationChanged, PortUnavailable) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except KeyboardInterrupt:
         return 130
 

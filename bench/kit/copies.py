@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import json
 import secrets
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -72,7 +73,8 @@ class Copies:
     def start_copy(self, name: str, port: int) -> Server:
         argv = [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", "1"]
         log = self.workdir / f"{name}.log"
-        server = Server(name, argv, self.env, port, 1, log, self.workdir)
+        env = {"PUBLIC_URL": f"http://127.0.0.1:{port}", **self.env}
+        server = Server(name, argv, env, port, 1, log, self.workdir)
         server.start()
         return server
 
@@ -105,6 +107,18 @@ class Copies:
 def _audit_signing_key() -> str:
     seed = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     return f"failover-1:{seed}"
+
+
+def _register_audit_key(env: dict[str, str], workdir: Path) -> None:
+    """The owner registers the copies' digest key, as an operator does once per key."""
+    subprocess.run(
+        [sys.executable, "-m", "app", "audit", "register-key"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
 
 
 @contextlib.contextmanager
@@ -146,9 +160,11 @@ def running_copies(
             "AUTH0_MANAGEMENT_RATE": UNREACHABLE_LIMIT,
             "AUDIT_DIGESTS": "true",
             "AUDIT_SIGNING_KEY": _audit_signing_key(),
+            "AUDIT_SCOPE_KEY": f"failover-1:{secrets.token_urlsafe(32)}",
             "LOG_LEVEL": "WARNING",
             **(service_env or {}),
         }
+        _register_audit_key(env, workdir)
         copies = Copies(workdir, db, key, tenant, [], env)
         for n in range(count):
             server = copies.start_copy(f"copy{n}", free_port())

@@ -498,7 +498,7 @@ class TestModes:
     ) -> None:
         # The in-process transport reports the server as testserver:80 (no PUBLIC_URL: tests
         # and development only; `serve` requires it).
-        settings = make_settings(database)
+        settings = make_settings(database, public_url="")
         async with running_app(settings) as client:
             dpop = bound_client(minter)
             response = await client.get(
