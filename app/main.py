@@ -41,6 +41,7 @@ from app.fhir.outcomes import OperationOutcomes
 from app.http import idempotency, ops, problems
 from app.http.middleware import Metrics, RequestContextMiddleware
 from app.patients import endpoints as patient_endpoints
+from app.patients.runtime import running_patients
 from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit
 from app.session import endpoints as session_endpoints
 from app.session import lifecycle
@@ -158,6 +159,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
             auth0 = parts.auth0 or Auth0Client(settings, core.http, budget=budget)
             stack.push_async_callback(auth0.aclose)
             audit = await stack.enter_async_context(running_audit(core.database, settings.audit))
+            patients = await stack.enter_async_context(running_patients(core.database))
             if audit.digests is not None:
                 core.reports["audit_digests"] = audit.digests.state
             account = parts.account or account_runtime(settings)
@@ -199,6 +201,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
                 "auth": auth,
                 "auth0": auth0,
                 "audit": audit,
+                "patients": patients,
                 "account": account,
                 "sessions": sessions,
             }

@@ -62,6 +62,11 @@ AUDIT_BATCHES = Histogram(
     "Requests whose audit records one batch statement committed (count: batches).",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
 )
+PATIENT_CREATE_BATCHES = Histogram(
+    "patient_create_batch_size",
+    "Creates (rows with their events) one transaction committed (count: batches).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+)
 DB_POOL_IN_USE = Gauge(
     "db_pool_connections_in_use",
     "Pooled database connections handed out (all workers).",

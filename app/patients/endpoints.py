@@ -26,6 +26,7 @@ from app.http.bodies import JSONResponse, parse_body, parse_query
 from app.http.context import context
 from app.http.openapi import Problem, Resp, operation
 from app.patients import service
+from app.patients.runtime import patients_of
 from app.patients.schemas import (
     PatientCreate,
     PatientOut,
@@ -138,7 +139,10 @@ async def create(request: Request) -> Response:
     ctx, scope, actor = _caller(request)
     key = idempotency.key_from(request)
     body = await parse_body(request, PatientCreate)
-    created = await service.create_patient(ctx.database, actor, scope, body, idempotency_key=key)
+    creates = patients_of(request).creates
+    created = await service.create_patient(
+        ctx.database, creates, actor, scope, body, idempotency_key=key
+    )
     return JSONResponse(created.body, status_code=201, headers=created.headers)
 
 

@@ -12,7 +12,7 @@ Search, cursors and audited page reads are in `app.patients.search`.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -57,6 +57,21 @@ INSERT INTO patients ({_INSERTED}) VALUES ({_INSERTED_VALUES})
 RETURNING {COLUMNS}"""
 INSERT_PATIENT_WITH_ID = f"""
 INSERT INTO patients (id, {_INSERTED}) VALUES ($15, {_INSERTED_VALUES})
+{_ON_DUPLICATE}
+RETURNING {COLUMNS}"""
+# Several patients at once (group commit): one array per inserted column, ids chosen by the
+# callers; rows whose identifier is taken return nothing.
+INSERT_PATIENTS = f"""
+INSERT INTO patients (id, {_INSERTED})
+SELECT id, scope, created_by, identifier_system, identifier_value, given_name, family_name,
+    given_name_folded, family_name_folded, birth_date, gender, phone, email, address::jsonb,
+    active
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::date[], $11::text[], $12::text[], $13::text[],
+    $14::text[], $15::bool[])
+    AS new (id, scope, created_by, identifier_system, identifier_value, given_name,
+        family_name, given_name_folded, family_name_folded, birth_date, gender, phone, email,
+        address, active)
 {_ON_DUPLICATE}
 RETURNING {COLUMNS}"""
 SELECT_BY_IDENTIFIER = """
@@ -188,6 +203,24 @@ async def create_patient_recorded(
     """
     arguments = (scope, created_by, *_values(fields), patient_id)
     return await record_change(conn, INSERT_PATIENT_WITH_ID, arguments, actor, event)
+
+
+def insert_values(
+    patient_id: UUID, scope: str, created_by: str, fields: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """One row of `insert_patients`: the id, scope, author and the editable fields."""
+    return (patient_id, scope, created_by, *_values(fields))
+
+
+async def insert_patients(
+    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
+) -> list[asyncpg.Record]:
+    """Insert several patients (`insert_values` rows) in one statement; the rows inserted,
+    without those whose identifier a live patient of the scope has (or an earlier row of
+    the same batch took)."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    inserted: list[asyncpg.Record] = await conn.fetch(INSERT_PATIENTS, *columns)
+    return inserted
 
 
 async def get_patient(

@@ -2,7 +2,8 @@
 event, and tells a refusal from a success, so a handler only parses and replies.
 
 Create is seed diagram 4: the row and its `patient.created` event commit together. Without
-an Idempotency-Key that is one statement (`repository.create_patient_recorded`); with a key,
+an Idempotency-Key they commit in one transaction with concurrent requests' creates
+(`app.patients.creates`, group commit); with a key,
 or when the identifier is taken, one transaction claims the key, inserts, stores the reply
 and records the event last. Refusals (another scope's patient, a deleted one, a stale
 version, a duplicate identifier) are recorded on a connection of their own, after the
@@ -25,6 +26,7 @@ from app.core.db import connection, transaction
 from app.core.timings import phase
 from app.http import idempotency
 from app.patients import repository
+from app.patients.creates import CreateWriter
 from app.patients.events import (
     created_event,
     patient_event,
@@ -52,6 +54,7 @@ def _location(row: asyncpg.Record) -> dict[str, str]:
 
 async def create_patient(
     database: Database,
+    creates: CreateWriter,
     actor: Actor,
     scope: str,
     body: PatientCreate,
@@ -62,19 +65,12 @@ async def create_patient(
     live patient of the scope has the identifier."""
     created_by = actor.sub or ""
     fields = body.fields()
-    if idempotency_key is None:  # the usual case: one statement, its own transaction
+    if idempotency_key is None:  # the usual case: committed with concurrent creates
         patient_id = uuid4()
-        async with connection(database) as conn:
-            with phase("write"):
-                row = await repository.create_patient_recorded(
-                    conn,
-                    patient_id,
-                    scope,
-                    created_by,
-                    fields,
-                    actor,
-                    created_event(patient_id, fields),
-                )
+        with phase("write"):
+            row = await creates.create(
+                patient_id, scope, created_by, fields, actor, created_event(patient_id, fields)
+            )
         if row is not None:
             return Created(patient_json(row), _location(row))
         # The identifier is taken (or was, a moment ago): the full path finds out, answers

@@ -257,6 +257,60 @@ class TestCreatePatient:
         assert await count(owner) == 1
         assert len(await events(owner)) == 1
 
+    async def test_concurrent_creates_each_get_their_own_patient_and_record(
+        self, client: httpx.AsyncClient, who: Tokens, owner: asyncpg.Connection
+    ) -> None:
+        """Creates arriving together commit together (group commit): each still gets its
+        own patient, Location and ETag, and its own event naming its caller."""
+        callers = ["alice", "carol", "dave", "erin"] * 5
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/api/patients",
+                    json=body(identifier={"system": "urn:mrn", "value": f"batch-{n}"}),
+                    headers=who[caller],
+                )
+                for n, caller in enumerate(callers)
+            )
+        )
+        assert [r.status_code for r in responses] == [201] * 20
+        ids = [r.json()["id"] for r in responses]
+        assert len(set(ids)) == 20
+        assert all(r.headers["location"] == f"/api/patients/{r.json()['id']}" for r in responses)
+        assert all(r.headers["etag"] == 'W/"1"' for r in responses)
+        assert await count(owner) == 20
+        created = await events(owner, "patient.created")
+        assert sorted(str(e["patient_id"]) for e in created) == sorted(ids)
+        since, until = (
+            datetime.now(UTC) - timedelta(hours=1),
+            datetime.now(UTC) + timedelta(hours=1),
+        )
+        for scope in {e["scope"] for e in created}:
+            report = await verify_chain(owner, scope, since, until)
+            assert report.status == "intact"
+
+    async def test_concurrent_creates_whose_records_fail_store_nothing(
+        self, client: httpx.AsyncClient, who: Tokens, owner: asyncpg.Connection
+    ) -> None:
+        await owner.execute(
+            "REVOKE EXECUTE ON FUNCTION audit_events_append, audit_events_append_one,"
+            " audit_events_append_batch FROM bff_app"
+        )
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/api/patients",
+                    json=body(identifier={"system": "urn:mrn", "value": f"lost-{n}"}),
+                    headers=who["alice"],
+                )
+                for n in range(8)
+            )
+        )
+        for response in responses:
+            assert_problem(response, 500, hides=SECRETS)
+        assert await count(owner) == 0
+        assert await events(owner) == []
+
 
 class TestIdempotencyKey:
     async def test_replay_returns_the_first_response(
