@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 
 from bench.auditlog.grow import grow
 from bench.harness import data, proofs
@@ -65,6 +66,8 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
         tenant.start()
         run.tenants[target] = tenant
     run.git = git_state()
+    if args.base is not None:
+        run.base_git = git_state(args.base)
 
     users = data.make_users(args.users)
     minter = TokenMinter(DOMAIN, AUDIENCE, keys=[key])
@@ -127,17 +130,17 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
     log(f"tokens ready ({share} cold tokens per cold run)")
 
 
-def git_state() -> str:
+def git_state(repo: Path = REPO) -> str:
     """The commit measured, and whether the working tree had changes on top of it."""
     try:
         head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "app", "migrations"],
+            ["git", "-C", str(repo), "status", "--porcelain", "app", "migrations"],
             capture_output=True,
             text=True,
             check=False,

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterable
 
 from app.core.settings import Quota
+from bench.harness.basecompare import base_lines
 from bench.harness.dpopread import dpop_lines
 from bench.harness.model import (
     Measurement,
@@ -389,6 +390,7 @@ def markdown(run: Run) -> str:
             else []
         ),
         *dpop_lines(run),
+        *base_lines(run),
         *(
             [
                 "Read at a fixed rate (open loop, bench/kit/openloop.py: "
