@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", type=Path, help="write the report here too")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     parser.add_argument(
+        "--db-role-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a diagnostic: a Postgres setting for every session of the app role in the run's "
+        "database, all targets (e.g. synchronous_commit=off; repeatable)",
+    )
+    parser.add_argument(
         "--base",
         type=Path,
         metavar="DIR",
@@ -144,7 +152,7 @@ def finish_options(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("target base needs --base DIR")
     if unknown:
         raise SystemExit(f"unknown scenario or target: {', '.join(sorted(unknown))}")
-    for item in args.service_env:
+    for item in [*args.service_env, *args.db_role_setting]:
         if "=" not in item:
             raise SystemExit(f"--service-env wants KEY=VALUE, not {item!r}")
     return args

@@ -15,6 +15,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
+
+from app.core.db import asyncpg_dsn
 from bench.auditlog.grow import grow
 from bench.harness import data, proofs
 from bench.harness.launch import base_env
@@ -95,6 +98,9 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
     run.db = asyncio.run(provision(args.admin_url, f"bench_{run.run_id}"))
     db = run.db
     stack.callback(lambda: asyncio.run(drop(db)))
+    if args.db_role_setting:
+        asyncio.run(role_settings(db.admin_url, db.name, db.app_role, args.db_role_setting))
+        log(f"  the app role's sessions in this database: {', '.join(args.db_role_setting)}")
     started = time.monotonic()
     run.server_version = asyncio.run(data.load(run.db.owner_url, users, args.patients))
     log(f"loaded {args.patients} patients in {len(users)} scopes in "
@@ -128,6 +134,25 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
     if dpop_future is not None:
         run.dpop = dpop_future.result()
     log(f"tokens ready ({share} cold tokens per cold run)")
+
+
+async def role_settings(admin_url: str, name: str, role: str, settings: list[str]) -> None:
+    """`--db-role-setting NAME=VALUE`: a server setting for every session of the app role
+    (all targets) in this run's database, for a diagnostic run."""
+    admin = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        for item in settings:
+            setting, value = item.split("=", 1)
+            if not setting.replace("_", "").isalnum():
+                raise SystemExit(f"--db-role-setting: not a setting name: {setting!r}")
+            # Names cannot be bound parameters: the role and database are generated here,
+            # the setting checked above, the value quoted by Postgres.
+            literal = await admin.fetchval("SELECT quote_literal($1::text)", value)
+            await admin.execute(
+                f'ALTER ROLE "{role}" IN DATABASE "{name}" SET {setting} = {literal}'
+            )
+    finally:
+        await admin.close()
 
 
 def git_state(repo: Path = REPO) -> str:

@@ -363,6 +363,14 @@ def markdown(run: Run) -> str:
         "per-round ratio].",
         "",
         *machine(run),
+        *(
+            [
+                "- **diagnostic run**: every session of the app role (all targets) with "
+                + ", ".join(f"`{item}`" for item in a.db_role_setting)
+            ]
+            if a.db_role_setting
+            else []
+        ),
         *audit_log_lines(run),
         "",
         *table(run.measurements),
