@@ -40,6 +40,15 @@ from devkit.tenant.state import TenantState
 DEV_DOMAIN = "dev-tenant.local"
 DEV_AUDIENCE = "https://bff.local/api"
 DEV_SESSION_CLIENT_ID = "dev-session-client"
+# Every user signs in with every permission, except this one: a clinician who may work with
+# patients but not read the audit log (the console's 403 pages show with it).
+DEV_CLINICIAN = "clinician"
+CLINICIAN_PERMISSIONS = ["read:patients", "create:patients", "update:patients"]
+# An organisation for the console's member pages: sign in with
+# /auth/login?organization=org_dev as "admin" and manage "carol" (roles below may change hands).
+DEV_ORG = "org_dev"
+DEV_ORG_MEMBERS = {"auth0|admin", "auth0|carol"}
+DEV_ASSIGNABLE_ROLES = "rol_Nurse,rol_Doctor"
 
 
 class _QuietServer(uvicorn.Server):
@@ -97,6 +106,11 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
         allowed_logout_urls=[f"{public_url}/"],
         backchannel_logout_url=f"{public_url}/auth/backchannel-logout",
     )
+    tenant.user_permissions[f"auth0|{DEV_CLINICIAN}"] = CLINICIAN_PERMISSIONS
+    tenant.org_members[DEV_ORG] = set(DEV_ORG_MEMBERS)
+    tenant.member_roles[(DEV_ORG, "auth0|carol")] = [
+        {"id": "rol_Nurse", "name": "Nurse", "description": "Ward nurse"}
+    ]
     tenant_url = f"http://127.0.0.1:{tenant_port}"
 
     async with dev_database() as (app_url, owner_url):
@@ -124,6 +138,7 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
             # The sessions' tokens bound to a key each (the tenant stands in for an API
             # that allows DPoP); SESSION_DPOP=false shows them as bearer tokens.
             session_dpop=os.environ.get("SESSION_DPOP", "true"),
+            assignable_roles=DEV_ASSIGNABLE_ROLES,
             _env_file=None,
         )
         tenant_server = _QuietServer(
@@ -173,6 +188,8 @@ def _banner(port: int, tenant_url: str, token: str) -> str:
     return f"""
   service  {base}   (API explorer: {base}/docs)
   page     {base}/   (sign in with any user name, list and create patients: cookie mode)
+  console  {base}/console/   (the audit log; "{DEV_CLINICIAN}" signs in without its permission;
+           {base}/auth/login?organization={DEV_ORG}&return_to=/console/members as "admin")
   tenant   {tenant_url}   (local stand-in for Auth0; development only)
 
   An access token for auth0|dev-user with every permission (valid for one hour):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import orjson
@@ -33,6 +34,8 @@ from app.audit.signing import (
     ScopeNames,
     heads_of,
     jws_hash,
+    scope_hash,
+    scope_key_of,
     verify_digest,
 )
 
@@ -189,6 +192,20 @@ async def register_keys(conn: asyncpg.Connection, ring: KeyRing) -> list[tuple[s
             state = await conn.fetchval(_REGISTER, jwk["kid"], orjson.dumps(jwk).decode())
             done.append((jwk["kid"], str(state)))
     return done
+
+
+def digest_item(row: Any, scope: str, names: ScopeNames | None) -> dict[str, Any]:
+    """A stored digest as the API shows it (and the offline check reads it), with
+    `your_scope`: the caller's scope's name in it."""
+    item = dict(row.items())
+    item["prev_hash"] = row["prev_hash"].hex() if row["prev_hash"] is not None else None
+    item["hash"] = row["hash"].hex()
+    key_id = scope_key_of(row["jws"])
+    if key_id is None:  # version 1: the unkeyed name
+        item["your_scope"] = scope_hash(scope)
+    else:  # None once that scope key has left AUDIT_SCOPE_KEY
+        item["your_scope"] = names.name(scope, key_id) if names is not None else None
+    return item
 
 
 async def fetch_digests(
