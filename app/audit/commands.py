@@ -106,6 +106,56 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     return 0 if verdict.intact else 1
 
 
+def cmd_audit_build_trees(args: argparse.Namespace) -> int:
+    import time
+
+    from app.audit.trees import extend_trees
+
+    database = DatabaseSettings.load()
+    progress = sys.stderr.isatty()
+    started, done = time.monotonic(), 0
+
+    async def build(conn: Any) -> int:
+        nonlocal done
+        watermark = await conn.fetchval("SELECT audit_events_watermark()")
+        while True:
+            async with conn.transaction():  # one slice per transaction: the lock is short
+                grown = await extend_trees(conn, watermark, args.batch)
+            if not grown:
+                return int(watermark)
+            done = await conn.fetchval("SELECT coalesce(sum(size), 0) FROM audit_trees")
+            if progress:
+                rate = done / max(time.monotonic() - started, 1e-6)
+                print(f"\r{done} leaves in the trees, {rate:,.0f}/s", end="", file=sys.stderr)
+
+    watermark: int = on_connection(database.url, build)
+    if progress:
+        print(file=sys.stderr)
+    print(f"the audit trees cover every event up to seq {watermark} ({done} leaves); the next "
+          "digest signs their checkpoints")  # fmt: skip
+    return 0
+
+
+def cmd_audit_verify_inclusion(args: argparse.Namespace) -> int:
+    from app.audit.proofs import ProofRejected, check_inclusion
+
+    try:
+        print(check_inclusion(args.event, args.proof, args.checkpoint, args.keys))
+    except ProofRejected as exc:
+        return fail(str(exc))
+    return 0
+
+
+def cmd_audit_verify_consistency(args: argparse.Namespace) -> int:
+    from app.audit.proofs import ProofRejected, check_consistency
+
+    try:
+        print(check_consistency(args.old, args.new, args.proof, args.keys))
+    except ProofRejected as exc:
+        return fail(str(exc))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """`python -m app audit ...`: the subcommand `args` names."""
     commands = {
@@ -113,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
         "digest": cmd_audit_digest,
         "register-key": cmd_audit_register_key,
         "verify-export": cmd_audit_verify_export,
+        "build-trees": cmd_audit_build_trees,
+        "verify-inclusion": cmd_audit_verify_inclusion,
+        "verify-consistency": cmd_audit_verify_consistency,
     }
     return commands[args.audit_command](args)
 
@@ -153,3 +206,34 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help="digests you saved earlier, one per line: the digests must hold each unchanged, "
         "and may start at one of them (default: none, so they must start at digest 1)",
     )
+    trees = audit_sub.add_parser(
+        "build-trees",
+        help="bring the existing events into their scopes' Merkle trees, in slices "
+        "(DATABASE_URL); the next digest signs their checkpoints",
+        formatter_class=fmt,
+    )
+    trees.add_argument("--batch", type=int, default=50_000, help="events per transaction")
+    inclusion = audit_sub.add_parser(
+        "verify-inclusion",
+        help="check offline that an event is in a signed checkpoint's tree (docs/audit.md)",
+        formatter_class=fmt,
+    )
+    inclusion.add_argument("--event", type=Path, required=True, help="the event (a JSON object)")
+    inclusion.add_argument(
+        "--proof", type=Path, required=True, help="GET /api/audit-events/{id}/inclusion's body"
+    )
+    inclusion.add_argument(
+        "--checkpoint", type=Path, required=True, help="the signed checkpoint (text)"
+    )
+    inclusion.add_argument("--keys", type=Path, required=True, help="the pinned JWKS")
+    consistency = audit_sub.add_parser(
+        "verify-consistency",
+        help="check offline that a newer checkpoint extends an older one (docs/audit.md)",
+        formatter_class=fmt,
+    )
+    consistency.add_argument("--old", type=Path, required=True, help="the older checkpoint")
+    consistency.add_argument("--new", type=Path, required=True, help="the newer checkpoint")
+    consistency.add_argument(
+        "--proof", type=Path, required=True, help="GET /api/audit-events/consistency's body"
+    )
+    consistency.add_argument("--keys", type=Path, required=True, help="the pinned JWKS")
