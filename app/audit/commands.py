@@ -218,22 +218,34 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help="check offline that an event is in a signed checkpoint's tree (docs/audit.md)",
         formatter_class=fmt,
     )
-    inclusion.add_argument("--event", type=Path, required=True, help="the event (a JSON object)")
     inclusion.add_argument(
-        "--proof", type=Path, required=True, help="GET /api/audit-events/{id}/inclusion's body"
+        "--event", type=Path, required=True, help="the event (a JSON object) (required)"
     )
     inclusion.add_argument(
-        "--checkpoint", type=Path, required=True, help="the signed checkpoint (text)"
+        "--proof",
+        type=Path,
+        required=True,
+        help="GET /api/audit-events/{id}/inclusion's body (required)",
     )
-    inclusion.add_argument("--keys", type=Path, required=True, help="the pinned JWKS")
+    inclusion.add_argument(
+        "--checkpoint", type=Path, required=True, help="the signed checkpoint (text) (required)"
+    )
+    inclusion.add_argument("--keys", type=Path, required=True, help="the pinned JWKS (required)")
     consistency = audit_sub.add_parser(
         "verify-consistency",
         help="check offline that a newer checkpoint extends an older one (docs/audit.md)",
         formatter_class=fmt,
     )
-    consistency.add_argument("--old", type=Path, required=True, help="the older checkpoint")
-    consistency.add_argument("--new", type=Path, required=True, help="the newer checkpoint")
     consistency.add_argument(
-        "--proof", type=Path, required=True, help="GET /api/audit-events/consistency's body"
+        "--old", type=Path, required=True, help="the older checkpoint (required)"
     )
-    consistency.add_argument("--keys", type=Path, required=True, help="the pinned JWKS")
+    consistency.add_argument(
+        "--new", type=Path, required=True, help="the newer checkpoint (required)"
+    )
+    consistency.add_argument(
+        "--proof",
+        type=Path,
+        required=True,
+        help="GET /api/audit-events/consistency's body (required)",
+    )
+    consistency.add_argument("--keys", type=Path, required=True, help="the pinned JWKS (required)")
