@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from app.audit.signing import KeyRing
 
@@ -123,3 +123,53 @@ def verify_checkpoint(note: str, keys: Mapping[str, Any]) -> Checkpoint:
     if signer is None:
         raise CheckpointInvalid("no signature by a known key")
     return Checkpoint(origin, int(size_line), root, text, signer)
+
+
+# --- Witness cosignatures (C2SP tlog-cosignature, cosignature/v1) ------------------------------
+# A witness signs "cosignature/v1\ntime <T>\n" followed by the checkpoint's text, T its
+# clock in seconds; its line is `— <name> <base64(key hash || T as 8 bytes || signature)>`,
+# the key hash SHA-256(name || "\n" || 0x04 || public key)[:4].
+
+_COSIGNATURE = b"\x04"
+
+
+def witness_key_hash(name: str, public: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + _COSIGNATURE + public).digest()[:4]
+
+
+def _cosigned(text: str, timestamp: int) -> bytes:
+    return f"cosignature/v1\ntime {timestamp}\n".encode() + text.encode()
+
+
+def cosign(key: Ed25519PrivateKey, name: str, text: str, timestamp: int) -> str:
+    """A witness's cosignature line for the checkpoint whose signed text is `text`."""
+    public = key.public_key().public_bytes_raw()
+    stamp = (
+        witness_key_hash(name, public)
+        + timestamp.to_bytes(8, "big")
+        + key.sign(_cosigned(text, timestamp))
+    )
+    return f"{_DASH}{name} {base64.b64encode(stamp).decode()}"
+
+
+def verify_cosignature(line: str, text: str, witnesses: Mapping[str, bytes]) -> str:
+    """The witness (one of `witnesses`, public keys by name) whose valid cosignature of the
+    checkpoint text `text` `line` is; `CheckpointInvalid` otherwise."""
+    if not isinstance(line, str) or not line.startswith(_DASH) or line.count(" ") != 2:
+        raise CheckpointInvalid("not a signature line: '— NAME BASE64'")
+    name, stamp_text = line[len(_DASH) :].split(" ")
+    public = witnesses.get(name)
+    if public is None:
+        raise CheckpointInvalid("not a witness this service accepts (AUDIT_WITNESS_KEYS)")
+    try:
+        stamp = base64.b64decode(stamp_text, validate=True)
+    except (binascii.Error, ValueError):
+        raise CheckpointInvalid("the signature is not base64") from None
+    if len(stamp) != 76 or stamp[:4] != witness_key_hash(name, public):
+        raise CheckpointInvalid("not a cosignature by that witness's key")
+    timestamp = int.from_bytes(stamp[4:12], "big")
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(stamp[12:], _cosigned(text, timestamp))
+    except InvalidSignature:
+        raise CheckpointInvalid("the cosignature does not hold for this checkpoint") from None
+    return name

@@ -156,6 +156,43 @@ def cmd_audit_verify_consistency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_witness(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import httpx
+
+    from app.audit.evidence import ExportInvalid, load_keys
+    from app.audit.witness import WitnessRefused, load_or_make_key, public_entry, witness_once
+
+    if not args.state.is_dir():
+        return fail(f"{args.state}: not a directory")
+    try:
+        keys = load_keys(args.keys)
+        token = args.token_file.read_text().strip()
+    except ExportInvalid as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        return fail(f"{args.token_file}: cannot read it ({exc.strerror})")
+    name, key, made = load_or_make_key(args.state, args.name)
+    if made:
+        print(f"made the witness key {name}; the log accepts its cosignatures once its "
+              f"AUDIT_WITNESS_KEYS lists {public_entry(name, key)}")  # fmt: skip
+
+    async def once() -> Any:
+        async with httpx.AsyncClient(base_url=args.log, timeout=30) as http:
+            return await witness_once(http, token, keys, args.state, args.name)
+
+    try:
+        done = asyncio.run(once())
+    except WitnessRefused as exc:
+        return fail(f"refused to cosign: {exc}")
+    except httpx.HTTPError as exc:
+        return fail(f"cannot reach the log: {type(exc).__name__}")
+    since = f", extending size {done.previous.size}" if done.previous is not None else ""
+    print(f"cosigned {done.checkpoint.origin} size {done.checkpoint.size}{since} as {done.witness}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """`python -m app audit ...`: the subcommand `args` names."""
     commands = {
@@ -166,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         "build-trees": cmd_audit_build_trees,
         "verify-inclusion": cmd_audit_verify_inclusion,
         "verify-consistency": cmd_audit_verify_consistency,
+        "witness": cmd_audit_witness,
     }
     return commands[args.audit_command](args)
 
@@ -249,3 +287,26 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help="GET /api/audit-events/consistency's body (required)",
     )
     consistency.add_argument("--keys", type=Path, required=True, help="the pinned JWKS (required)")
+    witness = audit_sub.add_parser(
+        "witness",
+        help="cosign the log's latest checkpoint if it extends the last one this witness "
+        'cosigned (docs/audit.md, "Running a witness")',
+        formatter_class=fmt,
+    )
+    witness.add_argument("--log", required=True, help="the service's URL (required)")
+    witness.add_argument("--keys", type=Path, required=True, help="the pinned JWKS (required)")
+    witness.add_argument(
+        "--state",
+        type=Path,
+        required=True,
+        help="this witness's directory: its key and the last checkpoint it cosigned (required)",
+    )
+    witness.add_argument(
+        "--token-file",
+        type=Path,
+        required=True,
+        help="a read:audit_events token of the scope witnessed (required)",
+    )
+    witness.add_argument(
+        "--name", default="witness", help="the witness key's name, when it is made"
+    )

@@ -44,6 +44,11 @@ SELECT t.scope, t.size FROM audit_trees t
 WHERE t.size > coalesce((SELECT max(c.size) FROM audit_checkpoints c WHERE c.scope = t.scope), 0)
 ORDER BY t.scope
 """
+_COSIGNATURES = """
+SELECT line FROM audit_checkpoint_cosignatures WHERE scope = $1 AND size = $2 ORDER BY witness
+"""
+_AT = "SELECT size, root, note FROM audit_checkpoints WHERE scope = $1 AND size = $2"
+_COSIGN = "SELECT audit_cosignatures_append($1, $2, $3, $4)"
 _LEAF = "SELECT idx, seq FROM audit_tree_leaves WHERE id = $1 AND scope = $2"
 
 
@@ -107,6 +112,29 @@ async def checkpoint_trees(
 async def latest_checkpoint(conn: asyncpg.Connection, scope: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(_LATEST, scope)
     return row
+
+
+async def served_checkpoint(conn: asyncpg.Connection, scope: str) -> tuple[int, str] | None:
+    """The latest checkpoint of `scope` as served: its size, and its note with the
+    witnesses' cosignature lines after the service's signature."""
+    latest = await latest_checkpoint(conn, scope)
+    if latest is None:
+        return None
+    lines = [r["line"] for r in await conn.fetch(_COSIGNATURES, scope, latest["size"])]
+    return int(latest["size"]), latest["note"] + "".join(f"{line}\n" for line in lines)
+
+
+async def checkpoint_at(conn: asyncpg.Connection, scope: str, size: int) -> str | None:
+    """The note of `scope`'s checkpoint of `size` (None: there is none)."""
+    row = await conn.fetchrow(_AT, scope, size)
+    return str(row["note"]) if row is not None else None
+
+
+async def store_cosignature(
+    conn: asyncpg.Connection, scope: str, size: int, witness: str, line: str
+) -> str:
+    """Keep a checked cosignature: "stored", or "already stored"."""
+    return str(await conn.fetchval(_COSIGN, scope, size, witness, line))
 
 
 async def _checkpointed_size(conn: asyncpg.Connection, scope: str) -> int:

@@ -35,6 +35,8 @@ EXEMPT = {
     ("GET", "/api/audit-events/checkpoint"): "a signed tree head: a size and a hash",
     ("GET", "/api/audit-events/{event_id}/inclusion"): "an RFC 9162 proof: hashes only",
     ("GET", "/api/audit-events/consistency"): "an RFC 9162 proof: hashes only",
+    # Records `audit.cosigned` when accepted (tests/audit/test_witness.py); needs a witness.
+    ("POST", "/api/audit-events/checkpoint/cosignatures"): "a witness's signature of a hash",
     ("GET", "/api/me/logins"): "the caller's own sign-in history: no patient, no other user",
 }
 

@@ -21,14 +21,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from app.audit.checkpoints import CheckpointInvalid, verify_cosignature
 from app.audit.edge import actor_from
 from app.audit.events import Event
 from app.audit.record import record_event
-from app.audit.trees import ProofUnavailable, consistency_proof, inclusion_proof, latest_checkpoint
+from app.audit.runtime import audit_of
+from app.audit.trees import (
+    ProofUnavailable,
+    checkpoint_at,
+    consistency_proof,
+    inclusion_proof,
+    served_checkpoint,
+    store_cosignature,
+)
 from app.auth.requires import principal, requires
 from app.core.db import transaction
 from app.core.errors import BadRequest, NotFound
-from app.http.bodies import JSONResponse
+from app.http.bodies import JSONResponse, parse_body
 from app.http.context import context
 from app.http.openapi import Resp, operation
 
@@ -46,6 +55,19 @@ class InclusionQuery(BaseModel):
 class ConsistencyQuery(BaseModel):
     from_: int = Field(ge=1, alias="from", description="The older tree size")
     to: int = Field(ge=1, description="The newer tree size, at most the latest checkpoint's")
+
+
+class CosignatureIn(BaseModel):
+    size: int = Field(ge=1, description="The size of the checkpoint cosigned")
+    cosignature: str = Field(
+        max_length=512, description="The witness's line: `— NAME BASE64` (C2SP cosignature/v1)"
+    )
+
+
+class CosignatureOut(BaseModel):
+    witness: str
+    size: int
+    state: str = Field(description="`stored`, or `already stored`")
 
 
 class InclusionOut(BaseModel):
@@ -117,11 +139,11 @@ async def get_checkpoint(request: Request) -> Response:
     _counts(request, ())
     actor = actor_from(request, principal(request))
     async with transaction(context(request).database) as conn:
-        row = await latest_checkpoint(conn, actor.scope)
-        if row is None:
+        served = await served_checkpoint(conn, actor.scope)
+        if served is None:
             raise NotFound("no checkpoint covers this scope yet")
-        await record_event(conn, actor, _read("checkpoint", size=row["size"]))
-    return Response(row["note"], media_type=NOTE_TYPE)
+        await record_event(conn, actor, _read("checkpoint", size=served[0]))
+    return Response(served[1], media_type=NOTE_TYPE)
 
 
 @operation(
@@ -184,7 +206,41 @@ async def get_consistency(request: Request) -> Response:
     return JSONResponse({"from": old, "to": new, "proof": [_b64(h) for h in proof]})
 
 
+@operation(
+    "A witness's cosignature of one of the caller's scope's checkpoints",
+    tags=TAGS,
+    body=CosignatureIn,
+    responses={200: CosignatureOut},
+    description="Accepted only from a witness in AUDIT_WITNESS_KEYS, and only when it holds "
+    "for the stored checkpoint of that size; then served with it. Recorded as "
+    '`audit.cosigned` (docs/audit.md, "Running a witness").',
+)
+@requires("read:audit_events")
+async def post_cosignature(request: Request) -> Response:
+    body = await parse_body(request, CosignatureIn)
+    witnesses = audit_of(request).witnesses
+    actor = actor_from(request, principal(request))
+    async with transaction(context(request).database) as conn:
+        note = await checkpoint_at(conn, actor.scope, body.size)
+        if note is None:
+            raise _invalid_body("size", "no checkpoint of this size in your scope")
+        text = note.partition("\n\n")[0] + "\n"
+        try:
+            witness = verify_cosignature(body.cosignature, text, witnesses)
+        except CheckpointInvalid as exc:
+            raise _invalid_body("cosignature", str(exc)) from None
+        state = await store_cosignature(conn, actor.scope, body.size, witness, body.cosignature)
+        event = Event("audit.cosigned", "C", detail={"witness": witness, "size": body.size})
+        await record_event(conn, actor, event)
+    return JSONResponse({"witness": witness, "size": body.size, "state": state})
+
+
+def _invalid_body(field: str, message: str) -> BadRequest:
+    return BadRequest("the cosignature is refused", errors=[{"field": field, "message": message}])
+
+
 routes: list[BaseRoute] = [
+    Route("/api/audit-events/checkpoint/cosignatures", post_cosignature, methods=["POST"]),
     Route("/api/audit-events/checkpoint", get_checkpoint, methods=["GET"]),
     Route("/api/audit-events/consistency", get_consistency, methods=["GET"]),
     Route("/api/audit-events/{event_id:uuid}/inclusion", get_inclusion, methods=["GET"]),
