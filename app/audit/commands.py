@@ -106,6 +106,14 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     return 0 if verdict.intact else 1
 
 
+# About how many events the log holds (the partitions' statistics), for the time left.
+_ESTIMATE = """
+SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'audit_events'::regclass
+"""
+
+
 def cmd_audit_build_trees(args: argparse.Namespace) -> int:
     import time
 
@@ -118,15 +126,18 @@ def cmd_audit_build_trees(args: argparse.Namespace) -> int:
     async def build(conn: Any) -> int:
         nonlocal done
         watermark = await conn.fetchval("SELECT audit_events_watermark()")
+        total = await conn.fetchval(_ESTIMATE) if progress else 0  # the planner's count
         while True:
             async with conn.transaction():  # one slice per transaction: the lock is short
                 grown = await extend_trees(conn, watermark, args.batch)
             if not grown:
                 return int(watermark)
-            done = await conn.fetchval("SELECT coalesce(sum(size), 0) FROM audit_trees")
+            done = await conn.fetchval("SELECT coalesce(sum(size), 0)::bigint FROM audit_trees")
             if progress:
                 rate = done / max(time.monotonic() - started, 1e-6)
-                print(f"\r{done} leaves in the trees, {rate:,.0f}/s", end="", file=sys.stderr)
+                left = max(total - done, 0) / max(rate, 1e-6)
+                print(f"\r{done:,} leaves in the trees, {rate:,.0f}/s, about {left:,.0f} s left ",
+                      end="", file=sys.stderr)  # fmt: skip
 
     watermark: int = on_connection(database.url, build)
     if progress:

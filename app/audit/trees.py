@@ -27,6 +27,7 @@ from app.audit.merkle import (
 )
 from app.audit.signing import KeyRing, ScopeNames
 
+_HAS_TREES = "SELECT to_regprocedure('audit_trees_extend(bigint, bigint)')"
 _EXTEND = "SELECT scope, size FROM audit_trees_extend($1, $2)"
 _APPEND = "SELECT audit_checkpoints_append($1, $2, $3, $4, $5)"
 _NODES = """
@@ -99,7 +100,10 @@ async def checkpoint_trees(
     conn: asyncpg.Connection, ring: KeyRing, names: ScopeNames, digest: int, watermark: int
 ) -> int:
     """In the digest's transaction, after it is stored: extend every tree up to its
-    watermark and store a checkpoint of each that is larger than its last; how many."""
+    watermark and store a checkpoint of each that is larger than its last; how many. A
+    database not yet migrated to 0015 has no trees: the digest is issued without them."""
+    if await conn.fetchval(_HAS_TREES) is None:
+        return 0
     await extend_trees(conn, watermark)
     grown = await conn.fetch(_UNSIGNED)
     for scope, size in grown:
