@@ -175,3 +175,28 @@ def verify_consistency(
         raise ProofInvalid("the proof does not lead to the old checkpoint's root")
     if sr != new_root:
         raise ProofInvalid("the proof does not lead to the new checkpoint's root")
+
+
+class Frontier:
+    """A tree's root as leaves arrive, in O(log n) memory: the hashes of its complete
+    subtrees, largest first (the size's binary digits), as the offline checks of archives
+    need it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._stack: list[bytes] = []
+
+    def append(self, leaf: bytes) -> None:
+        """Add a leaf hash."""
+        h, n = leaf, self.size
+        while n & 1:
+            h = node_hash(self._stack.pop(), h)
+            n >>= 1
+        self._stack.append(h)
+        self.size += 1
+
+    def root(self) -> bytes:
+        acc = self._stack[-1]
+        for left in reversed(self._stack[:-1]):
+            acc = node_hash(left, acc)
+        return acc

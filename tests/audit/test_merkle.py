@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from app.audit.merkle import (
+    Frontier,
     NodeKey,
     ProofInvalid,
     consistency_ranges,
@@ -156,6 +157,14 @@ class TestAgainstTheReference:
                 verify_consistency(
                     old, size + 3, root_of(old, nodes), root_of(size + 3, other), proof
                 )
+
+    def test_the_frontier_gives_every_roots(self) -> None:
+        entries = _entries(300, random.Random(3))
+        mth, _, _ = reference(entries)
+        frontier = Frontier()
+        for size, entry in enumerate(entries, 1):
+            frontier.append(leaf_hash(entry))
+            assert (frontier.size, frontier.root()) == (size, mth(0, size))
 
     def test_two_roots_for_one_size_are_refused(self) -> None:
         one, two = hashlib.sha256(b"1").digest(), hashlib.sha256(b"2").digest()
