@@ -8,7 +8,8 @@ copy of the service runs a `DigestIssuer` (app/audit/runtime.py); the digest loc
 "one per interval" check taken under it mean one digest per interval whichever copies
 wake up. `python -m app audit digest` issues one on demand. The heads cover every event up
 to the audit watermark (migrations/0002), so a transaction that commits late is signed by
-the next digest.
+the next digest. With each digest it extends the scopes' Merkle trees up to the same watermark
+and signs their checkpoints (app/audit/trees.py).
 
 Before it signs, the issuer checks the table against the last digest it knows (an
 `Anchor`, app/audit/anchor.py): the table must still hold it unchanged, and every digest
@@ -38,6 +39,7 @@ from app.audit.signing import (
     scope_key_of,
     verify_digest,
 )
+from app.audit.trees import checkpoint_trees
 
 # The digest lock: the two-integer advisory key ('AUDG', 0) that audit_digests_append takes.
 DIGEST_LOCK = 0x41554447
@@ -175,6 +177,8 @@ async def issue_digest(
         )
         jws = ring.sign(digest)
         await conn.execute(_APPEND, jws, orjson.dumps(ring.signer_jwk).decode())
+        # The scopes' Merkle trees, up to the same watermark, and their checkpoints.
+        await checkpoint_trees(conn, ring, names, digest.number, watermark)
     found = _anchor(last) if last is not None else None
     heads = len(digest.heads)
     return DigestRun(
