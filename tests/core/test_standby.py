@@ -97,9 +97,15 @@ async def test_failover_the_pool_and_a_listener_find_the_promoted_standby(
             await conn.execute("NOTIFY notes, 'before'")
         await _replayed(standby, 1)
         await asyncio.to_thread(primary.stop, "immediate")
-        with pytest.raises(DatabaseUnavailable):
+
+        async def write_nowhere() -> None:
             async with connection(pool) as conn:
                 await conn.execute(INSERT, "nowhere")
+
+        with pytest.raises(DatabaseUnavailable):
+            # Bounded: a write to the dead primary must fail, not wait (once seen hanging on
+            # a machine loaded by other test runs; a hang here now fails with this line).
+            await asyncio.wait_for(write_nowhere(), timeout=30)
         await asyncio.to_thread(standby.promote)
         deadline = time.monotonic() + 10
         while True:  # the first tries may still meet the dead primary's connections
