@@ -11,7 +11,7 @@ called it, from the token it received, and never shows the token itself.
 It also sends the headers a proxy must drop (Set-Cookie, HSTS, CORS, CSP), so a test can see
 them gone. `Upstream.seen` keeps every request it served (the tokens among them, for tests
 to compare; never logged). `serve_upstream` runs it with uvicorn on a loopback port in a
-thread of its own.
+thread of its own; `app` is one that keeps nothing, for the `proxy` benchmark.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Seen:
 class Upstream:
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
+    keep: bool = True  # remember what it served (not under a benchmark's load)
 
     def tokens(self) -> list[str]:
         """The tokens requests carried (without their scheme)."""
@@ -77,16 +78,17 @@ def unverified_claims(token: str) -> dict[str, Any]:
 
 
 def create_upstream_app(upstream: Upstream) -> Starlette:
-    def remember(request: Request) -> None:
+    def remember(request: Request) -> Seen:
         raw = request.scope.get("raw_path") or request.url.path.encode()
-        upstream.seen.append(
-            Seen(
-                request.method,
-                raw.decode("latin-1"),
-                {k: v for k, v in request.headers.items() if k != "authorization"},
-                request.headers.get("authorization"),
-            )
+        seen = Seen(
+            request.method,
+            raw.decode("latin-1"),
+            {k: v for k, v in request.headers.items() if k != "authorization"},
+            request.headers.get("authorization"),
         )
+        if upstream.keep:
+            upstream.seen.append(seen)
+        return seen
 
     async def whoami(request: Request) -> Response:
         remember(request)
@@ -106,16 +108,16 @@ def create_upstream_app(upstream: Upstream) -> Starlette:
         )
 
     async def echo(request: Request) -> Response:
-        remember(request)
+        seen = remember(request)
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
         return JSONResponse(
             {
                 "method": request.method,
-                "raw_path": upstream.seen[-1].raw_path,
+                "raw_path": seen.raw_path,
                 "query": request.url.query,
-                "headers": upstream.seen[-1].headers,
+                "headers": seen.headers,
                 "body_bytes": size,
             },
             headers={**DROPPED_BY_PROXY, "X-Upstream": "echo", "Connection": "x-hop"},
@@ -161,6 +163,10 @@ def create_upstream_app(upstream: Upstream) -> Starlette:
             Route("/status/{code:int}", status, methods=METHODS),
         ]
     )
+
+
+# `uvicorn devkit.upstream:app`: the benchmark's upstream (bench/harness/launch.py).
+app = create_upstream_app(Upstream(keep=False))
 
 
 @contextlib.contextmanager
