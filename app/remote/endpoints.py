@@ -17,7 +17,6 @@ import logging
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -136,10 +135,10 @@ async def forward_call(request: Request) -> Response:
         upstream = await service.send(
             runtime, route, request.method, url, headers, body, credential
         )
-        if upstream.status_code == 401 and credential.renewable and body is None:
+        if upstream.status == 401 and credential.renewable and body is None:
             # Refused (revoked, or expired early): one new token, one more try, with
             # nothing to replay.
-            await upstream.aclose()
+            await upstream.close()
             credential = await service.credential(runtime, route, caller, refused=credential.token)
             upstream = await service.send(
                 runtime, route, request.method, url, headers, body, credential
@@ -148,11 +147,11 @@ async def forward_call(request: Request) -> Response:
         if not isinstance(error, PayloadTooLarge) or sent[0]:
             await record(error.status, None, sent[0], 0, credential, error.detail)
         raise
-    declared = upstream.headers.get("content-length", "")
+    declared = upstream.header("content-length") or ""
     if declared.isdigit() and int(declared) > route.max_response_bytes:
-        await upstream.aclose()
+        await upstream.close()
         too_large = UpstreamError(f"the remote API {route.name} answered more than its limit")
-        await record(502, upstream.status_code, sent[0], 0, credential, too_large.detail)
+        await record(502, upstream.status, sent[0], 0, credential, too_large.detail)
         raise too_large
     return Relayed(upstream, route, record, credential, sent, _nonce(request))
 
@@ -212,7 +211,7 @@ class Relayed(StreamingResponse):
 
     def __init__(
         self,
-        upstream: httpx.Response,
+        upstream: service.Answer,
         route: RemoteRoute,
         record: _Recorder,
         credential: Credential,
@@ -225,10 +224,10 @@ class Relayed(StreamingResponse):
         self.credential = credential
         self.sent = sent
         self.received = 0
-        super().__init__(self._relay(), status_code=upstream.status_code)
+        super().__init__(self._relay(), status_code=upstream.status)
         raw: list[tuple[bytes, bytes]] = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in forward.response_headers(upstream.headers.multi_items())
+            for name, value in forward.response_headers(upstream.headers)
         ]
         if nonce is not None:
             raw.append((b"dpop-nonce", nonce.encode("latin-1")))
@@ -236,7 +235,7 @@ class Relayed(StreamingResponse):
 
     async def _relay(self) -> AsyncIterator[bytes]:
         limit = self.route.max_response_bytes
-        async for chunk in self.upstream.aiter_raw():
+        async for chunk in self.upstream.chunks():
             self.received += len(chunk)
             if self.received > limit:
                 raise ResponseTooLarge(self.route.name)
@@ -249,14 +248,14 @@ class Relayed(StreamingResponse):
         except ResponseTooLarge:
             reason = "the answer passed the route's limit"
             raise
-        except httpx.HTTPError as exc:
-            reason = f"the upstream's answer broke off ({type(exc).__name__})"
+        except service.UpstreamBroke as exc:
+            reason = f"the upstream's answer broke off ({exc})"
             raise
         finally:
-            await self.upstream.aclose()
+            await self.upstream.close()
             await self.record(
                 self.status_code,
-                self.upstream.status_code,
+                self.upstream.status,
                 self.sent[0],
                 self.received,
                 self.credential,

@@ -1,9 +1,9 @@
 """The remote part's per-process object (`RemoteRuntime`), how the lifespan runs it, and its
 accessor (`remote_of`).
 
-It holds the declared routes (REMOTE_APIS_FILE), an HTTP client of its own for the
-upstreams (its own pool, never following a redirect, never reading proxy settings from the
-environment), the client-credentials tokens, each route's rate limit, and in cookie mode
+It holds the declared routes (REMOTE_APIS_FILE), a connection pool of its own for the
+upstreams (httpcore's, under httpx: it follows no redirect and reads no proxy settings from
+the environment), the client-credentials tokens, each route's rate limit, and in cookie mode
 the sessions' tokens for other audiences this copy holds (`AudienceTokens`; getting them is
 app/remote/lifecycle.py).
 """
@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import httpcore
 import httpx
 
 from app.core.settings import Settings
@@ -65,7 +66,7 @@ class AudienceTokens:
 class RemoteRuntime:
     settings: Settings
     routes: dict[str, RemoteRoute]
-    http: httpx.AsyncClient
+    http: httpcore.AsyncConnectionPool
     clients: ClientTokens
     limits: dict[str, Limit] = field(default_factory=dict)
     audiences: AudienceTokens | None = None  # cookie mode on
@@ -79,12 +80,11 @@ class RemoteRuntime:
         return route.audience or self.own_audience
 
 
-def upstream_client() -> httpx.AsyncClient:
-    """The upstreams' client: timeouts are per route (set on each request)."""
-    return httpx.AsyncClient(
-        follow_redirects=False,
-        trust_env=False,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+def upstream_pool() -> httpcore.AsyncConnectionPool:
+    """The upstreams' connections (app/remote/service.py sends through them): no proxy from
+    the environment, no redirect followed; timeouts are per route, on each request."""
+    return httpcore.AsyncConnectionPool(
+        max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0
     )
 
 
@@ -100,7 +100,7 @@ async def running_remote(
     runtime = RemoteRuntime(
         settings,
         routes,
-        upstream_client(),
+        upstream_pool(),
         ClientTokens(settings, tenant_http),
         limits,
         AudienceTokens(sessions) if sessions is not None else None,

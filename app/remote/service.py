@@ -19,8 +19,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
-import httpx
+import httpcore
 
 from app.auth.tokens import Principal
 from app.core.errors import (
@@ -120,6 +121,43 @@ async def _session_token(
     return Credential("user", got.token, audience, key, renewable=True)
 
 
+@dataclass
+class Answer:
+    """The upstream's status line and headers, its body still to be read (`chunks`) and
+    the connection to be given back (`close`)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    _response: httpcore.Response
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; `UpstreamBroke` when the upstream breaks off."""
+        try:
+            async for chunk in self._response.aiter_stream():
+                yield chunk
+        except (httpcore.TimeoutException, *_UNREACHABLE) as exc:
+            raise UpstreamBroke(type(exc).__name__) from None
+
+    async def close(self) -> None:
+        await self._response.aclose()
+
+
+class UpstreamBroke(Exception):
+    """The upstream's answer broke off after its headers (the reason is an exception's name)."""
+
+
+# httpcore's failures short of a timeout: nothing usable came back.
+_UNREACHABLE = (
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ProxyError,
+)
+
+
 async def send(
     runtime: RemoteRuntime,
     route: RemoteRoute,
@@ -128,39 +166,44 @@ async def send(
     headers: list[tuple[str, str]],
     body: AsyncIterator[bytes] | None,
     credential: Credential,
-) -> httpx.Response:
+) -> Answer:
     """Send the call and return the upstream's answer with its body still unread (the
     caller streams and closes it). 504 on a timeout, 502 when the upstream cannot be
-    reached or answered nothing usable; a redirect is an answer like any other."""
-    sent = list(headers)
+    reached or answered nothing usable; a redirect is an answer like any other.
+
+    Sent with httpcore, the connection pool under httpx: half httpx's CPU per call, and a
+    proxy needs none of what httpx adds (redirects, cookies, decoding)."""
+    sent = [(b"Host", urlsplit(url).netloc.encode("ascii"))]
+    sent += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     if credential.token is not None and credential.key is not None:
         proof = credential.key.proof(method, url, access_token=credential.token)
-        sent += [("Authorization", f"DPoP {credential.token}"), ("DPoP", proof)]
+        sent += [(b"Authorization", f"DPoP {credential.token}".encode()), (b"DPoP", proof.encode())]
     elif credential.token is not None:
-        sent.append(("Authorization", f"Bearer {credential.token}"))
-    request = runtime.http.build_request(
-        method,
-        url,
-        headers=sent,
-        content=body,
-        timeout=httpx.Timeout(route.timeout_seconds, connect=min(route.timeout_seconds, 5.0)),
+        sent.append((b"Authorization", f"Bearer {credential.token}".encode()))
+    if body is not None and not any(name.lower() == b"content-length" for name, _ in sent):
+        sent.append((b"Transfer-Encoding", b"chunked"))
+    seconds = route.timeout_seconds
+    timeout = {"connect": min(seconds, 5.0), "read": seconds, "write": seconds, "pool": seconds}
+    request = httpcore.Request(
+        method, url, headers=sent, content=body, extensions={"timeout": timeout}
     )
     started = time.perf_counter()
     try:
-        response = await runtime.http.send(request, stream=True)
+        response = await runtime.http.handle_async_request(request)
     except PayloadTooLarge:
         raise
-    except httpx.TimeoutException:
+    except httpcore.TimeoutException:
         logger.warning("a remote API did not answer in time", extra={"route": route.name})
         raise GatewayTimeout(f"the remote API {route.name} did not answer in time") from None
-    except httpx.HTTPError as exc:
+    except _UNREACHABLE as exc:
         logger.warning(
             "a remote API could not be reached",
             extra={"route": route.name, "error": type(exc).__name__},
         )
         raise UpstreamError(f"the remote API {route.name} could not be reached") from None
     REMOTE_LATENCY.labels(route=route.name).observe(time.perf_counter() - started)
-    return response
+    answered = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
+    return Answer(response.status, answered, response)
 
 
 def capped(chunks: AsyncIterator[bytes], limit: int, counted: list[int]) -> AsyncIterator[bytes]:
