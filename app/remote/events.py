@@ -24,6 +24,8 @@ def forwarded_event(
     reason: str | None = None,
 ) -> Event:
     outcome: Outcome = "success" if upstream_status is not None and status < 500 else "failed"
+    if upstream_status is None and status in (401, 403):
+        outcome = "denied"  # the route's token rule refused this caller; nothing was sent
     return Event(
         action="remote.forwarded",
         crud=CRUD_OF_METHOD.get(method, "E"),

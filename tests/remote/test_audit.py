@@ -8,6 +8,7 @@ import tracemalloc
 from collections.abc import Callable
 
 import asyncpg
+import orjson
 import pytest
 
 from devkit.upstream import Upstream
@@ -39,8 +40,6 @@ async def test_one_event_per_call_with_its_facts_and_no_body(
     assert event["actor"] == "auth0|caller-1"
     assert event["outcome"] == "success"
     assert event["entity_id"] == "echo"
-    import orjson
-
     detail = orjson.loads(event["detail"])
     assert detail == {
         "method": "POST",
@@ -68,8 +67,6 @@ async def test_a_session_call_records_the_rule_and_audience(
     cookie = with_cookie(await login(app.http))
     assert (await app.http.get("/remote/user/whoami", headers=cookie)).status_code == 200
     (event,) = await forwarded(owner)
-    import orjson
-
     detail = orjson.loads(event["detail"])
     assert (detail["token_rule"], detail["token"], detail["audience"]) == ("user", "user", AUDIENCE)
 
@@ -110,3 +107,15 @@ async def test_ten_mebibytes_stream_with_flat_memory(app: Running, upstream: Ups
     assert answer.status == 200
     assert answer.complete and answer.size == size
     assert peak < 3 * 1024 * 1024, f"peak {peak} bytes while relaying {size}"
+
+
+async def test_a_call_the_token_rule_refuses_is_recorded_as_denied(
+    app: Running, upstream: Upstream, owner: asyncpg.Connection, mint: Callable[..., str]
+) -> None:
+    response = await app.http.get(
+        "/remote/other/whoami", headers={"Authorization": f"Bearer {mint(sub='auth0|b-1')}"}
+    )
+    assert response.status_code == 403
+    (event,) = await forwarded(owner)
+    assert (event["outcome"], event["actor"]) == ("denied", "auth0|b-1")
+    assert upstream.seen == []

@@ -124,3 +124,16 @@ async def test_a_dpop_bound_bearer_token_is_not_forwarded(
     # The verifier refuses a bound token sent as Bearer before any rule is looked at.
     assert response.status_code in (401, 403)
     assert upstream.seen == []
+
+
+async def test_a_refused_client_grant_is_a_502_and_nothing_is_sent(
+    app: Running, upstream: Upstream, mint: Callable[..., str]
+) -> None:
+    app.standin.state.client_secret = "not-ours"  # the tenant no longer knows our secret
+    response = await app.http.get(
+        "/remote/client/whoami", headers={"Authorization": f"Bearer {mint()}"}
+    )
+    assert response.status_code == 502
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "the identity provider refused a token for the remote API"
+    assert upstream.seen == []
