@@ -33,6 +33,7 @@ from app.auth.runtime import AuthRuntime
 from app.auth.tokens import TokenVerifier
 from app.auth0.budget import management_budget
 from app.auth0.management import Auth0Client
+from app.console import endpoints as console_endpoints
 from app.core.settings import Settings, load_settings
 from app.core.state import running_core
 from app.core.tasks import Housekeeping, Purge
@@ -217,8 +218,10 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
                 "remote": remote,
             }
 
-    # Cookie mode off: no /auth/* route at all, so every such path is a 404.
-    session_routes = session_endpoints.routes if settings.sessions.enabled else []
+    # Cookie mode off: no /auth/* or /console route at all, so every such path is a 404.
+    session_routes = (
+        [*session_endpoints.routes, *console_endpoints.routes] if settings.sessions.enabled else []
+    )
     # No declared remote API: no /remote route at all.
     remote_routes = remote_endpoints.routes if settings.remote.routes else []
     app = Starlette(

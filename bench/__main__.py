@@ -107,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--markdown", type=Path, help="write the report here too")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    parser.add_argument(
+        "--db-role-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a diagnostic: a Postgres setting for every session of the app role in the run's "
+        "database, all targets (e.g. synchronous_commit=off; repeatable)",
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        metavar="DIR",
+        help="also measure the service of another checkout (e.g. a git worktree of the "
+        "commit before a change) as target `base`, in the same run: ours' read, profile "
+        "and post next to it",
+    )
     return parser
 
 
@@ -126,10 +142,18 @@ def finish_options(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("--sessions wants at least 1")
     args.sessions = min(args.sessions, args.users)
     unknown = set(args.scenarios) - set(ALL_SCENARIOS)
-    unknown |= set(args.targets) - {"floor", "ours", "peer"}
+    unknown |= set(args.targets) - {"floor", "ours", "peer", "base"}
+    if args.base is not None:
+        if not (args.base / "app" / "__main__.py").is_file():
+            raise SystemExit(f"--base {args.base}: no app/ there")
+        args.base = args.base.resolve()
+        if "base" not in args.targets:
+            args.targets.append("base")
+    elif "base" in args.targets:
+        raise SystemExit("target base needs --base DIR")
     if unknown:
         raise SystemExit(f"unknown scenario or target: {', '.join(sorted(unknown))}")
-    for item in args.service_env:
+    for item in [*args.service_env, *args.db_role_setting]:
         if "=" not in item:
             raise SystemExit(f"--service-env wants KEY=VALUE, not {item!r}")
     return args

@@ -47,6 +47,15 @@ DEV_SESSION_CLIENT_ID = "dev-session-client"
 # The stand-in remote API (devkit/upstream.py): another API than the service's own, so a
 # call to it from the page shows a session's token for a second audience.
 DEV_LABS_AUDIENCE = "https://labs.bff.local"
+# Every user signs in with every permission, except this one: a clinician who may work with
+# patients but not read the audit log (the console's 403 pages show with it).
+DEV_CLINICIAN = "clinician"
+CLINICIAN_PERMISSIONS = ["read:patients", "create:patients", "update:patients"]
+# An organisation for the console's member pages: sign in with
+# /auth/login?organization=org_dev as "admin" and manage "carol" (roles below may change hands).
+DEV_ORG = "org_dev"
+DEV_ORG_MEMBERS = {"auth0|admin", "auth0|carol"}
+DEV_ASSIGNABLE_ROLES = "rol_Nurse,rol_Doctor"
 
 
 class _QuietServer(uvicorn.Server):
@@ -130,6 +139,11 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
         backchannel_logout_url=f"{public_url}/auth/backchannel-logout",
         other_audiences={DEV_LABS_AUDIENCE},
     )
+    tenant.user_permissions[f"auth0|{DEV_CLINICIAN}"] = CLINICIAN_PERMISSIONS
+    tenant.org_members[DEV_ORG] = set(DEV_ORG_MEMBERS)
+    tenant.member_roles[(DEV_ORG, "auth0|carol")] = [
+        {"id": "rol_Nurse", "name": "Nurse", "description": "Ward nurse"}
+    ]
 
     with serve_upstream() as upstream, dev_remote_apis(upstream.url) as remote_apis:
         return await _run(startup, port, tenant, tenant_port, public_url, remote_apis, upstream.url)
@@ -173,6 +187,7 @@ async def _run(
             session_dpop=os.environ.get("SESSION_DPOP", "true"),
             # /remote/labs/... to the stand-in upstream (docs/remote-apis.md).
             remote_apis_file=remote_apis,
+            assignable_roles=DEV_ASSIGNABLE_ROLES,
             _env_file=None,
         )
         tenant_server = _QuietServer(
@@ -222,6 +237,8 @@ def _banner(port: int, tenant_url: str, token: str, upstream_url: str) -> str:
     return f"""
   service  {base}   (API explorer: {base}/docs)
   page     {base}/   (sign in with any user name, list and create patients: cookie mode)
+  console  {base}/console/   (the audit log; "{DEV_CLINICIAN}" signs in without its permission;
+           {base}/auth/login?organization={DEV_ORG}&return_to=/console/members as "admin")
   tenant   {tenant_url}   (local stand-in for Auth0; development only)
   upstream {upstream_url}   (a stand-in remote API: {base}/remote/labs/whoami with the cookie)
 

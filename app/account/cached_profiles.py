@@ -114,7 +114,15 @@ class CachedProfiles:
     async def get(self, user_id: str) -> CachedProfile:
         """The user's profile: fresh, stale (refetched behind it) or fetched now. Raises
         `UpstreamUnavailable` (503) when there is none to serve and Auth0 cannot be asked."""
-        found, _ = await self._read(user_id)
+        async with connection(self.database) as conn:
+            found = await self.stored(conn, user_id)
+        return found or await self.fetched(user_id)
+
+    async def stored(self, conn: asyncpg.Connection, user_id: str) -> CachedProfile | None:
+        """The stored profile when it may be served (fresh, or stale with a refetch started
+        behind it), read on the caller's connection; None when it must be fetched first
+        (`fetched`, on connections of its own: never hold the caller's while Auth0 answers)."""
+        found, _ = await self._read(conn, user_id)
         if found is not None and found.age_seconds < self.fresh_seconds:
             PROFILE_CACHE.labels(result="fresh").inc()
             return found
@@ -122,6 +130,10 @@ class CachedProfiles:
             PROFILE_CACHE.labels(result="stale").inc()
             self._refresh_behind(user_id)
             return found
+        return None
+
+    async def fetched(self, user_id: str) -> CachedProfile:
+        """The profile fetched now, for a user `stored` had none to serve for."""
         PROFILE_CACHE.labels(result="miss").inc()
         try:
             return await self._fetched(user_id)
@@ -142,10 +154,11 @@ class CachedProfiles:
 
     # --- Reading and fetching ---------------------------------------------------------------
 
-    async def _read(self, user_id: str) -> tuple[CachedProfile | None, bool]:
+    async def _read(
+        self, conn: asyncpg.Connection, user_id: str
+    ) -> tuple[CachedProfile | None, bool]:
         """The stored profile (None when there is none), and whether a copy is fetching it."""
-        async with connection(self.database) as conn:
-            row = await conn.fetchrow(SELECT_PROFILE, user_id)
+        row = await conn.fetchrow(SELECT_PROFILE, user_id)
         if row is None:
             return None, False
         claimed = bool(row["claimed"])
@@ -215,7 +228,8 @@ class CachedProfiles:
         deadline = loop.time() + self.wait_seconds
         while loop.time() < deadline:
             await asyncio.sleep(POLL_SECONDS)
-            found, claimed = await self._read(user_id)
+            async with connection(self.database) as conn:
+                found, claimed = await self._read(conn, user_id)
             if found is not None and found.age_seconds < self.max_stale_seconds:
                 return found
             if not claimed:

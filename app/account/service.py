@@ -27,9 +27,9 @@ from app.audit.events import Actor, Event, scope_of
 from app.audit.record import record_event, record_independently
 from app.auth.tokens import Principal
 from app.auth0.management import Auth0Client
-from app.core.db import transaction
+from app.core.db import connection, transaction
 from app.core.errors import AppError, ValidationFailed
-from app.patients.search import read_page_audited
+from app.patients.search import Page, read_page, show_page_audited
 
 logger = logging.getLogger(__name__)
 
@@ -151,10 +151,19 @@ async def profile_and_patients(
 ) -> tuple[dict[str, Any], int]:
     """The caller's profile (from the shared cache) and first page of patients (the page
     recorded first), and the profile's age in whole seconds."""
-    profile = await profiles.get(caller.sub)
-    page = await read_page_audited(
-        database, audit, actor, scope_of(caller), cursor_key=cursor_key, limit=PROFILE_PAGE_SIZE
-    )
+    scope = scope_of(caller)
+    # Usually the stored profile can be served: it and the page are read on one connection.
+    # Otherwise the profile is fetched from Auth0 first, with no connection held meanwhile.
+    page: Page | None = None
+    async with connection(database) as conn:
+        profile = await profiles.stored(conn, caller.sub)
+        if profile is not None:
+            page = await read_page(conn, scope, cursor_key=cursor_key, limit=PROFILE_PAGE_SIZE)
+    if profile is None or page is None:
+        profile = await profiles.fetched(caller.sub)
+        async with connection(database) as conn:
+            page = await read_page(conn, scope, cursor_key=cursor_key, limit=PROFILE_PAGE_SIZE)
+    shown = await show_page_audited(audit, actor, scope, page, cursor_key=cursor_key)
     age = int(profile.age_seconds)
-    body = {"profile": profile.fragment, "patients": page, "meta": {"profile_age_seconds": age}}
+    body = {"profile": profile.fragment, "patients": shown, "meta": {"profile_age_seconds": age}}
     return body, age

@@ -1,6 +1,6 @@
 """`python -m app audit ...`: the audit log's maintenance commands, run by an operator
 (partitions ahead, a digest now, registering the signing keys as the owner) or an auditor
-(checking an export offline)."""
+(checking an export offline); the Merkle trees' are in app/audit/tlogcommands.py."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.audit import tlogcommands
 from app.core.cli import fail, on_connection, owner_url
 from app.core.settings import ConfigError
 from app.core.settings.audit import AuditSettings
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         "register-key": cmd_audit_register_key,
         "verify-export": cmd_audit_verify_export,
     }
+    commands |= tlogcommands.COMMANDS
     return commands[args.audit_command](args)
 
 
@@ -153,3 +155,4 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help="digests you saved earlier, one per line: the digests must hold each unchanged, "
         "and may start at one of them (default: none, so they must start at digest 1)",
     )
+    tlogcommands.add_parsers(audit_sub, fmt)

@@ -8,7 +8,8 @@ copy of the service runs a `DigestIssuer` (app/audit/runtime.py); the digest loc
 "one per interval" check taken under it mean one digest per interval whichever copies
 wake up. `python -m app audit digest` issues one on demand. The heads cover every event up
 to the audit watermark (migrations/0002), so a transaction that commits late is signed by
-the next digest.
+the next digest. With each digest it extends the scopes' Merkle trees up to the same watermark
+and signs their checkpoints (app/audit/trees.py).
 
 Before it signs, the issuer checks the table against the last digest it knows (an
 `Anchor`, app/audit/anchor.py): the table must still hold it unchanged, and every digest
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import orjson
@@ -33,8 +35,11 @@ from app.audit.signing import (
     ScopeNames,
     heads_of,
     jws_hash,
+    scope_hash,
+    scope_key_of,
     verify_digest,
 )
+from app.audit.trees import checkpoint_trees
 
 # The digest lock: the two-integer advisory key ('AUDG', 0) that audit_digests_append takes.
 DIGEST_LOCK = 0x41554447
@@ -172,6 +177,8 @@ async def issue_digest(
         )
         jws = ring.sign(digest)
         await conn.execute(_APPEND, jws, orjson.dumps(ring.signer_jwk).decode())
+        # The scopes' Merkle trees, up to the same watermark, and their checkpoints.
+        await checkpoint_trees(conn, ring, names, digest.number, watermark)
     found = _anchor(last) if last is not None else None
     heads = len(digest.heads)
     return DigestRun(
@@ -189,6 +196,20 @@ async def register_keys(conn: asyncpg.Connection, ring: KeyRing) -> list[tuple[s
             state = await conn.fetchval(_REGISTER, jwk["kid"], orjson.dumps(jwk).decode())
             done.append((jwk["kid"], str(state)))
     return done
+
+
+def digest_item(row: Any, scope: str, names: ScopeNames | None) -> dict[str, Any]:
+    """A stored digest as the API shows it (and the offline check reads it), with
+    `your_scope`: the caller's scope's name in it."""
+    item = dict(row.items())
+    item["prev_hash"] = row["prev_hash"].hex() if row["prev_hash"] is not None else None
+    item["hash"] = row["hash"].hex()
+    key_id = scope_key_of(row["jws"])
+    if key_id is None:  # version 1: the unkeyed name
+        item["your_scope"] = scope_hash(scope)
+    else:  # None once that scope key has left AUDIT_SCOPE_KEY
+        item["your_scope"] = names.name(scope, key_id) if names is not None else None
+    return item
 
 
 async def fetch_digests(

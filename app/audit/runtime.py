@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +24,7 @@ from app.core.db import connection
 from app.core.errors import DATABASE_OUTAGES
 from app.core.metrics import AUDIT_DIGEST_REFUSALS, AUDIT_DIGESTS_STOPPED
 from app.core.settings.audit import AuditSettings
+from app.core.settings.values import parse_public_keys
 from app.core.state import HasState, part_of
 from app.core.tasks import cancelled
 
@@ -166,6 +167,8 @@ class AuditRuntime:
     published: tuple[dict[str, str], ...] = ()
     names: ScopeNames | None = None  # AUDIT_SCOPE_KEY
     digests: DigestIssuer | None = None  # AUDIT_DIGESTS on
+    # AUDIT_WITNESS_KEYS: the witnesses whose cosignatures are accepted, public keys by name.
+    witnesses: dict[str, bytes] = field(default_factory=dict)
 
 
 def audit_runtime(database: Database, settings: AuditSettings) -> AuditRuntime:
@@ -179,6 +182,7 @@ def audit_runtime(database: Database, settings: AuditSettings) -> AuditRuntime:
         keys,
         published=keys.published if keys else retired_public_keys(settings.retired_keys),
         names=ScopeNames.from_setting(scope.get_secret_value()) if scope else None,
+        witnesses=dict(parse_public_keys(settings.witness_keys)) if settings.witness_keys else {},
     )
     if settings.digests and keys is not None and runtime.names is not None:
         runtime.digests = DigestIssuer(

@@ -226,6 +226,11 @@ class KeyRing:
     def __repr__(self) -> str:  # never the private key
         return f"KeyRing(kid={self.kid!r}, keys={len(self.public)})"
 
+    def sign_bytes(self, message: bytes) -> bytes:
+        """A raw Ed25519 signature of `message` by the signing key (checkpoint notes)."""
+        signature: bytes = self._signer.get_private_key().sign(message)
+        return signature
+
     def sign(self, digest: Digest) -> str:
         """The digest as a compact JWS signed by the signing key."""
         header = {"alg": ALGORITHM, "kid": self.kid}

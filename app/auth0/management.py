@@ -206,6 +206,38 @@ class Auth0Client:
             seen.add(cursor)
         raise UpstreamError("Auth0 sent a member list that does not end")
 
+    async def list_org_members(self, org_id: str, *, limit: int) -> list[dict[str, Any]]:
+        """The organization's members (`user_id`, `name`, `email`), at most `limit`, by
+        checkpoint pagination; an unknown organization: NotFound."""
+        members = self.sdk.organizations.members
+        cursor: str | None = None
+        found: list[dict[str, Any]] = []
+        for _ in range(MAX_PAGES):
+            list_page = partial(
+                members.list,
+                org_id,
+                from_=cursor,
+                take=PAGE_SIZE,
+                fields="user_id,name,email",
+                include_fields=True,
+                include_totals=None,
+            )
+            pager = await self.transport.call(
+                "organizations.members.list", list_page, retryable=True
+            )
+            for member in pager.items or []:
+                found.append(
+                    {
+                        "user_id": member.user_id,
+                        "name": getattr(member, "name", None),
+                        "email": getattr(member, "email", None),
+                    }
+                )
+            cursor = pager.response.next
+            if not cursor or len(found) >= limit:
+                return found[:limit]
+        raise UpstreamError("Auth0 sent a member list that does not end")
+
     async def get_member_roles(self, org_id: str, user_id: str) -> list[dict[str, Any]]:
         """The roles the user holds in the organization only, across all pages."""
         pages = partial(

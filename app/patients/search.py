@@ -140,6 +140,63 @@ def decode_cursor(key: bytes, scope: str, filters: PatientFilters, cursor: str) 
         ) from None
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page as read, not yet shown: its rows and where the next one starts."""
+
+    rows: list[asyncpg.Record]
+    position: Position | None
+
+
+async def read_page(
+    conn: asyncpg.Connection,
+    scope: str,
+    *,
+    cursor_key: bytes,
+    limit: int = 50,
+    filters: PatientFilters = NO_FILTERS,
+    cursor: str | None = None,
+) -> Page:
+    """One page of the scope's patients, on the caller's connection; shown only through
+    `show_page_audited`. A bad cursor is `BadRequest`."""
+    after = decode_cursor(cursor_key, scope, filters, cursor) if cursor else None
+    with phase("page_query"):
+        rows, position = await list_patients(conn, scope, limit=limit, filters=filters, after=after)
+    return Page(rows, position)
+
+
+async def show_page_audited(
+    audit: AuditWriter,
+    actor: Actor,
+    scope: str,
+    page: Page,
+    *,
+    cursor_key: bytes,
+    filters: PatientFilters = NO_FILTERS,
+    next_page: bool = False,
+    via: Literal["profile", "search"] = "profile",
+) -> dict[str, Any]:
+    """The page as `{"items": [...], "next_cursor": ...}`, once its one event is committed:
+    a search's `patient.searched` (the filter names and the ids shown), or the profile's
+    `patient.read` listing the ids shown. When the record cannot be written this raises and
+    the page is never shown. Call it after the page's connection went back to the pool."""
+    shown = [row["id"] for row in page.rows]
+    event: Event | None
+    if via == "search":
+        event = searched_event(filters.used(), shown, next_page=next_page)
+    elif shown:
+        event = listed_event(shown, via)
+    else:
+        event = None  # an empty profile page shows no patient
+    if event is not None:
+        with phase("audit_wait"):
+            await audit.record(actor, [event])
+    items: list[Patient] = [patient_json(row) for row in page.rows]
+    position = page.position
+    next_cursor = encode_cursor(cursor_key, scope, filters, position) if position else None
+    return {"items": items, "next_cursor": next_cursor}
+
+
 async def read_page_audited(
     database: Database,
     audit: AuditWriter,
@@ -152,34 +209,26 @@ async def read_page_audited(
     cursor: str | None = None,
     via: Literal["profile", "search"] = "profile",
 ) -> dict[str, Any]:
-    """One page of the scope's patients as `{"items": [...], "next_cursor": ...}`, returned
-    only once its one event is committed: a search's `patient.searched` (the filter names
-    and the ids shown), or the profile's `patient.read` listing the ids shown.
+    """One page of the scope's patients, shown once its one event is committed
+    (`show_page_audited`).
 
     The page is one autocommitted SELECT; its connection goes back to the pool before the
-    record is written, through `audit` (batched with other requests' records). When the
-    record cannot be written, this raises and the page is never shown.
+    record is written, through `audit` (batched with other requests' records).
 
     `cursor_key` is `settings.derived_key("patient-cursor")`, so `next_cursor` continues with
     `GET /api/patients?cursor=...` (with the same filters). A bad cursor is `BadRequest`.
     """
-    after = decode_cursor(cursor_key, scope, filters, cursor) if cursor else None
     async with connection(database) as conn:
-        with phase("page_query"):
-            rows, position = await list_patients(
-                conn, scope, limit=limit, filters=filters, after=after
-            )
-    shown = [row["id"] for row in rows]
-    event: Event | None
-    if via == "search":
-        event = searched_event(filters.used(), shown, next_page=bool(cursor))
-    elif shown:
-        event = listed_event(shown, via)
-    else:
-        event = None  # an empty profile page shows no patient
-    if event is not None:
-        with phase("audit_wait"):
-            await audit.record(actor, [event])
-    items: list[Patient] = [patient_json(row) for row in rows]
-    next_cursor = encode_cursor(cursor_key, scope, filters, position) if position else None
-    return {"items": items, "next_cursor": next_cursor}
+        page = await read_page(
+            conn, scope, cursor_key=cursor_key, limit=limit, filters=filters, cursor=cursor
+        )
+    return await show_page_audited(
+        audit,
+        actor,
+        scope,
+        page,
+        cursor_key=cursor_key,
+        filters=filters,
+        next_page=bool(cursor),
+        via=via,
+    )

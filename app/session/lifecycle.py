@@ -332,6 +332,29 @@ async def end(
     return ended
 
 
+async def of_user(
+    runtime: SessionRuntime, sub: str, scope: str, limit: int = 50
+) -> list[asyncpg.Record]:
+    """A user's live sessions in `scope` (their times), newest first."""
+    async with connection(runtime.database) as conn:
+        return await repository.sessions_of_user(conn, sub, scope, limit)
+
+
+async def end_for(
+    runtime: SessionRuntime, session_id: uuid.UUID, actor: Actor, *, sub: str
+) -> repository.Ended | None:
+    """End a session of `sub` in the actor's scope on the actor's word (an organisation
+    admin), recorded with the actor as who ended it; None when there is no such session."""
+    async with transaction(runtime.database) as conn:
+        if not await repository.is_session_of_user(conn, session_id, sub, actor.scope):
+            return None
+        ended = await repository.end_session(conn, session_id)
+        if ended is not None:
+            await record_events(conn, actor, [ended_event(ended, "ended_by_admin")])
+    runtime.cache.drop_sessions({session_id})
+    return ended
+
+
 async def end_matching(
     runtime: SessionRuntime,
     conn: asyncpg.Connection,

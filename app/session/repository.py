@@ -151,6 +151,11 @@ END_OLDEST_OF_USER = _END.format(
     " ORDER BY created_at DESC, id DESC OFFSET $4)",
     max_notified=MAX_NOTIFIED,
 )
+SESSIONS_OF_USER = """
+SELECT id, created_at, last_seen_at, idle_expires_at, absolute_expires_at FROM browser_sessions
+WHERE sub = $1 AND scope = $2 ORDER BY created_at DESC, id DESC LIMIT $3
+"""
+SESSION_OF_USER = "SELECT id FROM browser_sessions WHERE id = $1 AND sub = $2 AND scope = $3"
 SESSIONS_OF = """
 SELECT id, scope FROM browser_sessions
 WHERE ($1::text IS NULL OR sub = $1) AND ($2::text IS NULL OR sid = $2)
@@ -266,6 +271,19 @@ async def end_oldest_of_user(
     """Delete the user's sessions beyond the newest `keep`, `newest` always among them."""
     rows = await conn.fetch(END_OLDEST_OF_USER, sub, CHANNEL, newest, keep - 1)
     return [Ended(r["id"], r["sub"], r["sid"], r["scope"]) for r in rows]
+
+
+async def sessions_of_user(
+    conn: asyncpg.Connection, sub: str, scope: str, limit: int
+) -> list[asyncpg.Record]:
+    """A user's live sessions in one scope, newest first: times only, never a token."""
+    return list(await conn.fetch(SESSIONS_OF_USER, sub, scope, limit))
+
+
+async def is_session_of_user(
+    conn: asyncpg.Connection, session_id: uuid.UUID, sub: str, scope: str
+) -> bool:
+    return await conn.fetchval(SESSION_OF_USER, session_id, sub, scope) is not None
 
 
 async def sessions_of(

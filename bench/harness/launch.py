@@ -1,6 +1,7 @@
 """Each target's server: its command and environment, and the stand-in tenant's counts.
 
-Ours runs as production runs it (`python -m app serve`), the peer and the floor under
+Ours runs as production runs it (`python -m app serve`), and so does `base` (`--base DIR`:
+another checkout's service, e.g. the commit before a change), the peer and the floor under
 uvicorn by import string (`bench.targets`); all three read the same database, and each
 talks to a stand-in tenant of its own so that the tenant's counts are that target's.
 """
@@ -49,8 +50,10 @@ def server_for(run: Run, target: str, workers: int) -> Server:
     env = base_env()
     common = ["--host", LOOPBACK, "--port", str(port), "--workers", str(workers)]
     uvicorn = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools"]
-    if target == "ours":
+    if target in ("ours", "base"):
         argv = [sys.executable, "-m", "app", "serve", *common]
+        if target == "base":  # the other checkout's app, with this one's packages
+            env["PYTHONPATH"] = str(run.args.base)
         env |= {
             "DATABASE_URL": run.db.app_url,
             "MIGRATIONS_DATABASE_URL": run.db.owner_url,

@@ -58,8 +58,12 @@ SCENARIOS = (
     Scenario("ours", "profile", "GET", "/api/profile", "get"),
     Scenario("ours", "proxy", "GET", PROXY_PATH, "get"),
     Scenario("upstream", "proxy", "GET", UPSTREAM_PATH, "get"),
+    # `--base DIR`: the service of another checkout, measured beside ours in the same run.
+    Scenario("base", "read", "GET", READ_PATH, "get"),
+    Scenario("base", "post", "POST", "/api/patients", "post", 201),
+    Scenario("base", "profile", "GET", "/api/profile", "get"),
 )
-TARGETS = ("floor", "ours", "peer")
+TARGETS = ("floor", "ours", "base", "peer")
 # The order cells are measured in within a round: the reads of all three side by side.
 ORDER = (
     "read",
@@ -181,6 +185,7 @@ class Run:
     profile: Any = None
     server_version: str = "?"
     git: str = "?"
+    base_git: str | None = None  # `--base DIR`: the commit of that checkout
     audit_grown: Any = None  # bench.auditlog.grow.Grown, when the log was grown
     audit_before: Any = None  # bench.auditlog.tables.LogSize when the measurements started
     audit_after: Any = None  # and when they ended

@@ -13,7 +13,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 
+import asyncpg
+
+from app.core.db import asyncpg_dsn
 from bench.auditlog.grow import grow
 from bench.harness import data, proofs
 from bench.harness.launch import base_env
@@ -65,6 +69,8 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
         tenant.start()
         run.tenants[target] = tenant
     run.git = git_state()
+    if args.base is not None:
+        run.base_git = git_state(args.base)
 
     users = data.make_users(args.users)
     minter = TokenMinter(DOMAIN, AUDIENCE, keys=[key])
@@ -92,6 +98,9 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
     run.db = asyncio.run(provision(args.admin_url, f"bench_{run.run_id}"))
     db = run.db
     stack.callback(lambda: asyncio.run(drop(db)))
+    if args.db_role_setting:
+        asyncio.run(role_settings(db.admin_url, db.name, db.app_role, args.db_role_setting))
+        log(f"  the app role's sessions in this database: {', '.join(args.db_role_setting)}")
     started = time.monotonic()
     run.server_version = asyncio.run(data.load(run.db.owner_url, users, args.patients))
     log(f"loaded {args.patients} patients in {len(users)} scopes in "
@@ -127,17 +136,36 @@ def prepare(run: Run, stack: contextlib.ExitStack) -> None:
     log(f"tokens ready ({share} cold tokens per cold run)")
 
 
-def git_state() -> str:
+async def role_settings(admin_url: str, name: str, role: str, settings: list[str]) -> None:
+    """`--db-role-setting NAME=VALUE`: a server setting for every session of the app role
+    (all targets) in this run's database, for a diagnostic run."""
+    admin = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        for item in settings:
+            setting, value = item.split("=", 1)
+            if not setting.replace("_", "").isalnum():
+                raise SystemExit(f"--db-role-setting: not a setting name: {setting!r}")
+            # Names cannot be bound parameters: the role and database are generated here,
+            # the setting checked above, the value quoted by Postgres.
+            literal = await admin.fetchval("SELECT quote_literal($1::text)", value)
+            await admin.execute(
+                f'ALTER ROLE "{role}" IN DATABASE "{name}" SET {setting} = {literal}'
+            )
+    finally:
+        await admin.close()
+
+
+def git_state(repo: Path = REPO) -> str:
     """The commit measured, and whether the working tree had changes on top of it."""
     try:
         head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "app", "migrations"],
+            ["git", "-C", str(repo), "status", "--porcelain", "app", "migrations"],
             capture_output=True,
             text=True,
             check=False,

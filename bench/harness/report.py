@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterable
 
 from app.core.settings import Quota
+from bench.harness.basecompare import base_lines
 from bench.harness.dpopread import dpop_lines
 from bench.harness.model import (
     Measurement,
@@ -390,6 +391,14 @@ def markdown(run: Run) -> str:
         "per-round ratio].",
         "",
         *machine(run),
+        *(
+            [
+                "- **diagnostic run**: every session of the app role (all targets) with "
+                + ", ".join(f"`{item}`" for item in a.db_role_setting)
+            ]
+            if a.db_role_setting
+            else []
+        ),
         *audit_log_lines(run),
         "",
         *table(run.measurements),
@@ -417,6 +426,7 @@ def markdown(run: Run) -> str:
             else []
         ),
         *dpop_lines(run),
+        *base_lines(run),
         *(
             [
                 "Remote APIs: a call forwarded through `/remote/bench/whoami` (a `user` route "

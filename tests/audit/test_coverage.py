@@ -30,6 +30,13 @@ NEW_PATIENT = {"given_name": "Ada", "family_name": "Lovelace", "birth_date": "19
 EXEMPT = {
     ("POST", "/api/account/verification-email"): "asks Auth0 to send an email; no data read",
     ("GET", "/api/audit-events/verify"): "recomputes hashes; returns counts and ids only",
+    # Hashes and tree sizes only; each records its `audit.read` all the same, checked where a
+    # signed checkpoint exists (tests/audit/test_endpoints_proofs.py).
+    ("GET", "/api/audit-events/checkpoint"): "a signed tree head: a size and a hash",
+    ("GET", "/api/audit-events/{event_id}/inclusion"): "an RFC 9162 proof: hashes only",
+    ("GET", "/api/audit-events/consistency"): "an RFC 9162 proof: hashes only",
+    # Records `audit.cosigned` when accepted (tests/audit/test_witness.py); needs a witness.
+    ("POST", "/api/audit-events/checkpoint/cosignatures"): "a witness's signature of a hash",
     ("GET", "/api/me/logins"): "the caller's own sign-in history: no patient, no other user",
 }
 

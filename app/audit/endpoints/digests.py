@@ -18,13 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.audit.digests import fetch_digests
+from app.audit.digests import digest_item, fetch_digests
 from app.audit.edge import actor_from
 from app.audit.events import Event
 from app.audit.record import record_event
 from app.audit.runtime import audit_of
 from app.audit.schemas import AuditKeySet, DigestPage, DigestsQuery
-from app.audit.signing import ScopeNames, scope_hash, scope_key_of
 from app.auth.requires import principal, requires
 from app.core.db import transaction
 from app.core.errors import BadRequest, ValidationFailed
@@ -61,18 +60,6 @@ def _utc(value: datetime | None, field: str, default: datetime) -> datetime:
 
 def _micros(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICRO
-
-
-def _digest_item(row: Any, scope: str, names: ScopeNames | None) -> dict[str, Any]:
-    item = dict(row.items())
-    item["prev_hash"] = row["prev_hash"].hex() if row["prev_hash"] is not None else None
-    item["hash"] = row["hash"].hex()
-    key_id = scope_key_of(row["jws"])
-    if key_id is None:  # version 1: the unkeyed name
-        item["your_scope"] = scope_hash(scope)
-    else:  # None once that scope key has left AUDIT_SCOPE_KEY
-        item["your_scope"] = names.name(scope, key_id) if names is not None else None
-    return item
 
 
 @operation(
@@ -118,7 +105,7 @@ async def list_digests(request: Request) -> Response:
             {"k": "digests", "w": window, "t": _micros(next_key[0]), "q": next_key[1]},
         )
     names = audit_of(request).names
-    items = [_digest_item(r, actor.scope, names) for r in rows]
+    items = [digest_item(r, actor.scope, names) for r in rows]
     return JSONResponse({"items": items, "next_cursor": next_cursor})
 
 

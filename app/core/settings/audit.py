@@ -73,6 +73,11 @@ class AuditSettings(Group):
         "in base64url), comma-separated: the first names scopes in new digests, the others "
         "tell callers their scope's name in older ones.",
     )
+    witness_keys: str | None = Field(
+        default=None,
+        description="The witnesses whose cosignatures of the checkpoints are accepted, as "
+        "NAME:X (X: the witness's Ed25519 public key in base64url), comma-separated.",
+    )
     signer_state_file: StateFile = Field(
         default=None,
         description="Where the issuer keeps the last digest it signed or saw, away from the "
@@ -90,6 +95,15 @@ class AuditSettings(Group):
     @field_validator("retired_keys", mode="before")
     @classmethod
     def _retired_keys(cls, value: Any) -> str | None:
+        text = value.strip() if isinstance(value, str) else value
+        if not text:
+            return None
+        parse_public_keys(text)
+        return str(text)
+
+    @field_validator("witness_keys", mode="before")
+    @classmethod
+    def _witness_keys(cls, value: Any) -> str | None:
         text = value.strip() if isinstance(value, str) else value
         if not text:
             return None

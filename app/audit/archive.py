@@ -1,0 +1,187 @@
+"""Sealing closed months of the audit log into archives, then detaching them.
+
+    python -m app audit archive --before YYYY-MM --to DIR [--drop] [--dry-run]
+
+As the migrations owner (MIGRATIONS_DATABASE_URL: detaching a partition is the owner's).
+For each monthly partition before `--before` (and before the current month), oldest first:
+every event must be in its scope's Merkle tree under a signed checkpoint (else it stops:
+run `python -m app audit digest` first); it writes the month's events and its manifest
+(app/audit/sealed.py has the format: each scope's tree size at the month's end and the
+consistency proof to its latest checkpoint), reads them back and checks each event's hash,
+its leaf in the stored tree and the proof, and only then detaches the partition (`--drop`:
+drops it). The tree keeps every node, so inclusion proofs of archived events still hold.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.audit.checkpoints import CheckpointInvalid
+from app.audit.merkle import ProofInvalid, leaf_hash, verify_consistency
+from app.audit.query import EVENT_COLUMNS, event_item
+from app.audit.sealed import MONTH, ArchiveBroken, archive_names, file_sha256, read_event
+from app.audit.trees import consistency_proof, fetch_nodes, latest_checkpoint, tree_root
+
+_PARTITION = re.compile(r"audit_events_([0-9]{4})_([0-9]{2})")
+_PARTITIONS = """
+SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'audit_events'::regclass ORDER BY c.relname
+"""
+_LEAVES = "SELECT seq, scope, idx FROM audit_tree_leaves WHERE seq = ANY($1::bigint[])"
+_SELECT = ", ".join(f"{c}::text AS {c}" if c == "detail" else c for c in EVENT_COLUMNS)
+
+
+class ArchiveRefused(Exception):
+    """Nothing (more) was archived or detached; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Month:
+    partition: str
+    month: str  # YYYY-MM
+    events: int
+
+
+def closed_months(names: list[str], before: str, today: date) -> list[str]:
+    """The partitions of months before `before` and before the current month, oldest first."""
+    current = f"{today:%Y-%m}"
+    found = []
+    for name in names:
+        match = _PARTITION.fullmatch(name)
+        if match is not None:
+            month = f"{match[1]}-{match[2]}"
+            if MONTH.fullmatch(month) and month < before and month < current:
+                found.append(name)
+    return sorted(found)
+
+
+def _month(partition: str) -> str:
+    match = _PARTITION.fullmatch(partition)
+    assert match is not None
+    return f"{match[1]}-{match[2]}"
+
+
+async def plan(conn: asyncpg.Connection, before: str, today: date) -> list[Month]:
+    names = [r["relname"] for r in await conn.fetch(_PARTITIONS)]
+    months = []
+    for partition in closed_months(names, before, today):
+        count = await conn.fetchval(f'SELECT count(*) FROM "{partition}"')
+        months.append(Month(partition, _month(partition), int(count)))
+    return months
+
+
+async def _scopes(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    """Each scope's seal: its tree size at the month's end, the proof to its checkpoint."""
+    leaves = {r["seq"]: r for r in await conn.fetch(_LEAVES, [r["seq"] for r in rows])}
+    ends: dict[str, tuple[int, int, bytes]] = {}
+    for row in rows:
+        leaf = leaves.get(row["seq"])
+        if leaf is None or leaf["scope"] != row["scope"]:
+            raise ArchiveRefused(
+                f"seq {row['seq']} is not in its scope's tree yet: run `python -m app audit "
+                "digest` (or build-trees) first"
+            )
+        first = ends.get(row["scope"], (leaf["idx"], 0, b""))[0]
+        ends[row["scope"]] = (first, leaf["idx"] + 1, bytes(row["hash"]))
+    seals = []
+    for scope, (first, size, last_hash) in sorted(ends.items()):
+        latest = await latest_checkpoint(conn, scope)
+        if latest is None or latest["size"] < size:
+            raise ArchiveRefused(f"a checkpoint does not cover scope {scope!r}'s events yet")
+        proof = await consistency_proof(conn, scope, size, int(latest["size"]))
+        seals.append(
+            {
+                "scope": scope,
+                "first_leaf": first,
+                "size": size,
+                "last_hash": last_hash.hex(),
+                "checkpoint": latest["note"],
+                "consistency": [base64.b64encode(h).decode() for h in proof],
+                "_root": bytes(latest["root"]),
+                "_checkpoint_size": int(latest["size"]),
+            }
+        )
+    return seals
+
+
+async def _check(conn: asyncpg.Connection, data: Path, seals: list[dict[str, Any]]) -> None:
+    """Read back what was written: each event's leaf is the stored tree's, and each proof
+    leads from the stored tree at the month's end to its checkpoint."""
+    with gzip.open(data, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                row = read_event(data, number, line)
+            except ArchiveBroken as exc:
+                raise ArchiveRefused(f"the archive written does not read back: {exc}") from None
+            leaf = await conn.fetchrow(_LEAVES, [row["seq"]])
+            stored = await fetch_nodes(conn, row["scope"], {(0, leaf["idx"])})
+            if stored[(0, leaf["idx"])] != leaf_hash(row["hash"]):
+                raise ArchiveRefused(f"seq {row['seq']}: the log and its tree disagree")
+    for seal in seals:
+        root = await tree_root(conn, seal["scope"], seal["size"])
+        proof = [base64.b64decode(h) for h in seal["consistency"]]
+        try:
+            verify_consistency(seal["size"], seal["_checkpoint_size"], root, seal["_root"], proof)
+        except (ProofInvalid, CheckpointInvalid) as exc:
+            raise ArchiveRefused(f"scope {seal['scope']!r}: {exc}") from None
+
+
+async def archive_month(
+    conn: asyncpg.Connection,
+    month: Month,
+    directory: Path,
+    *,
+    drop: bool,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Write, check, then detach (and drop) one month."""
+    rows = await conn.fetch(f'SELECT {_SELECT} FROM "{month.partition}" ORDER BY seq')
+    seals = await _scopes(conn, rows)
+    data_name, manifest_name = archive_names(month.month)
+    data = directory / data_name
+    with gzip.open(data.with_suffix(".tmp"), "wb") as handle:
+        for done, row in enumerate(rows, 1):
+            handle.write(orjson.dumps(event_item(row)) + b"\n")
+            if progress is not None and done % 10_000 == 0:
+                progress(done)
+    data.with_suffix(".tmp").replace(data)
+    await _check(conn, data, seals)
+    manifest = {
+        "v": 1,
+        "month": month.month,
+        "events": len(rows),
+        "sha256": file_sha256(data),
+        "scopes": [{k: v for k, v in s.items() if not k.startswith("_")} for s in seals],
+    }
+    (directory / manifest_name).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    async with conn.transaction():
+        await conn.execute(f'ALTER TABLE audit_events DETACH PARTITION "{month.partition}"')
+        if drop:
+            await conn.execute(f'DROP TABLE "{month.partition}"')
+
+
+def terminal_progress(total: int) -> Callable[[int], None] | None:
+    """Events done, rate and time left on a terminal; nothing when piped."""
+    if not sys.stderr.isatty():
+        return None
+    started = time.monotonic()
+
+    def show(done: int) -> None:
+        rate = done / max(time.monotonic() - started, 1e-6)
+        left = max(total - done, 0) / max(rate, 1e-6)
+        print(f"\r{done:,}/{total:,} events, {rate:,.0f}/s, about {left:,.0f} s left ",
+              end="", file=sys.stderr)  # fmt: skip
+
+    return show
