@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from prometheus_client import REGISTRY
 
 from devkit.upstream import Upstream
 from tests.fixtures.standin import SESSION_CLIENT_ID
@@ -68,12 +69,21 @@ async def test_token_rule_matrix(
         assert seen["claims"]["azp"] == SESSION_CLIENT_ID
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_the_client_token_is_fetched_once(app: Running, upstream: Upstream) -> None:
     cookie = with_cookie(await login(app.http))
+    management = _sample("m2m_token_fetches_total", outcome="ok")
+    grants = _sample("remote_token_grants_total", kind="client", outcome="ok")
     for _ in range(3):
         assert (await app.http.get("/remote/client/whoami", headers=cookie)).status_code == 200
     assert len(set(upstream.tokens())) == 1
     assert len(app.standin.state.m2m_tokens) == 1
+    # Counted as a remote API's grant, not as a Management API token (whose alert it is).
+    assert _sample("remote_token_grants_total", kind="client", outcome="ok") == grants + 1
+    assert _sample("m2m_token_fetches_total", outcome="ok") == management
 
 
 async def test_a_cookie_without_x_csrf_is_refused(app: Running, upstream: Upstream) -> None:
