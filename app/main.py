@@ -44,6 +44,8 @@ from app.http.middleware import Metrics, RequestContextMiddleware
 from app.patients import endpoints as patient_endpoints
 from app.patients.runtime import running_patients
 from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit
+from app.remote import endpoints as remote_endpoints
+from app.remote.runtime import running_remote
 from app.session import endpoints as session_endpoints
 from app.session import lifecycle
 from app.session.resolver import SessionResolver
@@ -138,6 +140,11 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
     ip_quota, user_quota = settings.rate_limits.ip_quota, settings.rate_limits.user_quota
     per_ip = rate_limiter.limit("ip", ip_quota) if ip_quota else None
     per_user = rate_limiter.limit("user", user_quota) if user_quota else None
+    remote_limits = {
+        route.name: rate_limiter.limit(f"remote.{route.name}", route.rate_limit)
+        for route in settings.remote.routes
+        if route.rate_limit is not None
+    }
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -197,6 +204,9 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
                 sessions=SessionResolver(sessions) if sessions is not None else None,
                 proofs=proofs,
             )
+            remote = await stack.enter_async_context(
+                running_remote(settings, core.http, remote_limits, sessions)
+            )
             yield {
                 "core": core,
                 "auth": auth,
@@ -205,14 +215,17 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
                 "patients": patients,
                 "account": account,
                 "sessions": sessions,
+                "remote": remote,
             }
 
     # Cookie mode off: no /auth/* or /console route at all, so every such path is a 404.
     session_routes = (
         [*session_endpoints.routes, *console_endpoints.routes] if settings.sessions.enabled else []
     )
+    # No declared remote API: no /remote route at all.
+    remote_routes = remote_endpoints.routes if settings.remote.routes else []
     app = Starlette(
-        routes=[*all_routes(), *session_routes],
+        routes=[*all_routes(), *session_routes, *remote_routes],
         middleware=middleware(settings, metrics, per_ip),
         exception_handlers=problems.EXCEPTION_HANDLERS,
         lifespan=lifespan,

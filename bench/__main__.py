@@ -26,6 +26,7 @@ ALL_SCENARIOS = (
     "post",
     "profile",
     "insert",
+    "proxy",
 )
 
 

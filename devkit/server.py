@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shlex
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import uvicorn
 from cryptography.fernet import Fernet
@@ -27,7 +30,7 @@ from cryptography.fernet import Fernet
 from app.audit.digests import register_keys
 from app.audit.signing import KeyRing
 from app.core.db import connect_raw, migrate
-from app.core.logs import configure_dev_logging
+from app.core.logs import StartupGate, configure_dev_logging
 from app.core.settings import Settings
 from app.http.server import GracefulServer
 from app.main import create_app
@@ -36,10 +39,14 @@ from devkit.keys import ALL_PERMISSIONS, TokenMinter, dev_audit_keys
 from devkit.page import add_page
 from devkit.tenant.app import create_tenant_app
 from devkit.tenant.state import TenantState
+from devkit.upstream import serve_upstream
 
 DEV_DOMAIN = "dev-tenant.local"
 DEV_AUDIENCE = "https://bff.local/api"
 DEV_SESSION_CLIENT_ID = "dev-session-client"
+# The stand-in remote API (devkit/upstream.py): another API than the service's own, so a
+# call to it from the page shows a session's token for a second audience.
+DEV_LABS_AUDIENCE = "https://labs.bff.local"
 # Every user signs in with every permission, except this one: a clinician who may work with
 # patients but not read the audit log (the console's 403 pages show with it).
 DEV_CLINICIAN = "clinician"
@@ -57,6 +64,31 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+@contextlib.contextmanager
+def dev_remote_apis(upstream_url: str) -> Iterator[str]:
+    """REMOTE_APIS_FILE if the environment names one, else a table with one route, `labs`,
+    to the stand-in upstream, with the user's token for its audience."""
+    given = os.environ.get("REMOTE_APIS_FILE")
+    if given:
+        yield given
+        return
+    table = {
+        "apis": {
+            "labs": {
+                "upstream": upstream_url,
+                "methods": ["GET"],
+                "token": "user",
+                "audience": DEV_LABS_AUDIENCE,
+                "rate_limit": "120/60",
+            }
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="bff-dev-") as directory:
+        path = Path(directory) / "remote-apis.json"
+        path.write_text(json.dumps(table, indent=2))
+        yield str(path)
 
 
 @contextlib.asynccontextmanager
@@ -105,14 +137,29 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
         allowed_callbacks=[f"{public_url}/auth/callback"],
         allowed_logout_urls=[f"{public_url}/"],
         backchannel_logout_url=f"{public_url}/auth/backchannel-logout",
+        other_audiences={DEV_LABS_AUDIENCE},
     )
     tenant.user_permissions[f"auth0|{DEV_CLINICIAN}"] = CLINICIAN_PERMISSIONS
     tenant.org_members[DEV_ORG] = set(DEV_ORG_MEMBERS)
     tenant.member_roles[(DEV_ORG, "auth0|carol")] = [
         {"id": "rol_Nurse", "name": "Nurse", "description": "Ward nurse"}
     ]
-    tenant_url = f"http://127.0.0.1:{tenant_port}"
 
+    with serve_upstream() as upstream, dev_remote_apis(upstream.url) as remote_apis:
+        return await _run(startup, port, tenant, tenant_port, public_url, remote_apis, upstream.url)
+
+
+async def _run(
+    startup: StartupGate,
+    port: int,
+    tenant: TenantState,
+    tenant_port: int,
+    public_url: str,
+    remote_apis: str,
+    upstream_url: str,
+) -> int:
+    client_id, client_secret = tenant.client_id, tenant.client_secret
+    tenant_url = f"http://127.0.0.1:{tenant_port}"
     async with dev_database() as (app_url, owner_url):
         signing_key, scope_key = dev_audit_keys(app_url)
         await _register_audit_key(owner_url, signing_key)
@@ -138,6 +185,8 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
             # The sessions' tokens bound to a key each (the tenant stands in for an API
             # that allows DPoP); SESSION_DPOP=false shows them as bearer tokens.
             session_dpop=os.environ.get("SESSION_DPOP", "true"),
+            # /remote/labs/... to the stand-in upstream (docs/remote-apis.md).
+            remote_apis_file=remote_apis,
             assignable_roles=DEV_ASSIGNABLE_ROLES,
             _env_file=None,
         )
@@ -174,7 +223,7 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
         token = tenant.minter.mint(
             "auth0|dev-user", permissions=ALL_PERMISSIONS, email_verified=True
         )
-        print(_banner(port, tenant_url, token), flush=True)
+        print(_banner(port, tenant_url, token, upstream_url), flush=True)
         startup.open()  # from here on: requests and the rest, at LOG_LEVEL
         await app_task
         tenant_server.should_exit = True
@@ -182,7 +231,7 @@ async def run_dev(*, port: int, tenant_port: int) -> int:
     return 0
 
 
-def _banner(port: int, tenant_url: str, token: str) -> str:
+def _banner(port: int, tenant_url: str, token: str, upstream_url: str) -> str:
     base = f"http://127.0.0.1:{port}"
     mint = shlex.quote('{"sub": "auth0|alice", "permissions": ["read:patients"]}')
     return f"""
@@ -191,6 +240,7 @@ def _banner(port: int, tenant_url: str, token: str) -> str:
   console  {base}/console/   (the audit log; "{DEV_CLINICIAN}" signs in without its permission;
            {base}/auth/login?organization={DEV_ORG}&return_to=/console/members as "admin")
   tenant   {tenant_url}   (local stand-in for Auth0; development only)
+  upstream {upstream_url}   (a stand-in remote API: {base}/remote/labs/whoami with the cookie)
 
   An access token for auth0|dev-user with every permission (valid for one hour):
 

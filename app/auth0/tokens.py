@@ -22,10 +22,20 @@ Grant = Callable[[], Awaitable[tuple[str, float]]]
 class M2MToken:
     """`get()` the token, `drop(token)` one Auth0 refused. `stats` counts `token_requests`."""
 
-    def __init__(self, grant: Grant, *, clock: Callable[[], float], stats: Counter[str]) -> None:
+    def __init__(
+        self,
+        grant: Grant,
+        *,
+        clock: Callable[[], float],
+        stats: Counter[str],
+        counted: Callable[[str], None] | None = None,
+    ) -> None:
+        """`counted(outcome)` counts each fetch ("ok", "failed"); by default in the
+        Management API's `m2m_token_fetches` (another token's cache counts its own)."""
         self._grant = grant
         self._clock = clock
         self._stats = stats
+        self._counted = counted or _management_fetch
         self._token: str | None = None
         self._renew_at = 0.0
         self._fetch: asyncio.Future[str] | None = None
@@ -60,9 +70,9 @@ class M2MToken:
         try:
             token, lifetime = await self._grant()
         except BaseException:
-            M2M_TOKEN_FETCHES.labels(outcome="failed").inc()
+            self._counted("failed")
             raise
-        M2M_TOKEN_FETCHES.labels(outcome="ok").inc()
+        self._counted("ok")
         # Renew early (a tenth of the lifetime, at most a minute) so that no call carries a
         # token that expires on the way.
         self._renew_at = self._clock() + lifetime - min(60.0, lifetime / 10)
@@ -73,3 +83,7 @@ class M2MToken:
         self._fetch = None
         if not task.cancelled():
             task.exception()  # marks it retrieved even if every waiter was cancelled
+
+
+def _management_fetch(outcome: str) -> None:
+    M2M_TOKEN_FETCHES.labels(outcome=outcome).inc()

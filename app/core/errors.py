@@ -173,6 +173,12 @@ class UpstreamUnavailable(AppError):
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
 
 
+class GatewayTimeout(AppError):
+    """A remote API (app/remote) did not answer in its route's time."""
+
+    status, title, type_name = 504, "Gateway Timeout", "upstream-timeout"
+
+
 class DatabaseUnavailable(Exception):
     """The database cannot be reached; start-up and readiness report it in one line."""
 

@@ -94,6 +94,22 @@ AUDIT_DIGEST_REFUSALS = Counter(
     "audit_digest_refusals",
     "Audit digests refused: the table did not continue the last digest the issuer knew.",
 )
+# Remote APIs (app/remote): every forwarded call by route and the status we answered
+# (the upstream's, or 502/504 when it failed us), and the upstream's time to its headers.
+REMOTE_CALLS = Counter(
+    "remote_calls", "Calls forwarded to remote APIs, by route and status.", ["route", "status"]
+)
+REMOTE_LATENCY = Histogram(
+    "remote_upstream_seconds",
+    "Time a remote API took to answer a forwarded call with its headers, by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+REMOTE_TOKENS = Counter(
+    "remote_token_grants",
+    "Tokens the service asked the tenant for to attach to remote calls, by kind and outcome.",
+    ["kind", "outcome"],
+)
 
 
 EVENT_LOOP_LAG = Histogram(

@@ -11,6 +11,8 @@ which has no DPoP of its own, and remembers the nonce the tenant last named
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 import uuid
 import warnings
@@ -64,8 +66,11 @@ class SessionKey:
         """The private JWK, to be sealed."""
         return orjson.dumps(self._key.as_dict(is_private=True)).decode()
 
-    def proof(self, method: str, url: str, nonce: str | None = None) -> str:
-        """A fresh proof for `method url` (its query and fragment left out)."""
+    def proof(
+        self, method: str, url: str, nonce: str | None = None, *, access_token: str | None = None
+    ) -> str:
+        """A fresh proof for `method url` (its query and fragment left out); with the
+        `access_token` it goes with (a call to a resource server), its hash (`ath`)."""
         claims: dict[str, Any] = {
             "jti": uuid.uuid4().hex,
             "htm": method,
@@ -74,6 +79,9 @@ class SessionKey:
         }
         if nonce is not None:
             claims["nonce"] = nonce
+        if access_token is not None:
+            digest = hashlib.sha256(access_token.encode("ascii")).digest()
+            claims["ath"] = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
         header = {"typ": "dpop+jwt", "alg": ALGORITHM, "jwk": self.public_jwk}
         signed: bytes = _JWS.serialize_compact(header, orjson.dumps(claims), self._key)
         return signed.decode()

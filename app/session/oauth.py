@@ -151,12 +151,23 @@ class TenantOAuth:
 
         return _token_set(await self._grant("code exchange", call, key))
 
-    async def refresh(self, refresh_token: str, key: SessionKey | None = None) -> TokenSet:
+    async def refresh(
+        self,
+        refresh_token: str,
+        key: SessionKey | None = None,
+        *,
+        audience: str | None = None,
+        scope: str | None = None,
+    ) -> TokenSet:
         """The `refresh_token` grant (with a proof of `key`); the tenant rotates the refresh
-        token."""
+        token. `audience` (and `scope`) ask for a token for another API with the same refresh
+        token (Auth0's multi-resource refresh tokens, app/remote)."""
+        extra = {"audience": audience} if audience else {}
+        if scope:
+            extra["scope"] = scope
 
         def call(client: AsyncOAuth2Client) -> Any:
-            return client.refresh_token(f"{self.base}/oauth/token", refresh_token)
+            return client.refresh_token(f"{self.base}/oauth/token", refresh_token, **extra)
 
         return _token_set(await self._grant("refresh", call, key))
 

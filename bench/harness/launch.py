@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from app.core.settings import Quota
 from bench.harness import data
@@ -17,10 +18,12 @@ from bench.harness.model import (
     AUDIENCE,
     CLIENT_ID,
     DOMAIN,
+    PROXY_ROUTE,
     REPO,
     UNREACHABLE_LIMIT,
     Run,
     cookie_mode,
+    proxy_wanted,
 )
 from bench.kit.loopback import LOOPBACK, free_port, http_call
 from bench.kit.servers import Server
@@ -79,6 +82,8 @@ def server_for(run: Run, target: str, workers: int) -> Server:
                 "SESSION_CLIENT_SECRET": run.session_secret,
                 "SESSION_ENCRYPTION_KEY": run.session_key,
             }
+        if proxy_wanted(run.args):
+            env["REMOTE_APIS_FILE"] = str(_remote_apis(run))
         env |= dict(item.split("=", 1) for item in run.args.service_env)
     elif target == "peer":
         argv = [*uvicorn, "bench.targets.fastapi_auth0:app", *common]
@@ -94,9 +99,35 @@ def server_for(run: Run, target: str, workers: int) -> Server:
     return Server(target, argv, env, port, workers, log_path, run.run_dir)
 
 
+def _remote_apis(run: Run) -> Path:
+    """Ours' route table: one route to the upstream, with the caller's own token."""
+    if not run.upstream_port:
+        run.upstream_port = free_port()
+    path = run.run_dir / "remote-apis.json"
+    route = {"upstream": f"http://{LOOPBACK}:{run.upstream_port}", "token": "user"}
+    path.write_text(json.dumps({"apis": {PROXY_ROUTE: route}}))
+    return path
+
+
+def upstream_server(run: Run, workers: int) -> Server:
+    """The stand-in upstream (devkit/upstream.py) under uvicorn, as the peer runs."""
+    if not run.upstream_port:
+        run.upstream_port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools",
+            "devkit.upstream:app", "--no-access-log", "--host", LOOPBACK,
+            "--port", str(run.upstream_port), "--workers", str(workers)]  # fmt: skip
+    log_path = run.run_dir / f"upstream-w{workers}.log"
+    return Server(
+        "upstream", argv, base_env(), run.upstream_port, workers, log_path, run.run_dir,
+        ready_path="/status/200",
+    )  # fmt: skip
+
+
 def tenant_stats(run: Run, target: str) -> dict[str, int]:
     """The tenant's counts, and the most Management API calls that reached it within any
     window of ours' budget (`management_busiest`, over the tenant's life so far)."""
+    if target not in run.tenants:  # the proxy's upstream talks to no tenant
+        return {}
     window = Quota.parse(run.args.management_rate)
     query = f"?window={window.seconds}" if window else ""
     status, body = http_call(run.tenants[target].url + "/dev/stats" + query)

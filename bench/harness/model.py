@@ -20,6 +20,12 @@ AUDIENCE = "https://bff.bench/api"
 CLIENT_ID = "bench-m2m-client"
 READ_PATH = "/api/patients?limit=20"
 READ_ROUTE = "/api/patients"  # its route template, as the service logs it
+# The proxy scenario: ours forwards to the stand-in upstream (devkit/upstream.py) with the
+# caller's own token (a `user` route of the service's audience); the same call made to the
+# upstream directly is measured beside it.
+PROXY_ROUTE = "bench"
+PROXY_PATH = f"/remote/{PROXY_ROUTE}/whoami"
+UPSTREAM_PATH = "/whoami"
 UNREACHABLE_LIMIT = "1000000000/60"
 TOKEN_TTL = 86_400  # Auth0's default access-token lifetime for an API
 POST_BODY = (
@@ -50,6 +56,8 @@ SCENARIOS = (
     Scenario("ours", "me", "GET", "/api/me", "get"),
     Scenario("ours", "post", "POST", "/api/patients", "post", 201),
     Scenario("ours", "profile", "GET", "/api/profile", "get"),
+    Scenario("ours", "proxy", "GET", PROXY_PATH, "get"),
+    Scenario("upstream", "proxy", "GET", UPSTREAM_PATH, "get"),
     # `--base DIR`: the service of another checkout, measured beside ours in the same run.
     Scenario("base", "read", "GET", READ_PATH, "get"),
     Scenario("base", "post", "POST", "/api/patients", "post", 201),
@@ -57,7 +65,17 @@ SCENARIOS = (
 )
 TARGETS = ("floor", "ours", "base", "peer")
 # The order cells are measured in within a round: the reads of all three side by side.
-ORDER = ("read", "read_dpop", "read_cookie", "read_cold", "me", "profile", "insert", "post")
+ORDER = (
+    "read",
+    "read_dpop",
+    "read_cookie",
+    "read_cold",
+    "me",
+    "profile",
+    "insert",
+    "post",
+    "proxy",
+)
 
 
 @dataclass
@@ -171,6 +189,7 @@ class Run:
     audit_grown: Any = None  # bench.auditlog.grow.Grown, when the log was grown
     audit_before: Any = None  # bench.auditlog.tables.LogSize when the measurements started
     audit_after: Any = None  # and when they ended
+    upstream_port: int = 0  # the proxy scenario's upstream, fixed for the run
 
 
 def _fernet_key() -> str:
@@ -181,6 +200,10 @@ def _fernet_key() -> str:
 
 def dpop_wanted(args: Any) -> bool:
     return "read_dpop" in args.scenarios and "ours" in args.targets
+
+
+def proxy_wanted(args: Any) -> bool:
+    return "proxy" in args.scenarios and "ours" in args.targets
 
 
 def cookie_mode(run: Run) -> bool:

@@ -123,6 +123,34 @@ def cookie_table(run: Run) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+PROXY_CPU_US = 1000  # the proxy's service CPU per forwarded call, at most (µs, median)
+
+
+def proxy_table(run: Run) -> list[str]:
+    """The proxied call (ours, `/remote/bench/whoami`: the caller's token verified, the call
+    forwarded and recorded) next to the same call made to the upstream directly."""
+    lines = [
+        "| workers | conns | req/s proxied / direct | p50 ms proxied / direct "
+        f"| p99 ms proxied / direct | service µs per proxied call (≤ {PROXY_CPU_US}) |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
+    for workers in run.args.workers:
+        for conns in run.args.connections:
+            proxied = find_cell(run, "ours", "proxy", workers, conns)
+            direct = find_cell(run, "upstream", "proxy", workers, conns)
+            if proxied is None or direct is None:
+                continue
+            cpu = proxied.median("app_us")
+            lines.append(
+                f"| {workers} | {conns} | {proxied.median('rps'):,.0f} / "
+                f"{direct.median('rps'):,.0f} "
+                f"| {proxied.median('p50_ms'):.1f} / {direct.median('p50_ms'):.1f} "
+                f"| {proxied.median('p99_ms'):.1f} / {direct.median('p99_ms'):.1f} "
+                f"| {cpu:,.0f} {'met' if cpu <= PROXY_CPU_US else 'MISSED'} |"
+            )
+    return lines if len(lines) > 2 else []
+
+
 def _at_most(value: float, floor: float, bound: float) -> str:
     if not floor:
         return "n/a"
@@ -399,6 +427,18 @@ def markdown(run: Run) -> str:
         ),
         *dpop_lines(run),
         *base_lines(run),
+        *(
+            [
+                "Remote APIs: a call forwarded through `/remote/bench/whoami` (a `user` route "
+                "of the service's audience, the caller's bearer token verified and forwarded, "
+                "one audit event) next to the same call to the stand-in upstream directly:",
+                "",
+                *proxy_table(run),
+                "",
+            ]
+            if proxy_table(run)
+            else []
+        ),
         *(
             [
                 "Read at a fixed rate (open loop, bench/kit/openloop.py: "

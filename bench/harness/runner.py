@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.auditlog.tables import log_size_at
 from bench.harness import data, proofs, sessions
-from bench.harness.launch import server_for, tenant_stats
+from bench.harness.launch import server_for, tenant_stats, upstream_server
 from bench.harness.model import (
     ORDER,
     POST_BODY,
@@ -29,6 +29,7 @@ from bench.harness.model import (
     Scenario,
     TenantCounts,
     cookie_mode,
+    proxy_wanted,
 )
 from bench.harness.prepare import prepare
 from bench.harness.profile import profile_read
@@ -191,8 +192,11 @@ def bench_workers(run: Run, workers: int) -> None:
     """All targets up at once, every cell measured once per round, cells interleaved so
     that ours, the peer and the floor are measured next to each other in time."""
     targets = [t for t in TARGETS if t in run.args.targets]
-    scenarios = [s for s in SCENARIOS if s.target in targets and s.name in run.args.scenarios]
     servers = {t: server_for(run, t, workers) for t in targets}
+    if proxy_wanted(run.args):  # the upstream ours forwards to, also measured directly
+        targets.append("upstream")
+        servers["upstream"] = upstream_server(run, workers)
+    scenarios = [s for s in SCENARIOS if s.target in targets and s.name in run.args.scenarios]
     before = {t: tenant_stats(run, t) for t in targets}
     try:
         for target, server in servers.items():

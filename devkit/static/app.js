@@ -40,6 +40,9 @@ function showSignedOut(reason) {
   $("signin").hidden = false;
   $("signout").hidden = true;
   $("records").hidden = true;
+  $("remote").hidden = true;
+  $("remote-result").textContent = "";
+  $("remote-result").dataset.state = "idle";
   $("patients").replaceChildren();
 }
 
@@ -57,6 +60,7 @@ function showSignedIn(session) {
   $("signin").hidden = true;
   $("signout").hidden = false;
   $("records").hidden = false;
+  $("remote").hidden = false;
 }
 
 // The session is gone (signed out elsewhere, expired, back-channel logout): say so.
@@ -135,6 +139,29 @@ async function createPatient(event) {
   }
 }
 
+// The stand-in lab system (devkit/upstream.py) answers who called it, from the token the
+// service attached: its subject, audience and scheme, and the token's hash, never the token.
+async function callRemote() {
+  showError("");
+  const box = $("remote-result");
+  box.dataset.state = "loading";
+  box.textContent = "Calling…";
+  const result = await call("GET", "/remote/labs/whoami");
+  if (handleUnauthorized(result)) return;
+  if (!result.ok) {
+    box.dataset.state = "failed";
+    box.textContent = "";
+    showError(describe(result));
+    return;
+  }
+  const claims = (result.data && result.data.claims) || {};
+  const audience = Array.isArray(claims.aud) ? claims.aud[0] : claims.aud;
+  box.textContent =
+    `The labs API was called for ${claims.sub} with a ${result.data.scheme} token for ` +
+    `${audience} (SHA-256 ${String(result.data.token_sha256).slice(0, 12)}…).`;
+  box.dataset.state = "done";
+}
+
 async function signOut() {
   showError("");
   const result = await call("POST", "/auth/logout");
@@ -153,6 +180,7 @@ async function signOut() {
 document.addEventListener("DOMContentLoaded", async () => {
   $("create-form").addEventListener("submit", createPatient);
   $("signout").addEventListener("click", signOut);
+  $("remote-call").addEventListener("click", callRemote);
   $("reload").addEventListener("click", () => {
     showError("");
     loadPatients();

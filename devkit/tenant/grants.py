@@ -53,8 +53,11 @@ def _tokens(
     family: str | None,
     nonce: str | None,
     jkt: str | None = None,
+    audience: str | None = None,
 ) -> dict[str, Any]:
-    """The token response: access and ID token, and a refresh token with `offline_access`."""
+    """The token response: access and ID token, and a refresh token with `offline_access`.
+    `audience`: the access token is for that API instead of the login's (a refresh grant
+    that named it); the refresh token stays the login's."""
     minter, user = state.minter, state.user(login.sub)
     now, ttl = int(time.time()), state.session_access_token_ttl_seconds
     permissions = list(state.user_permissions.get(login.sub, ALL_PERMISSIONS))
@@ -62,7 +65,7 @@ def _tokens(
     access = minter.mint(
         login.sub,
         permissions=permissions,
-        aud=[login.audience, f"{minter.issuer}userinfo"],
+        aud=[audience or login.audience, f"{minter.issuer}userinfo"],
         azp=login.client_id,
         scope=" ".join(dict.fromkeys([*scopes, *permissions])),
         iat=now,
@@ -137,8 +140,15 @@ def _grant(state: TenantState, body: dict[str, Any], refreshing: bool, jkt: str 
             return _invalid_grant("Unknown or invalid refresh token.")
         if token.jkt is not None and token.jkt != jkt and state.dpop.enabled:
             return _invalid_grant("The DPoP proof's key is not the refresh token's.")
+        audience = str(body.get("audience") or token.login.audience)
+        if audience != token.login.audience and audience not in state.other_audiences:
+            return oauth_error(403, "access_denied", f"Service not found: {audience}")
         token.rotated = True
-        tokens = _tokens(state, token.login, family=token.family, nonce=None, jkt=jkt)
+        if audience != token.login.audience:
+            state.counts["audience_grant"] += 1
+        tokens = _tokens(
+            state, token.login, family=token.family, nonce=None, jkt=jkt, audience=audience
+        )
         return JSONResponse(tokens, headers=NO_STORE)
     for name in ("code", "redirect_uri"):
         if not body.get(name):

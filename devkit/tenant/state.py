@@ -110,6 +110,9 @@ class TenantState:
     user_permissions: dict[str, list[str]] = field(default_factory=dict)
     logins: LoginStore = field(default_factory=LoginStore)
     dpop: DPoPState = field(default_factory=DPoPState)
+    # APIs besides the login's own that a refresh token may ask a token for (`audience` in
+    # the refresh grant: Auth0's multi-resource refresh tokens); others: access_denied.
+    other_audiences: set[str] = field(default_factory=set)
 
     def user(self, user_id: str) -> dict[str, Any]:
         if user_id not in self.users:

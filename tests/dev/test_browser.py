@@ -253,3 +253,46 @@ async def test_cookie_session_in_chromium(database: ProvisionedDatabase, tmp_pat
     assert GIVEN not in log and FAMILY not in log
     assert cookie["value"] not in log
     print(f"browser test: {time.monotonic() - started:.1f} s")
+
+
+async def test_a_remote_api_call_from_the_page(
+    database: ProvisionedDatabase, tmp_path: Path
+) -> None:
+    """The page calls `/remote/labs/whoami`: the stand-in lab system answers who called it
+    with a token for its own audience (got with the session's refresh token, DPoP-bound),
+    and no token reaches the page, its storage or the server's log."""
+    api = _browser_or_skip()
+    async with dev_server(database, tmp_path) as server, api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            context = await browser.new_context()
+            page = await context.new_page()
+            seen: list[str] = []  # every body the page received
+            page.on("response", lambda r: seen.append(r.url))
+            await page.goto(server.base + "/")
+            await page.wait_for_selector("#who[data-state=signed-out]", timeout=STEP_MS)
+            assert not await page.is_visible("#remote-call")
+            assert await _api_status(page, "/remote/labs/whoami") == 401
+
+            await _sign_in(page, server, "alice")
+            await page.click("#remote-call")
+            await page.wait_for_selector("#remote-result[data-state=done]", timeout=STEP_MS)
+            shown = await page.text_content("#remote-result") or ""
+            assert "auth0|alice" in shown and "https://labs.bff.local" in shown, shown
+            assert "DPoP token" in shown, shown
+            assert await _api_status(page, "/remote/labs/whoami", csrf=False) == 403
+
+            answer = await page.evaluate(
+                """async () => await (await fetch("/remote/labs/whoami",
+                    {credentials: "same-origin", headers: {"X-CSRF": "1"}})).text()"""
+            )
+            assert "eyJ" not in answer  # no JWT in what the browser gets
+            html = await page.content()
+            assert "eyJ" not in html
+            storage = await page.evaluate("JSON.stringify({...localStorage, ...sessionStorage})")
+            assert "eyJ" not in storage
+            assert any("/remote/labs/whoami" in url for url in seen)
+        finally:
+            await browser.close()
+    log = server.log.read_text(errors="replace")
+    assert "eyJ" not in log  # no token (every JWT starts so) in the server's log

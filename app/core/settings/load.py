@@ -23,6 +23,7 @@ from app.core.settings.database import DatabaseSettings
 from app.core.settings.dpop import DPoPSettings
 from app.core.settings.group import ENV_FILE, Group
 from app.core.settings.limits import RateLimitSettings
+from app.core.settings.remote import RemoteSettings
 from app.core.settings.server import ServerSettings
 from app.core.settings.sessions import SessionSettings
 from app.core.settings.values import ConfigError, describe, one_line
@@ -41,6 +42,7 @@ class Settings(BaseModel):
         "rate_limits": RateLimitSettings,
         "audit": AuditSettings,
         "sessions": SessionSettings,
+        "remote": RemoteSettings,
     }
 
     server: ServerSettings
@@ -52,6 +54,7 @@ class Settings(BaseModel):
     rate_limits: RateLimitSettings
     audit: AuditSettings
     sessions: SessionSettings
+    remote: RemoteSettings
 
     def __init__(self, _env_file: Any = ENV_FILE, **values: Any) -> None:
         """Every group from the environment, with `values` (variables' names in lower case,

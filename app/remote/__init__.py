@@ -1,0 +1,1 @@
+"""Remote APIs: declared routes forwarded with the right token (docs/remote-apis.md)."""
