@@ -50,7 +50,10 @@ SELECT line FROM audit_checkpoint_cosignatures WHERE scope = $1 AND size = $2 OR
 """
 _AT = "SELECT size, root, note FROM audit_checkpoints WHERE scope = $1 AND size = $2"
 _COSIGN = "SELECT audit_cosignatures_append($1, $2, $3, $4)"
-_LEAF = "SELECT idx, seq FROM audit_tree_leaves WHERE id = $1 AND scope = $2"
+# By the event's id alone, so the planner always takes the id index: with `AND scope = $2`
+# it could walk the scope's leaves by the primary key instead (seen: 21 ms at 2 million
+# events, before the table's first ANALYZE). The scope is checked on the one row found.
+_LEAF = "SELECT idx, seq, scope FROM audit_tree_leaves WHERE id = $1"
 
 
 class ProofUnavailable(Exception):
@@ -152,7 +155,7 @@ async def inclusion_proof(
     """The proof that the event `event_id` of `scope` is in its tree of `size` (None: the
     latest checkpoint's); None when the scope has no such event; `ProofUnavailable` when
     the event or `size` lies beyond the checkpoints."""
-    leaf = await conn.fetchrow(_LEAF, event_id, scope)
+    leaf = next((r for r in await conn.fetch(_LEAF, event_id) if r["scope"] == scope), None)
     if leaf is None:
         exists = await conn.fetchval(
             "SELECT true FROM audit_events WHERE id = $1 AND scope = $2 LIMIT 1", event_id, scope
