@@ -173,6 +173,7 @@ async def test_the_console_in_chromium(database: ProvisionedDatabase, tmp_path: 
             await page.click("#events tbody a[aria-label^=Event]")
             await page.wait_for_selector("#hash", timeout=dev.STEP_MS)
             assert len(await page.text_content("#hash") or "") == 64
+            event_path = urlsplit(page.url).path
             await _checkpoint(database)
             verdict = await _proof_status(page)
             assert re.match(r"Verified against checkpoint \d+ \(size \d+\): leaf", verdict), verdict
@@ -226,6 +227,7 @@ async def test_the_console_in_chromium(database: ProvisionedDatabase, tmp_path: 
                 "/console/",
                 "/console/audit",
                 f"/console/patients/{patient_id}/access",
+                event_path,
                 "/console/integrity",
                 "/console/activity",
             ):

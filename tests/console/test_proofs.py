@@ -235,3 +235,5 @@ async def test_the_integrity_page_lists_the_checkpoints_and_their_witnesses(
     table = response.text.split('id="checkpoints"')[1].split("</table>")[0]
     row = f"<tr><td>{size}</td><td>{issued.number}</td>"
     assert row in table and "<code>witness.example</code>" in table
+    served = await app.get(CHECKPOINT, headers=page_headers(cookie))
+    assert served.json()["note"] == f"{note}{line}\n"  # the cosignature served with it
