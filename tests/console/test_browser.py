@@ -4,7 +4,8 @@ test skips).
 
 An auditor signs in through the stand-in tenant's form (sent there by the console itself),
 filters the log to one patient, checks an event's inclusion proof in the page (verified
-against the checkpoint; a proof tampered on the way fails), opens that patient's access
+against the checkpoint; a proof tampered on the way fails; without WebCrypto's Ed25519 the
+page shows the offline command), opens that patient's access
 report, downloads its CSV and finds the API's rows in it; a clinician without
 `read:audit_events` gets 403 pages; an organisation admin grants and revokes a member's role
 and ends her session, whose cookie then gets 401. Along the way: no Content-Security-Policy
@@ -34,6 +35,14 @@ from devkit.db import ProvisionedDatabase
 from devkit.keys import dev_audit_keys
 from tests.dev import test_browser as dev
 
+# Run before the page's script, as a browser without Ed25519 in WebCrypto would behave.
+NO_ED25519 = """
+const generate = crypto.subtle.generateKey.bind(crypto.subtle);
+crypto.subtle.generateKey = (algorithm, ...rest) =>
+  (algorithm && algorithm.name === "Ed25519")
+    ? Promise.reject(new DOMException("Unrecognized name.", "NotSupportedError"))
+    : generate(algorithm, ...rest);
+"""
 PATIENT = {"given_name": "Quillonia", "family_name": "Brackenthwaite", "birth_date": "1984-05-06"}
 
 
@@ -183,6 +192,18 @@ async def test_the_console_in_chromium(database: ProvisionedDatabase, tmp_path: 
             verdict = await _proof_status(page)
             assert verdict == "Check failed: the proof does not lead to the checkpoint's root."
             await page.unroute(re.compile(r"/inclusion\?"))
+            # A browser without WebCrypto's Ed25519: the path is checked, the page shows
+            # the offline command for the signature.
+            await page.add_init_script(NO_ED25519)
+            await page.reload()
+            verdict = await _proof_status(page)
+            assert verdict.startswith("Path verified against checkpoint"), verdict
+            assert "signature is checked offline" in verdict
+            assert await page.is_visible("#proof-offline")
+            assert "python -m app audit verify-inclusion" in (
+                await page.text_content("#proof-offline") or ""
+            )
+            await _accessible(page)
             await page.go_back()
 
             # The access report, its CSV, and the API's rows in it.
