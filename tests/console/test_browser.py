@@ -5,13 +5,12 @@ test skips).
 An auditor signs in through the stand-in tenant's form (sent there by the console itself),
 filters the log to one patient, checks an event's inclusion proof in the page (verified
 against the checkpoint; a proof tampered on the way fails; without WebCrypto's Ed25519 the
-page shows the offline command), opens that patient's access
-report, downloads its CSV and finds the API's rows in it; a clinician without
-`read:audit_events` gets 403 pages; an organisation admin grants and revokes a member's role
-and ends her session, whose cookie then gets 401. Along the way: no Content-Security-Policy
-violation, no console error, no request to another host, axe-core finds no serious or
-critical violation, the pages read at 390 px without sideways scrolling, and the first Tab
-reaches the skip link.
+page shows the offline command), opens that patient's access report, downloads its CSV and
+finds the API's rows in it; a clinician without `read:audit_events` gets 403 pages; an
+organisation admin grants and revokes a member's role and ends her session, whose cookie then
+gets 401. Along the way: no Content-Security-Policy violation, no console error, no request
+to another host, axe-core finds no serious or critical violation, the pages read at 390 px
+without sideways scrolling, and the first Tab reaches the skip link.
 """
 
 from __future__ import annotations
