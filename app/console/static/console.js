@@ -224,6 +224,9 @@ async function proofVerdict(section) {
     throw new ProofFailed(`the proof could not be read: ${await problemOf(answer)}`);
   }
   const proof = await answer.json();
+  if (proof.event_id !== section.dataset.event) {
+    throw new ProofFailed("the proof is for another event");
+  }
   if (proof.tree_size !== note.size) {
     throw new ProofFailed(`the proof is for ${proof.tree_size} events, the checkpoint ${note.size}`);
   }
