@@ -48,6 +48,16 @@ ORDER BY t.scope
 _COSIGNATURES = """
 SELECT line FROM audit_checkpoint_cosignatures WHERE scope = $1 AND size = $2 ORDER BY witness
 """
+_RECENT = """
+SELECT c.size, c.digest_number, c.issued_at,
+       coalesce(array_agg(w.witness ORDER BY w.witness) FILTER (WHERE w.witness IS NOT NULL),
+                '{}') AS witnesses
+FROM (SELECT size, digest_number, issued_at FROM audit_checkpoints
+      WHERE scope = $1 ORDER BY size DESC LIMIT $2) c
+LEFT JOIN audit_checkpoint_cosignatures w ON w.scope = $1 AND w.size = c.size
+GROUP BY c.size, c.digest_number, c.issued_at
+ORDER BY c.size DESC
+"""
 _AT = "SELECT size, root, note FROM audit_checkpoints WHERE scope = $1 AND size = $2"
 _COSIGN = "SELECT audit_cosignatures_append($1, $2, $3, $4)"
 # By the event's id alone, so the planner always takes the id index: with `AND scope = $2`
@@ -129,6 +139,14 @@ async def served_checkpoint(conn: asyncpg.Connection, scope: str) -> tuple[int, 
         return None
     lines = [r["line"] for r in await conn.fetch(_COSIGNATURES, scope, latest["size"])]
     return int(latest["size"]), latest["note"] + "".join(f"{line}\n" for line in lines)
+
+
+async def recent_checkpoints(
+    conn: asyncpg.Connection, scope: str, limit: int
+) -> list[asyncpg.Record]:
+    """The `limit` latest checkpoints of `scope`, largest first: `size`, `digest_number`,
+    `issued_at`, and `witnesses` (the names of those whose cosignature is stored)."""
+    return list(await conn.fetch(_RECENT, scope, limit))
 
 
 async def checkpoint_at(conn: asyncpg.Connection, scope: str, size: int) -> str | None:

@@ -21,6 +21,7 @@ from app.audit.digests import digest_item, fetch_digests
 from app.audit.events import Actor, Event
 from app.audit.query import AuditFilters, fetch_event, fetch_page, fetch_patient_events
 from app.audit.signing import ScopeNames
+from app.audit.trees import recent_checkpoints
 from app.audit.verify import ChainReport, verify_chain
 from app.console import events, repository
 from app.console.search import route_of
@@ -30,6 +31,7 @@ REPORT_BATCH = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _END = datetime.max.replace(tzinfo=UTC)
 DIGESTS_SHOWN = 10
+CHECKPOINTS_SHOWN = 10
 TOP_ACTORS = 10
 FAMILIES_SHOWN = 6  # the largest action families get a colour each, the rest "other"
 
@@ -181,12 +183,14 @@ async def integrity(
     actor: Actor,
     since: datetime,
     until: datetime,
-) -> tuple[ChainReport, list[asyncpg.Record]]:
+) -> tuple[ChainReport, list[asyncpg.Record], list[asyncpg.Record]]:
     """The caller's scope's chain walked over [since, until) (recorded as `audit.verified`,
-    as the API's verification is) and the latest signed digests."""
+    as the API's verification is), the latest signed digests, and the latest checkpoints of
+    its Merkle tree with the witnesses that cosigned each."""
     async with connection(database) as conn:
         report = await verify_chain(conn, actor.scope, since, until)
         digests = await repository.latest_digests(conn, DIGESTS_SHOWN)
+        checkpoints = await recent_checkpoints(conn, actor.scope, CHECKPOINTS_SHOWN)
     detail = {
         "view": "console.integrity",
         "since": since.isoformat(),
@@ -195,7 +199,7 @@ async def integrity(
         "count": report.count,
     }
     await writer.record(actor, [Event("audit.verified", "E", detail=detail)])
-    return report, digests
+    return report, digests, checkpoints
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,29 +3,45 @@ Chromium through Playwright (tests/dev/test_browser.py starts the server and say
 test skips).
 
 An auditor signs in through the stand-in tenant's form (sent there by the console itself),
-filters the log to one patient, opens that patient's access report, downloads its CSV and
+filters the log to one patient, checks an event's inclusion proof in the page (verified
+against the checkpoint; a proof tampered on the way fails; without WebCrypto's Ed25519 the
+page shows the offline command), opens that patient's access report, downloads its CSV and
 finds the API's rows in it; a clinician without `read:audit_events` gets 403 pages; an
-organisation admin grants and revokes a member's role and ends her session, whose cookie
-then gets 401. Along
-the way: no Content-Security-Policy violation, no console error, no request to another
-host, axe-core finds no serious or critical violation, the pages read at 390 px without
-sideways scrolling, and the first Tab reaches the skip link.
+organisation admin grants and revokes a member's role and ends her session, whose cookie then
+gets 401. Along the way: no Content-Security-Policy violation, no console error, no request
+to another host, axe-core finds no serious or critical violation, the pages read at 390 px
+without sideways scrolling, and the first Tab reaches the skip link.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 from axe_playwright_python.async_playwright import Axe
 
+from app.audit.digests import issue_digest
+from app.audit.signing import KeyRing, ScopeNames
+from app.core.db import asyncpg_dsn
 from devkit.db import ProvisionedDatabase
+from devkit.keys import dev_audit_keys
 from tests.dev import test_browser as dev
 
+# Run before the page's script, as a browser without Ed25519 in WebCrypto would behave.
+NO_ED25519 = """
+const generate = crypto.subtle.generateKey.bind(crypto.subtle);
+crypto.subtle.generateKey = (algorithm, ...rest) =>
+  (algorithm && algorithm.name === "Ed25519")
+    ? Promise.reject(new DOMException("Unrecognized name.", "NotSupportedError"))
+    : generate(algorithm, ...rest);
+"""
 PATIENT = {"given_name": "Quillonia", "family_name": "Brackenthwaite", "birth_date": "1984-05-06"}
 
 
@@ -85,6 +101,36 @@ async def _api(page: Any, method: str, path: str, body: Any = None) -> Any:
     )
 
 
+async def _checkpoint(database: ProvisionedDatabase) -> None:
+    """A digest and its checkpoints now, signed with the dev server's keys (as its digest
+    issuer would sign them at the next interval)."""
+    signing_key, scope_key = dev_audit_keys(database.app_url)
+    conn = await asyncpg.connect(asyncpg_dsn(database.app_url))
+    try:
+        ring, names = KeyRing.from_setting(signing_key), ScopeNames.from_setting(scope_key)
+        assert (await issue_digest(conn, ring, names)).issued is not None
+    finally:
+        await conn.close()
+
+
+async def _tampered(route: Any) -> None:
+    """The proof as served, one byte of its first path hash flipped."""
+    response = await route.fetch()
+    proof = await response.json()
+    assert proof["audit_path"], "a tree of one event has no path to tamper with"
+    first = bytearray(base64.b64decode(proof["audit_path"][0]))
+    first[0] ^= 1
+    proof["audit_path"][0] = base64.b64encode(bytes(first)).decode()
+    await route.fulfill(response=response, json=proof)
+
+
+async def _proof_status(page: Any) -> str:
+    await page.click("#check-proof")
+    done = re.compile(r"^(Verified|Path verified|Check failed|Not checked)")
+    await page.locator("#proof-status", has_text=done).wait_for(timeout=dev.STEP_MS)
+    return (await page.text_content("#proof-status")) or ""
+
+
 async def _accessible(page: Any) -> None:
     results = await Axe().run(page)
     bad = [
@@ -130,10 +176,32 @@ async def test_the_console_in_chromium(database: ProvisionedDatabase, tmp_path: 
             assert await page.locator("#events time + .local").count() == 2
             await _accessible(page)
 
-            # One event: its request id and hash.
+            # One event: its request id and hash, and its proof checked in the page against
+            # the checkpoint issued now; the same proof with a byte flipped on the way fails.
             await page.click("#events tbody a[aria-label^=Event]")
             await page.wait_for_selector("#hash", timeout=dev.STEP_MS)
             assert len(await page.text_content("#hash") or "") == 64
+            event_path = urlsplit(page.url).path
+            await _checkpoint(database)
+            verdict = await _proof_status(page)
+            assert re.match(r"Verified against checkpoint \d+ \(size \d+\): leaf", verdict), verdict
+            assert "signed by" in verdict and await page.is_hidden("#proof-offline")
+            await _accessible(page)
+            await page.route(re.compile(r"/inclusion\?"), _tampered)
+            verdict = await _proof_status(page)
+            assert verdict == "Check failed: the proof does not lead to the checkpoint's root."
+            await page.unroute(re.compile(r"/inclusion\?"))
+            # A browser without WebCrypto's Ed25519: the path is checked, the page shows
+            # the offline command for the signature.
+            await page.add_init_script(NO_ED25519)
+            await page.reload()
+            verdict = await _proof_status(page)
+            assert verdict.startswith("Path verified against checkpoint"), verdict
+            assert "signature is checked offline" in verdict
+            assert await page.is_visible("#proof-offline")
+            assert "python -m app audit verify-inclusion" in (
+                await page.text_content("#proof-offline") or ""
+            )
             await _accessible(page)
             await page.go_back()
 
@@ -179,6 +247,7 @@ async def test_the_console_in_chromium(database: ProvisionedDatabase, tmp_path: 
                 "/console/",
                 "/console/audit",
                 f"/console/patients/{patient_id}/access",
+                event_path,
                 "/console/integrity",
                 "/console/activity",
             ):

@@ -31,6 +31,7 @@ from app.console.endpoints.log import (
     home,
     root,
 )
+from app.console.endpoints.proofs import checkpoint, inclusion
 
 STATIC = Path(__file__).parent.parent / "static"
 
@@ -39,6 +40,13 @@ routes: list[BaseRoute] = [
     Route("/console/", home, methods=["GET"], include_in_schema=False),
     Route("/console/audit", audit_log, methods=["GET"], include_in_schema=False),
     Route("/console/audit/events/{seq:int}", audit_event, methods=["GET"], include_in_schema=False),
+    Route("/console/audit/checkpoint", checkpoint, methods=["GET"], include_in_schema=False),
+    Route(
+        "/console/audit/events/{event_id:uuid}/inclusion",
+        inclusion,
+        methods=["GET"],
+        include_in_schema=False,
+    ),
     Route(
         "/console/patients/{patient_id:uuid}/access",
         access_report,

@@ -28,14 +28,15 @@ async def integrity(request: Request) -> Response:
     values: dict[str, Any] = {"title": "Integrity", "form": query.form, "errors": query.errors}
     if query.filters is None:
         return render(request, "integrity.html", values | {"report": None}, status=400)
-    report, digests = await service.integrity(
+    report, digests, checkpoints = await service.integrity(
         context(request).database,
         audit_of(request).writer,
         who.actor,
         query.filters.since,
         query.filters.until,
     )
-    return render(request, "integrity.html", values | {"report": report, "digests": digests})
+    values |= {"report": report, "digests": digests, "checkpoints": checkpoints}
+    return render(request, "integrity.html", values)
 
 
 @page(AUDIT)

@@ -87,8 +87,10 @@ async def audit_event(request: Request) -> Response:
         return render(request, "missing.html", {"title": "No such event"}, status=404)
     item = event_item(row)
     detail = orjson.dumps(orjson.loads(row["detail"]), option=orjson.OPT_INDENT_2).decode()
+    audit = context(request).settings.audit
+    interval = audit.digest_interval_seconds if audit.digests else None
     values = {"title": f"Event {seq}", "row": row, "item": item, "detail": detail, "place": place}
-    return render(request, "event.html", values)
+    return render(request, "event.html", values | {"interval": interval})
 
 
 @page(AUDIT)
