@@ -237,8 +237,7 @@ def _banner(port: int, tenant_url: str, token: str, upstream_url: str) -> str:
     return f"""
   service  {base}   (API explorer: {base}/docs)
   page     {base}/   (sign in with any user name, list and create patients: cookie mode)
-  console  {base}/console/   (the audit log; "{DEV_CLINICIAN}" signs in without its permission;
-           {base}/auth/login?organization={DEV_ORG}&return_to=/console/members as "admin")
+  console  {base}/console/   (auditors; "{DEV_CLINICIAN}": no audit permission; docs/console.md)
   tenant   {tenant_url}   (local stand-in for Auth0; development only)
   upstream {upstream_url}   (a stand-in remote API: {base}/remote/labs/whoami with the cookie)
 

@@ -39,7 +39,7 @@ from app.core.db import transaction
 from app.core.errors import BadRequest, NotFound
 from app.http.bodies import JSONResponse, parse_body
 from app.http.context import context
-from app.http.openapi import Resp, operation
+from app.http.openapi import Problem, Resp, operation
 
 TAGS = ["audit"]
 _COUNT = re.compile(r"[1-9][0-9]{0,17}")
@@ -128,7 +128,12 @@ def _read(view: str, **detail: Any) -> Event:
             None,
             "A C2SP signed note: origin, tree size, base64 root hash, then the signatures",
             media_type="text/plain",
-        )
+        ),
+        404: Resp(
+            Problem,
+            "No checkpoint covers your scope yet (the next digest brings one)",
+            media_type="application/problem+json",
+        ),
     },
     description="Signed with the digest key (GET /.well-known/audit-keys); issued with the "
     "digests, so it covers the scope's events up to one digest interval old. 404 until the "
