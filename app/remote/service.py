@@ -33,6 +33,7 @@ from app.core.errors import (
 from app.core.metrics import REMOTE_LATENCY
 from app.core.settings.remote import RemoteRoute
 from app.remote import lifecycle
+from app.remote.pool import Held, UpstreamPool
 from app.remote.runtime import RemoteRuntime
 from app.session.cache import Session
 from app.session.dpop import SessionKey
@@ -128,7 +129,8 @@ class Answer:
 
     status: int
     headers: list[tuple[str, str]]
-    _response: httpcore.Response
+    _held: Held
+    _pool: UpstreamPool
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name), None)
@@ -136,13 +138,13 @@ class Answer:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; `UpstreamBroke` when the upstream breaks off."""
         try:
-            async for chunk in self._response.aiter_stream():
+            async for chunk in self._held.response.aiter_stream():
                 yield chunk
         except (httpcore.TimeoutException, *_UNREACHABLE) as exc:
             raise UpstreamBroke(type(exc).__name__) from None
 
     async def close(self) -> None:
-        await self._response.aclose()
+        await self._pool.release(self._held)
 
 
 class UpstreamBroke(Exception):
@@ -171,8 +173,9 @@ async def send(
     caller streams and closes it). 504 on a timeout, 502 when the upstream cannot be
     reached or answered nothing usable; a redirect is an answer like any other.
 
-    Sent with httpcore, the connection pool under httpx: half httpx's CPU per call, and a
-    proxy needs none of what httpx adds (redirects, cookies, decoding)."""
+    Sent with httpcore's HTTP/1.1 connections (app/remote/pool.py keeps them): a proxy needs
+    none of what httpx adds (redirects, cookies, decoding), nor httpcore's pool's look at
+    every connection it holds on each call."""
     sent = [(b"Host", urlsplit(url).netloc.encode("ascii"))]
     sent += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     if credential.token is not None and credential.key is not None:
@@ -189,7 +192,7 @@ async def send(
     )
     started = time.perf_counter()
     try:
-        response = await runtime.http.handle_async_request(request)
+        held = await runtime.http.send(request)
     except PayloadTooLarge:
         raise
     except httpcore.TimeoutException:
@@ -202,8 +205,9 @@ async def send(
         )
         raise UpstreamError(f"the remote API {route.name} could not be reached") from None
     REMOTE_LATENCY.labels(route=route.name).observe(time.perf_counter() - started)
+    response = held.response
     answered = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
-    return Answer(response.status, answered, response)
+    return Answer(response.status, answered, held, runtime.http)
 
 
 def capped(chunks: AsyncIterator[bytes], limit: int, counted: list[int]) -> AsyncIterator[bytes]:
