@@ -14,6 +14,7 @@ it is DPoP-bound (the proof that goes with it is for us, not for the upstream).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -176,7 +177,8 @@ async def send(
     Sent with httpcore's HTTP/1.1 connections (app/remote/pool.py keeps them): a proxy needs
     none of what httpx adds (redirects, cookies, decoding), nor httpcore's pool's look at
     every connection it holds on each call."""
-    sent = [(b"Host", urlsplit(url).netloc.encode("ascii"))]
+    where = _origin_of(url)
+    sent = [(b"Host", where.host_header)]
     sent += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     if credential.token is not None and credential.key is not None:
         proof = credential.key.proof(method, url, access_token=credential.token)
@@ -187,8 +189,14 @@ async def send(
         sent.append((b"Transfer-Encoding", b"chunked"))
     seconds = route.timeout_seconds
     timeout = {"connect": min(seconds, 5.0), "read": seconds, "write": seconds, "pool": seconds}
+    target = httpcore.URL(
+        scheme=where.scheme,
+        host=where.host,
+        port=where.port,
+        target=url[where.length :].encode("ascii") or b"/",
+    )
     request = httpcore.Request(
-        method, url, headers=sent, content=body, extensions={"timeout": timeout}
+        method, target, headers=sent, content=body, extensions={"timeout": timeout}
     )
     started = time.perf_counter()
     try:
@@ -208,6 +216,34 @@ async def send(
     response = held.response
     answered = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
     return Answer(response.status, answered, held, runtime.http)
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    scheme: bytes
+    host: bytes
+    port: int | None
+    host_header: bytes
+    length: int  # of `scheme://netloc`, where the request target starts
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_of_base(scheme: str, netloc: str) -> _Origin:
+    parts = urlsplit(f"{scheme}://{netloc}")
+    host = (parts.hostname or "").encode("ascii")
+    return _Origin(
+        scheme.encode("ascii"),
+        host,
+        parts.port,
+        netloc.encode("ascii"),
+        len(scheme) + 3 + len(netloc),
+    )
+
+
+def _origin_of(url: str) -> _Origin:
+    """The scheme, host and port of an upstream URL, worked out once per upstream."""
+    scheme, _, rest = url.partition("://")
+    return _origin_of_base(scheme, rest.split("/", 1)[0].split("?", 1)[0])
 
 
 def capped(chunks: AsyncIterator[bytes], limit: int, counted: list[int]) -> AsyncIterator[bytes]:
