@@ -67,15 +67,17 @@ class UpstreamPool:
         if held.released:
             return
         held.released = True
-        self._slots.release()
         try:
             await held.response.aclose()
         finally:
-            idle = self._idle.setdefault(held.origin, [])
-            if held.connection.is_idle() and len(idle) < self._max_idle:
-                idle.append(held.connection)
-            else:
-                await self._drop(held.connection)
+            try:
+                idle = self._idle.setdefault(held.origin, [])
+                if held.connection.is_idle() and len(idle) < self._max_idle:
+                    idle.append(held.connection)  # before the slot is free: the next takes it
+                else:
+                    await self._drop(held.connection)
+            finally:
+                self._slots.release()
 
     async def aclose(self) -> None:
         self._idle.clear()
