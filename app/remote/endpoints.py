@@ -206,8 +206,13 @@ class ResponseTooLarge(Exception):
     cut (the status line is already sent)."""
 
 
+WHOLE_BYTES = 64 * 1024  # an answer declared this long or shorter is sent in one piece
+
+
 class Relayed(StreamingResponse):
-    """The upstream's answer, relayed as it streams in; recorded when it is over."""
+    """The upstream's answer, relayed as it streams in (or, when it declared a length of
+    at most `WHOLE_BYTES`, read whole and sent in one message: no task watching for the
+    client leaving, no message per chunk); recorded when it is over."""
 
     def __init__(
         self,
@@ -224,6 +229,8 @@ class Relayed(StreamingResponse):
         self.credential = credential
         self.sent = sent
         self.received = 0
+        declared = upstream.header("content-length") or ""
+        self.whole = declared.isdigit() and int(declared) <= WHOLE_BYTES
         super().__init__(self._relay(), status_code=upstream.status)
         raw: list[tuple[bytes, bytes]] = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
@@ -241,10 +248,24 @@ class Relayed(StreamingResponse):
                 raise ResponseTooLarge(self.route.name)
             yield chunk
 
+    async def _send_whole(self, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        try:
+            body = b"".join([chunk async for chunk in self._relay()])
+        except (ResponseTooLarge, service.UpstreamBroke):
+            # As when streaming: the status line goes, then the connection is cut.
+            await send(start | {"headers": self.raw_headers})
+            raise
+        await send(start | {"headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reason: str | None = None
         try:
-            await super().__call__(scope, receive, send)
+            if self.whole:
+                await self._send_whole(send)
+            else:
+                await super().__call__(scope, receive, send)
         except ResponseTooLarge:
             reason = "the answer passed the route's limit"
             raise

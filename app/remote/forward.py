@@ -16,6 +16,7 @@ dropped: the browser sees our origin, whose policy is ours.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -93,9 +94,14 @@ def upstream_url(base: str, path: str, raw_query: bytes) -> str:
     if raw_query:
         url += "?" + raw_query.decode("latin-1")
     # The checks above leave no way out of the base; this says so should they ever change.
-    if not urlsplit(url).path.startswith(urlsplit(base).path):
+    if not urlsplit(url).path.startswith(_base_path(base)):
         raise PathRefused("the path leaves the route")
     return url
+
+
+@functools.lru_cache(maxsize=256)
+def _base_path(base: str) -> str:
+    return urlsplit(base).path
 
 
 def _named_by_connection(headers: Iterable[tuple[str, str]]) -> set[str]:

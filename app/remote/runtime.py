@@ -2,8 +2,8 @@
 accessor (`remote_of`).
 
 It holds the declared routes (REMOTE_APIS_FILE), a connection pool of its own for the
-upstreams (httpcore's, under httpx: it follows no redirect and reads no proxy settings from
-the environment), the client-credentials tokens, each route's rate limit, and in cookie mode
+upstreams (app/remote/pool.py: it follows no redirect and reads no proxy settings from the
+environment), the client-credentials tokens, each route's rate limit, and in cookie mode
 the sessions' tokens for other audiences this copy holds (`AudienceTokens`; getting them is
 app/remote/lifecycle.py).
 """
@@ -16,13 +16,13 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpcore
 import httpx
 
 from app.core.settings import Settings
 from app.core.settings.remote import RemoteRoute
 from app.core.state import HasState, part_of
 from app.ratelimit import Limit
+from app.remote.pool import UpstreamPool
 from app.remote.tokens import ClientTokens
 from app.session.lifecycle import REFRESH_MARGIN_SECONDS
 from app.session.runtime import SessionRuntime
@@ -66,7 +66,7 @@ class AudienceTokens:
 class RemoteRuntime:
     settings: Settings
     routes: dict[str, RemoteRoute]
-    http: httpcore.AsyncConnectionPool
+    http: UpstreamPool
     clients: ClientTokens
     limits: dict[str, Limit] = field(default_factory=dict)
     audiences: AudienceTokens | None = None  # cookie mode on
@@ -80,12 +80,10 @@ class RemoteRuntime:
         return route.audience or self.own_audience
 
 
-def upstream_pool() -> httpcore.AsyncConnectionPool:
+def upstream_pool() -> UpstreamPool:
     """The upstreams' connections (app/remote/service.py sends through them): no proxy from
     the environment, no redirect followed; timeouts are per route, on each request."""
-    return httpcore.AsyncConnectionPool(
-        max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0
-    )
+    return UpstreamPool(max_connections=100, max_idle=20, keepalive_expiry=30.0)
 
 
 @contextlib.asynccontextmanager

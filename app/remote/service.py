@@ -14,6 +14,7 @@ it is DPoP-bound (the proof that goes with it is for us, not for the upstream).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from app.core.errors import (
 from app.core.metrics import REMOTE_LATENCY
 from app.core.settings.remote import RemoteRoute
 from app.remote import lifecycle
+from app.remote.pool import Held, UpstreamPool
 from app.remote.runtime import RemoteRuntime
 from app.session.cache import Session
 from app.session.dpop import SessionKey
@@ -128,7 +130,8 @@ class Answer:
 
     status: int
     headers: list[tuple[str, str]]
-    _response: httpcore.Response
+    _held: Held
+    _pool: UpstreamPool
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name), None)
@@ -136,13 +139,13 @@ class Answer:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; `UpstreamBroke` when the upstream breaks off."""
         try:
-            async for chunk in self._response.aiter_stream():
+            async for chunk in self._held.response.aiter_stream():
                 yield chunk
         except (httpcore.TimeoutException, *_UNREACHABLE) as exc:
             raise UpstreamBroke(type(exc).__name__) from None
 
     async def close(self) -> None:
-        await self._response.aclose()
+        await self._pool.release(self._held)
 
 
 class UpstreamBroke(Exception):
@@ -171,9 +174,11 @@ async def send(
     caller streams and closes it). 504 on a timeout, 502 when the upstream cannot be
     reached or answered nothing usable; a redirect is an answer like any other.
 
-    Sent with httpcore, the connection pool under httpx: half httpx's CPU per call, and a
-    proxy needs none of what httpx adds (redirects, cookies, decoding)."""
-    sent = [(b"Host", urlsplit(url).netloc.encode("ascii"))]
+    Sent with httpcore's HTTP/1.1 connections (app/remote/pool.py keeps them): a proxy needs
+    none of what httpx adds (redirects, cookies, decoding), nor httpcore's pool's look at
+    every connection it holds on each call."""
+    where = _origin_of(url)
+    sent = [(b"Host", where.host_header)]
     sent += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     if credential.token is not None and credential.key is not None:
         proof = credential.key.proof(method, url, access_token=credential.token)
@@ -184,12 +189,18 @@ async def send(
         sent.append((b"Transfer-Encoding", b"chunked"))
     seconds = route.timeout_seconds
     timeout = {"connect": min(seconds, 5.0), "read": seconds, "write": seconds, "pool": seconds}
+    target = httpcore.URL(
+        scheme=where.scheme,
+        host=where.host,
+        port=where.port,
+        target=url[where.length :].encode("ascii") or b"/",
+    )
     request = httpcore.Request(
-        method, url, headers=sent, content=body, extensions={"timeout": timeout}
+        method, target, headers=sent, content=body, extensions={"timeout": timeout}
     )
     started = time.perf_counter()
     try:
-        response = await runtime.http.handle_async_request(request)
+        held = await runtime.http.send(request)
     except PayloadTooLarge:
         raise
     except httpcore.TimeoutException:
@@ -202,8 +213,37 @@ async def send(
         )
         raise UpstreamError(f"the remote API {route.name} could not be reached") from None
     REMOTE_LATENCY.labels(route=route.name).observe(time.perf_counter() - started)
+    response = held.response
     answered = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
-    return Answer(response.status, answered, response)
+    return Answer(response.status, answered, held, runtime.http)
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    scheme: bytes
+    host: bytes
+    port: int | None
+    host_header: bytes
+    length: int  # of `scheme://netloc`, where the request target starts
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_of_base(scheme: str, netloc: str) -> _Origin:
+    parts = urlsplit(f"{scheme}://{netloc}")
+    host = (parts.hostname or "").encode("ascii")
+    return _Origin(
+        scheme.encode("ascii"),
+        host,
+        parts.port,
+        netloc.encode("ascii"),
+        len(scheme) + 3 + len(netloc),
+    )
+
+
+def _origin_of(url: str) -> _Origin:
+    """The scheme, host and port of an upstream URL, worked out once per upstream."""
+    scheme, _, rest = url.partition("://")
+    return _origin_of_base(scheme, rest.split("/", 1)[0].split("?", 1)[0])
 
 
 def capped(chunks: AsyncIterator[bytes], limit: int, counted: list[int]) -> AsyncIterator[bytes]:

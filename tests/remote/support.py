@@ -99,6 +99,7 @@ class RawAnswer:
     body: bytes = b""
     size: int = 0
     complete: bool = False  # the last body message came (a cut answer never sends it)
+    body_messages: int = 0
 
 
 async def raw_call(
@@ -109,7 +110,9 @@ async def raw_call(
     *,
     keep_body: bool = True,
 ) -> RawAnswer:
-    """One request straight into the ASGI app with `raw_path` as sent on the wire."""
+    """One request straight into the ASGI app with `raw_path` as sent on the wire (its
+    query, if any, after the `?`)."""
+    raw_path, _, query = raw_path.partition(b"?")
     path = raw_path.decode("latin-1")
     scope = {
         "type": "http",
@@ -119,7 +122,7 @@ async def raw_call(
         "scheme": "http",
         "path": unquote(path),
         "raw_path": raw_path,
-        "query_string": b"",
+        "query_string": query,
         "root_path": "",
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
         "client": ("127.0.0.1", 50000),
@@ -143,6 +146,7 @@ async def raw_call(
         elif message["type"] == "http.response.body":
             chunk = message.get("body", b"")
             answer.size += len(chunk)
+            answer.body_messages += 1
             answer.complete = not message.get("more_body", False)
             if keep_body:
                 answer.body += chunk

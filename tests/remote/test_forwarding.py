@@ -151,3 +151,20 @@ async def test_metrics_count_calls_by_route_and_status(app: Running) -> None:
     assert 'remote_calls_total{route="plain",status="204"}' in text
     assert 'remote_calls_total{route="down",status="502"}' in text
     assert 'remote_upstream_seconds_count{route="plain"}' in text
+
+
+async def test_a_small_answer_comes_whole_with_its_length(app: Running) -> None:
+    answer = await raw_call(app.asgi, "GET", b"/remote/plain/bytes/3000?sized=1")
+    assert answer.status == 200
+    assert answer.complete
+    assert answer.headers["content-length"] == "3000"
+    assert answer.body == b"x" * 3000
+    assert answer.body_messages == 1  # read whole, sent in one piece
+
+
+async def test_a_large_answer_is_streamed_in_pieces(app: Running) -> None:
+    answer = await raw_call(app.asgi, "GET", b"/remote/big/bytes/300000?sized=1", keep_body=False)
+    assert answer.status == 200
+    assert answer.complete
+    assert answer.size == 300000
+    assert answer.body_messages > 1
