@@ -10,7 +10,8 @@ passed, so a refused proof stores nothing:
 1. one `DPoP` header of at most 8 KiB (a larger one is refused undecoded);
 2. a compact JWS whose header has `typ: dpop+jwt`, an `alg` of ES256, EdDSA (Ed25519) or
    RS256 (2048 bits or more), no `crit`, and a public `jwk` of that type (no private
-   member); its signature checked with that key through authlib's JOSE;
+   member); its signature checked with that key by `cryptography` (ES256's raw r||s as
+   DER; the key imported from its JWK once, by authlib);
 3. `htm` equal to the request's method, and `htu` equal to the request's URI without its
    query (scheme, host, port and path normalised as RFC 3986 section 6 says; the origin is
    PUBLIC_URL, never a client's header; an `htu` with a query or fragment is refused);
@@ -21,9 +22,12 @@ passed, so a refused proof stores nothing:
 7. a `jti` no copy of the service has seen within the window.
 
 Key objects are cached per thumbprint (a client signs every proof with the same key), so a
-known key costs a dict lookup instead of an import. Nothing else can be cached: every proof
-is new by design. The checks and the replay write are the request phases `dpop_proof` and
-`dpop_replay` (app/core/timings.py).
+known key costs a dict lookup instead of an import, and an accepted header is remembered by
+its encoded segment (a client sends the same one with every proof), so it is not decoded,
+checked or hashed again; the normalised `htu` and request URI are remembered too. The
+claims, the signature and the `jti` are new in every proof and checked every time. The
+checks and the replay write are the request phases `dpop_proof` and `dpop_replay`
+(app/core/timings.py).
 """
 
 from __future__ import annotations
@@ -34,11 +38,16 @@ import hmac
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ec import ECDSA
+from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.hashes import SHA256
 
 from app.auth.replay import ReplayStore
 from app.auth.tokens import Principal, b64url_decode
@@ -76,6 +85,11 @@ _THUMBPRINT_MEMBERS = {
 }
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _ALGORITHM_OBJECTS = {name: JsonWebSignature.ALGORITHMS_REGISTRY[name] for name in ALGORITHMS}
+_P256_BYTES = 32
+_SHA256 = SHA256()
+_ECDSA_SHA256 = ECDSA(_SHA256)
+_PKCS1V15 = PKCS1v15()
+URI_CACHE_SIZE = 10_000
 
 
 def dpop_challenge(challenge: str) -> str:
@@ -177,18 +191,30 @@ class Nonces:
 
 
 class _Prepared:
-    """A public key as authlib's JWS algorithms use it, loaded once: authlib's own key
-    objects load a public key from its JWK members again at every signature check."""
+    """A public key loaded once (through authlib's JWK import, which checks its members) and
+    checked with `cryptography` directly: ES256's raw r||s signature as the DER that
+    OpenSSL takes, RS256 with PKCS#1 v1.5, EdDSA as it is."""
 
-    __slots__ = ("curve_key_size", "op_key")
+    __slots__ = ("alg", "op_key")
 
-    def __init__(self, op_key: Any) -> None:
-        self.op_key = op_key
-        curve = getattr(op_key, "curve", None)
-        self.curve_key_size = curve.key_size if curve is not None else 0
+    def __init__(self, alg: str, op_key: Any) -> None:
+        self.alg, self.op_key = alg, op_key
 
-    def get_op_key(self, operation: str) -> Any:
-        return self.op_key
+    def verifies(self, signed: bytes, signature: bytes) -> bool:
+        try:
+            if self.alg == "ES256":
+                if len(signature) != 2 * _P256_BYTES:
+                    return False
+                r = int.from_bytes(signature[:_P256_BYTES])
+                s = int.from_bytes(signature[_P256_BYTES:])
+                self.op_key.verify(encode_dss_signature(r, s), signed, _ECDSA_SHA256)
+            elif self.alg == "RS256":
+                self.op_key.verify(signature, signed, _PKCS1V15, _SHA256)
+            else:
+                self.op_key.verify(signature, signed)
+        except InvalidSignature:
+            return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +250,8 @@ class DPoPVerifier:
         self._leeway = settings.iat_leeway_seconds
         self._clock = clock
         self._keys: OrderedDict[str, _Prepared] = OrderedDict()  # by thumbprint
+        self._headers: OrderedDict[bytes, tuple[str, _Prepared]] = OrderedDict()  # by segment
+        self._uris: dict[str, str | None] = {}  # normalize_uri's answers
 
     def asked_for(self, scheme: str, proofs: Sequence[str]) -> bool:
         """Whether a refusal of this request carries the `DPoP` challenge: in `required`
@@ -271,7 +299,17 @@ class DPoPVerifier:
         proof = presented.proofs[0]
         if len(proof) > MAX_PROOF_BYTES:
             raise DPoPRefused("the DPoP proof is too large")
-        header, claims, signed, signature = _decode(proof)
+        segment, header, claims, signed, signature = _decode(proof, self._headers)
+        key_id, key = self._headers[segment] if header is None else self._header(segment, header)
+        if not key.verifies(signed, signature):
+            raise DPoPRefused("the proof's signature does not verify")
+        self._check_claims(claims, presented)
+        return claims, key_id
+
+    def _header(self, segment: bytes, header: dict[str, Any]) -> tuple[str, _Prepared]:
+        """The thumbprint and key of a proof header not seen before, once it passes its
+        checks; remembered by its segment (a client sends the same header every time), so
+        the next proof with it skips the decoding, the checks and the thumbprint."""
         if header.get("typ") != PROOF_TYPE:
             raise DPoPRefused("the proof's typ must be dpop+jwt")
         alg = header.get("alg")
@@ -291,10 +329,11 @@ class DPoPVerifier:
             key_id = thumbprint(jwk)
         except ValueError:
             raise DPoPRefused("the proof's jwk is not a valid public key") from None
-        if not _ALGORITHM_OBJECTS[alg].verify(signed, signature, self._key(key_id, alg, jwk)):
-            raise DPoPRefused("the proof's signature does not verify")
-        self._check_claims(claims, presented)
-        return claims, key_id
+        accepted = key_id, self._key(key_id, alg, jwk)
+        self._headers[segment] = accepted
+        if len(self._headers) > KEY_CACHE_SIZE:
+            self._headers.popitem(last=False)
+        return accepted
 
     def _key(self, key_id: str, alg: str, jwk: dict[str, Any]) -> _Prepared:
         found = self._keys.get(key_id)
@@ -304,7 +343,7 @@ class DPoPVerifier:
         public = {m: jwk[m] for m in _THUMBPRINT_MEMBERS[jwk["kty"]]}
         try:
             imported = _ALGORITHM_OBJECTS[alg].prepare_key(public)
-            found = _Prepared(imported.get_op_key("verify"))
+            found = _Prepared(alg, imported.get_op_key("verify"))
         except Exception:  # authlib and cryptography refuse bad keys with several types
             raise DPoPRefused("the proof's jwk is not a valid public key") from None
         if alg == "RS256" and found.op_key.key_size < MIN_RSA_BITS:
@@ -322,10 +361,10 @@ class DPoPVerifier:
             raise DPoPRefused("the proof's jti is too long")
         if claims["htm"] != presented.method:
             raise DPoPRefused("the proof's htm does not match the request's method")
-        htu = normalize_uri(claims["htu"])
+        htu = self._normalized(claims["htu"])
         if htu is None:
             raise DPoPRefused("the proof's htu is not an http(s) URI without query or fragment")
-        if htu != normalize_uri((self._origin or presented.local_origin) + presented.path):
+        if htu != self._normalized((self._origin or presented.local_origin) + presented.path):
             raise DPoPRefused("the proof's htu does not match the request's URI")
         iat = claims.get("iat")
         if not isinstance(iat, int | float) or isinstance(iat, bool):
@@ -335,6 +374,17 @@ class DPoPVerifier:
             raise DPoPRefused("the proof is too old (iat)")
         if iat > now + self._leeway:
             raise DPoPRefused("the proof is issued in the future (iat)")
+
+    def _normalized(self, uri: str) -> str | None:
+        """`normalize_uri`, remembered: a client names the same few URIs again and again."""
+        try:
+            return self._uris[uri]
+        except KeyError:
+            pass
+        if len(self._uris) >= URI_CACHE_SIZE:
+            self._uris.clear()
+        found = self._uris[uri] = normalize_uri(uri)
+        return found
 
     def _check_nonce(self, nonce: Any) -> str | None:
         if self.nonces is None:
@@ -347,8 +397,12 @@ class DPoPVerifier:
         return None if hmac.compare_digest(nonce.encode(), current.encode()) else current
 
 
-def _decode(proof: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
-    """Header, claims, signing input and signature of a compact JWS, or `DPoPRefused`."""
+def _decode(
+    proof: str, known_segments: Container[bytes]
+) -> tuple[bytes, dict[str, Any] | None, dict[str, Any], bytes, bytes]:
+    """The header's segment, the header (None when the segment is one of `known_segments`,
+    accepted before: it is not decoded again), the claims, the signing input and the
+    signature of a compact JWS, or `DPoPRefused`."""
     if not proof.isascii():
         raise DPoPRefused("the DPoP proof is not a JWT")
     raw = proof.encode()
@@ -356,11 +410,13 @@ def _decode(proof: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     if len(segments) != 3:
         raise DPoPRefused("the DPoP proof is not a JWT")
     try:
-        header = orjson.loads(b64url_decode(segments[0]))
+        known = segments[0] in known_segments
+        header = None if known else orjson.loads(b64url_decode(segments[0]))
         claims = orjson.loads(b64url_decode(segments[1]))
         signature = b64url_decode(segments[2])
     except ValueError:
         raise DPoPRefused("the DPoP proof is not a JWT") from None
-    if not isinstance(header, dict) or not isinstance(claims, dict):
+    if not (known or isinstance(header, dict)) or not isinstance(claims, dict):
         raise DPoPRefused("the DPoP proof is not a JWT")
-    return header, claims, raw[: len(segments[0]) + 1 + len(segments[1])], signature
+    signed = raw[: len(segments[0]) + 1 + len(segments[1])]
+    return segments[0], header, claims, signed, signature
