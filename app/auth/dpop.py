@@ -32,23 +32,24 @@ checks and the replay write are the request phases `dpop_proof` and `dpop_replay
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ec import ECDSA
-from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.hashes import SHA256
 
+from app.auth.proofkeys import (
+    ALGORITHMS,
+    KEY_TYPES,
+    PRIVATE_MEMBERS,
+    PublicKey,
+    b64url,
+    thumbprint,
+)
 from app.auth.replay import ReplayStore
 from app.auth.tokens import Principal, b64url_decode
 from app.auth.uris import normalize_uri
@@ -56,39 +57,14 @@ from app.core.errors import AppError, Unauthorized
 from app.core.settings.dpop import DPoPSettings
 from app.core.timings import phase
 
-with warnings.catch_warnings():
-    # authlib 1.x announces on import that authlib.jose moves to joserfc in 2.0 (and forces
-    # that warning on): pyproject keeps authlib below 2.
-    import authlib.deprecate
-
-    warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
-    from authlib.jose import JsonWebSignature
-
-ALGORITHMS = ("ES256", "EdDSA", "RS256")
 ALGS = " ".join(ALGORITHMS)
 MAX_PROOF_BYTES = 8 * 1024
 PROOF_TYPE = "dpop+jwt"
 KEY_CACHE_SIZE = 10_000
+URI_CACHE_SIZE = 10_000
 MIN_RSA_BITS = 2048
 MAX_JTI_LENGTH = 256
 
-# The key type (and curve) each algorithm signs with, and the members RFC 7638 hashes.
-_KEY_TYPES: dict[str, tuple[str, str | None]] = {
-    "ES256": ("EC", "P-256"),
-    "EdDSA": ("OKP", "Ed25519"),
-    "RS256": ("RSA", None),
-}
-_THUMBPRINT_MEMBERS = {
-    "EC": ("crv", "kty", "x", "y"),
-    "OKP": ("crv", "kty", "x"),
-    "RSA": ("e", "kty", "n"),
-}
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_ALGORITHM_OBJECTS = {name: JsonWebSignature.ALGORITHMS_REGISTRY[name] for name in ALGORITHMS}
-_P256_BYTES = 32
-_SHA256 = SHA256()
-_ECDSA_SHA256 = ECDSA(_SHA256)
-_PKCS1V15 = PKCS1v15()
 URI_CACHE_SIZE = 10_000
 
 
@@ -139,20 +115,6 @@ def token_refused(detail: str) -> Unauthorized:
 # --- Keys, nonces ------------------------------------------------------------------------------
 
 
-def thumbprint(jwk: dict[str, Any]) -> str:
-    """The RFC 7638 thumbprint of a public JWK (base64url SHA-256 of its required members);
-    `ValueError` when it is not an EC, OKP or RSA key with those members."""
-    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
-    if members is None or not all(isinstance(jwk.get(m), str) for m in members):
-        raise ValueError("not a public EC, OKP or RSA key")
-    canonical = orjson.dumps({m: jwk[m] for m in members}, option=orjson.OPT_SORT_KEYS)
-    return b64url(hashlib.sha256(canonical).digest())
-
-
-def b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 def access_token_hash(token: str) -> str:
     """A proof's `ath`: base64url SHA-256 of the access token's ASCII."""
     return b64url(hashlib.sha256(token.encode()).digest())
@@ -190,33 +152,6 @@ class Nonces:
 # --- Proofs ------------------------------------------------------------------------------------
 
 
-class _Prepared:
-    """A public key loaded once (through authlib's JWK import, which checks its members) and
-    checked with `cryptography` directly: ES256's raw r||s signature as the DER that
-    OpenSSL takes, RS256 with PKCS#1 v1.5, EdDSA as it is."""
-
-    __slots__ = ("alg", "op_key")
-
-    def __init__(self, alg: str, op_key: Any) -> None:
-        self.alg, self.op_key = alg, op_key
-
-    def verifies(self, signed: bytes, signature: bytes) -> bool:
-        try:
-            if self.alg == "ES256":
-                if len(signature) != 2 * _P256_BYTES:
-                    return False
-                r = int.from_bytes(signature[:_P256_BYTES])
-                s = int.from_bytes(signature[_P256_BYTES:])
-                self.op_key.verify(encode_dss_signature(r, s), signed, _ECDSA_SHA256)
-            elif self.alg == "RS256":
-                self.op_key.verify(signature, signed, _PKCS1V15, _SHA256)
-            else:
-                self.op_key.verify(signature, signed)
-        except InvalidSignature:
-            return False
-        return True
-
-
 @dataclass(frozen=True, slots=True)
 class Presented:
     """What a request presents: the Authorization scheme (lower case) and token, its `DPoP`
@@ -249,8 +184,8 @@ class DPoPVerifier:
         self._origin = origin
         self._leeway = settings.iat_leeway_seconds
         self._clock = clock
-        self._keys: OrderedDict[str, _Prepared] = OrderedDict()  # by thumbprint
-        self._headers: OrderedDict[bytes, tuple[str, _Prepared]] = OrderedDict()  # by segment
+        self._keys: OrderedDict[str, PublicKey] = OrderedDict()  # by thumbprint
+        self._headers: OrderedDict[bytes, tuple[str, PublicKey]] = OrderedDict()  # by segment
         self._uris: dict[str, str | None] = {}  # normalize_uri's answers
 
     def asked_for(self, scheme: str, proofs: Sequence[str]) -> bool:
@@ -306,23 +241,23 @@ class DPoPVerifier:
         self._check_claims(claims, presented)
         return claims, key_id
 
-    def _header(self, segment: bytes, header: dict[str, Any]) -> tuple[str, _Prepared]:
+    def _header(self, segment: bytes, header: dict[str, Any]) -> tuple[str, PublicKey]:
         """The thumbprint and key of a proof header not seen before, once it passes its
         checks; remembered by its segment (a client sends the same header every time), so
         the next proof with it skips the decoding, the checks and the thumbprint."""
         if header.get("typ") != PROOF_TYPE:
             raise DPoPRefused("the proof's typ must be dpop+jwt")
         alg = header.get("alg")
-        if alg not in _KEY_TYPES:
+        if alg not in KEY_TYPES:
             raise DPoPRefused(f"the proof's alg must be one of {ALGS}")
         if "crit" in header:
             raise DPoPRefused("the proof has a critical header this service does not know")
         jwk = header.get("jwk")
         if not isinstance(jwk, dict):
             raise DPoPRefused("the proof's header has no jwk")
-        if _PRIVATE_MEMBERS & jwk.keys():
+        if PRIVATE_MEMBERS & jwk.keys():
             raise DPoPRefused("the proof's jwk holds a private key")
-        kty, crv = _KEY_TYPES[alg]
+        kty, crv = KEY_TYPES[alg]
         if jwk.get("kty") != kty or (crv is not None and jwk.get("crv") != crv):
             raise DPoPRefused(f"the proof's jwk is not a key for {alg}")
         try:
@@ -335,16 +270,14 @@ class DPoPVerifier:
             self._headers.popitem(last=False)
         return accepted
 
-    def _key(self, key_id: str, alg: str, jwk: dict[str, Any]) -> _Prepared:
+    def _key(self, key_id: str, alg: str, jwk: dict[str, Any]) -> PublicKey:
         found = self._keys.get(key_id)
         if found is not None:
             self._keys.move_to_end(key_id)
             return found
-        public = {m: jwk[m] for m in _THUMBPRINT_MEMBERS[jwk["kty"]]}
         try:
-            imported = _ALGORITHM_OBJECTS[alg].prepare_key(public)
-            found = _Prepared(alg, imported.get_op_key("verify"))
-        except Exception:  # authlib and cryptography refuse bad keys with several types
+            found = PublicKey.load(alg, jwk)
+        except ValueError:
             raise DPoPRefused("the proof's jwk is not a valid public key") from None
         if alg == "RS256" and found.op_key.key_size < MIN_RSA_BITS:
             raise DPoPRefused(f"the proof's RSA key is shorter than {MIN_RSA_BITS} bits")

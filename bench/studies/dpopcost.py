@@ -30,6 +30,7 @@ import orjson
 
 from app.auth import dpop
 from app.auth.dpop import DPoPVerifier, Presented
+from app.auth.proofkeys import thumbprint
 from app.auth.tokens import Principal, b64url_decode
 from app.core.settings.dpop import DPoPSettings
 from bench.harness.model import READ_PATH
@@ -146,7 +147,7 @@ def _round(
     known = {p.split(".")[0].encode() for p in proofs}
     _time("  decode (known header)", proofs, lambda p: dpop._decode(p, known))
     jwks = [orjson.loads(b64url_decode(p.split(".")[0].encode()))["jwk"] for p in proofs]
-    _time("  thumbprint (when new)", jwks, dpop.thumbprint)
+    _time("  thumbprint (when new)", jwks, thumbprint)
     _time("  access_token_hash", made, lambda m: dpop.access_token_hash(m[0].token))
 
 
