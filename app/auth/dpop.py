@@ -61,11 +61,14 @@ ALGS = " ".join(ALGORITHMS)
 MAX_PROOF_BYTES = 8 * 1024
 PROOF_TYPE = "dpop+jwt"
 KEY_CACHE_SIZE = 10_000
-URI_CACHE_SIZE = 10_000
+# Remembered headers and URIs are bounded in number and in size (a header or URI longer than
+# a client's usual one is checked every time), so no sender can make them grow past a few MiB.
+HEADER_CACHE_SIZE = 4_096
+MAX_CACHED_HEADER = 1_024
+URI_CACHE_SIZE = 1_024
+MAX_CACHED_URI = 512
 MIN_RSA_BITS = 2048
 MAX_JTI_LENGTH = 256
-
-URI_CACHE_SIZE = 10_000
 
 
 def dpop_challenge(challenge: str) -> str:
@@ -235,16 +238,21 @@ class DPoPVerifier:
         if len(proof) > MAX_PROOF_BYTES:
             raise DPoPRefused("the DPoP proof is too large")
         segment, header, claims, signed, signature = _decode(proof, self._headers)
-        key_id, key = self._headers[segment] if header is None else self._header(segment, header)
+        key_id, key = self._headers[segment] if header is None else self._header(header)
         if not key.verifies(signed, signature):
             raise DPoPRefused("the proof's signature does not verify")
+        if header is not None and len(segment) <= MAX_CACHED_HEADER:
+            self._headers[segment] = key_id, key  # signed by its key: remembered
+            if len(self._headers) > HEADER_CACHE_SIZE:
+                self._headers.popitem(last=False)
         self._check_claims(claims, presented)
         return claims, key_id
 
-    def _header(self, segment: bytes, header: dict[str, Any]) -> tuple[str, PublicKey]:
+    def _header(self, header: dict[str, Any]) -> tuple[str, PublicKey]:
         """The thumbprint and key of a proof header not seen before, once it passes its
-        checks; remembered by its segment (a client sends the same header every time), so
-        the next proof with it skips the decoding, the checks and the thumbprint."""
+        checks. `verify_proof` remembers it by its segment once a proof signed with it
+        verifies (a client sends the same header every time), so the next proof with it
+        skips the decoding, the checks and the thumbprint."""
         if header.get("typ") != PROOF_TYPE:
             raise DPoPRefused("the proof's typ must be dpop+jwt")
         alg = header.get("alg")
@@ -264,11 +272,7 @@ class DPoPVerifier:
             key_id = thumbprint(jwk)
         except ValueError:
             raise DPoPRefused("the proof's jwk is not a valid public key") from None
-        accepted = key_id, self._key(key_id, alg, jwk)
-        self._headers[segment] = accepted
-        if len(self._headers) > KEY_CACHE_SIZE:
-            self._headers.popitem(last=False)
-        return accepted
+        return key_id, self._key(key_id, alg, jwk)
 
     def _key(self, key_id: str, alg: str, jwk: dict[str, Any]) -> PublicKey:
         found = self._keys.get(key_id)
@@ -314,9 +318,11 @@ class DPoPVerifier:
             return self._uris[uri]
         except KeyError:
             pass
-        if len(self._uris) >= URI_CACHE_SIZE:
-            self._uris.clear()
-        found = self._uris[uri] = normalize_uri(uri)
+        found = normalize_uri(uri)
+        if len(uri) <= MAX_CACHED_URI:
+            if len(self._uris) >= URI_CACHE_SIZE:
+                self._uris.clear()
+            self._uris[uri] = found
         return found
 
     def _check_nonce(self, nonce: Any) -> str | None:

@@ -18,9 +18,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from app.auth.dpop import (
+    HEADER_CACHE_SIZE,
+    URI_CACHE_SIZE,
+    DPoPRefused,
+    DPoPVerifier,
+    Presented,
+)
 from app.core.settings import Settings
+from app.core.settings.dpop import DPoPSettings
 from devkit.db import ProvisionedDatabase
-from devkit.dpop import ath
+from devkit.dpop import DPoPKey, ath
 from devkit.keys import TokenMinter
 from tests.auth.dpop_support import (
     PATIENTS,
@@ -181,3 +189,40 @@ class TestAKnownHeader:
         assert await remembered(owner) == 0
         rows = await owner.fetch("SELECT action FROM audit_events ORDER BY seq")
         assert [r["action"] for r in rows] == ["access.denied", "access.denied"]
+
+
+class TestWhatTheVerifierRemembers:
+    """Bounded, and only what a key signed: a sender cannot grow the service's memory."""
+
+    def _verifier(self) -> DPoPVerifier:
+        return DPoPVerifier(
+            DPoPSettings(mode="allowed"), _NoReplays(), origin=PUBLIC_URL, nonce_key=b"k" * 32
+        )
+
+    def test_a_header_whose_proof_does_not_verify_is_not_remembered(self) -> None:
+        verifier = self._verifier()
+        victim, impostor = DPoPKey.generate(), DPoPKey.generate()
+        forged = impostor.proof("GET", URL, access_token="t", header={"jwk": victim.public_jwk})
+        with pytest.raises(DPoPRefused, match="signature does not verify"):
+            verifier.verify_proof(Presented("dpop", "t", [forged], "GET", PATIENTS, ""))
+        assert len(verifier._headers) == 0
+
+    def test_headers_and_uris_stay_bounded(self) -> None:
+        verifier = self._verifier()
+        key = DPoPKey.generate("EdDSA")
+        for n in range(HEADER_CACHE_SIZE + 10):
+            proof = key.proof("GET", URL, access_token="t", header={"kid": str(n)})
+            verifier.verify_proof(Presented("dpop", "t", [proof], "GET", PATIENTS, ""))
+        long = key.proof("GET", URL, access_token="t", header={"kid": "k" * 2000})
+        verifier.verify_proof(Presented("dpop", "t", [long], "GET", PATIENTS, ""))
+        assert len(verifier._headers) == HEADER_CACHE_SIZE
+        assert long.split(".")[0].encode() not in verifier._headers
+        assert len(verifier._uris) <= URI_CACHE_SIZE
+
+
+class _NoReplays:
+    async def first_use(self, key: bytes, until: float) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
