@@ -10,7 +10,8 @@ passed, so a refused proof stores nothing:
 1. one `DPoP` header of at most 8 KiB (a larger one is refused undecoded);
 2. a compact JWS whose header has `typ: dpop+jwt`, an `alg` of ES256, EdDSA (Ed25519) or
    RS256 (2048 bits or more), no `crit`, and a public `jwk` of that type (no private
-   member); its signature checked with that key through authlib's JOSE;
+   member); its signature checked with that key by `cryptography` (ES256's raw r||s as
+   DER; the key imported from its JWK once, by authlib);
 3. `htm` equal to the request's method, and `htu` equal to the request's URI without its
    query (scheme, host, port and path normalised as RFC 3986 section 6 says; the origin is
    PUBLIC_URL, never a client's header; an `htu` with a query or fragment is refused);
@@ -21,25 +22,34 @@ passed, so a refused proof stores nothing:
 7. a `jti` no copy of the service has seen within the window.
 
 Key objects are cached per thumbprint (a client signs every proof with the same key), so a
-known key costs a dict lookup instead of an import. Nothing else can be cached: every proof
-is new by design. The checks and the replay write are the request phases `dpop_proof` and
-`dpop_replay` (app/core/timings.py).
+known key costs a dict lookup instead of an import, and an accepted header is remembered by
+its encoded segment (a client sends the same one with every proof), so it is not decoded,
+checked or hashed again; the normalised `htu` and request URI are remembered too. The
+claims, the signature and the `jti` are new in every proof and checked every time. The
+checks and the replay write are the request phases `dpop_proof` and `dpop_replay`
+(app/core/timings.py).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import time
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from app.auth.proofkeys import (
+    ALGORITHMS,
+    KEY_TYPES,
+    PRIVATE_MEMBERS,
+    PublicKey,
+    b64url,
+    thumbprint,
+)
 from app.auth.replay import ReplayStore
 from app.auth.tokens import Principal, b64url_decode
 from app.auth.uris import normalize_uri
@@ -47,35 +57,18 @@ from app.core.errors import AppError, Unauthorized
 from app.core.settings.dpop import DPoPSettings
 from app.core.timings import phase
 
-with warnings.catch_warnings():
-    # authlib 1.x announces on import that authlib.jose moves to joserfc in 2.0 (and forces
-    # that warning on): pyproject keeps authlib below 2.
-    import authlib.deprecate
-
-    warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
-    from authlib.jose import JsonWebSignature
-
-ALGORITHMS = ("ES256", "EdDSA", "RS256")
 ALGS = " ".join(ALGORITHMS)
 MAX_PROOF_BYTES = 8 * 1024
 PROOF_TYPE = "dpop+jwt"
 KEY_CACHE_SIZE = 10_000
+# Remembered headers and URIs are bounded in number and in size (a header or URI longer than
+# a client's usual one is checked every time), so no sender can make them grow past a few MiB.
+HEADER_CACHE_SIZE = 4_096
+MAX_CACHED_HEADER = 1_024
+URI_CACHE_SIZE = 1_024
+MAX_CACHED_URI = 512
 MIN_RSA_BITS = 2048
 MAX_JTI_LENGTH = 256
-
-# The key type (and curve) each algorithm signs with, and the members RFC 7638 hashes.
-_KEY_TYPES: dict[str, tuple[str, str | None]] = {
-    "ES256": ("EC", "P-256"),
-    "EdDSA": ("OKP", "Ed25519"),
-    "RS256": ("RSA", None),
-}
-_THUMBPRINT_MEMBERS = {
-    "EC": ("crv", "kty", "x", "y"),
-    "OKP": ("crv", "kty", "x"),
-    "RSA": ("e", "kty", "n"),
-}
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_ALGORITHM_OBJECTS = {name: JsonWebSignature.ALGORITHMS_REGISTRY[name] for name in ALGORITHMS}
 
 
 def dpop_challenge(challenge: str) -> str:
@@ -125,20 +118,6 @@ def token_refused(detail: str) -> Unauthorized:
 # --- Keys, nonces ------------------------------------------------------------------------------
 
 
-def thumbprint(jwk: dict[str, Any]) -> str:
-    """The RFC 7638 thumbprint of a public JWK (base64url SHA-256 of its required members);
-    `ValueError` when it is not an EC, OKP or RSA key with those members."""
-    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
-    if members is None or not all(isinstance(jwk.get(m), str) for m in members):
-        raise ValueError("not a public EC, OKP or RSA key")
-    canonical = orjson.dumps({m: jwk[m] for m in members}, option=orjson.OPT_SORT_KEYS)
-    return b64url(hashlib.sha256(canonical).digest())
-
-
-def b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 def access_token_hash(token: str) -> str:
     """A proof's `ath`: base64url SHA-256 of the access token's ASCII."""
     return b64url(hashlib.sha256(token.encode()).digest())
@@ -176,21 +155,6 @@ class Nonces:
 # --- Proofs ------------------------------------------------------------------------------------
 
 
-class _Prepared:
-    """A public key as authlib's JWS algorithms use it, loaded once: authlib's own key
-    objects load a public key from its JWK members again at every signature check."""
-
-    __slots__ = ("curve_key_size", "op_key")
-
-    def __init__(self, op_key: Any) -> None:
-        self.op_key = op_key
-        curve = getattr(op_key, "curve", None)
-        self.curve_key_size = curve.key_size if curve is not None else 0
-
-    def get_op_key(self, operation: str) -> Any:
-        return self.op_key
-
-
 @dataclass(frozen=True, slots=True)
 class Presented:
     """What a request presents: the Authorization scheme (lower case) and token, its `DPoP`
@@ -223,7 +187,9 @@ class DPoPVerifier:
         self._origin = origin
         self._leeway = settings.iat_leeway_seconds
         self._clock = clock
-        self._keys: OrderedDict[str, _Prepared] = OrderedDict()  # by thumbprint
+        self._keys: OrderedDict[str, PublicKey] = OrderedDict()  # by thumbprint
+        self._headers: OrderedDict[bytes, tuple[str, PublicKey]] = OrderedDict()  # by segment
+        self._uris: dict[str, str | None] = {}  # normalize_uri's answers
 
     def asked_for(self, scheme: str, proofs: Sequence[str]) -> bool:
         """Whether a refusal of this request carries the `DPoP` challenge: in `required`
@@ -271,41 +237,51 @@ class DPoPVerifier:
         proof = presented.proofs[0]
         if len(proof) > MAX_PROOF_BYTES:
             raise DPoPRefused("the DPoP proof is too large")
-        header, claims, signed, signature = _decode(proof)
+        segment, header, claims, signed, signature = _decode(proof, self._headers)
+        key_id, key = self._headers[segment] if header is None else self._header(header)
+        if not key.verifies(signed, signature):
+            raise DPoPRefused("the proof's signature does not verify")
+        if header is not None and len(segment) <= MAX_CACHED_HEADER:
+            self._headers[segment] = key_id, key  # signed by its key: remembered
+            if len(self._headers) > HEADER_CACHE_SIZE:
+                self._headers.popitem(last=False)
+        self._check_claims(claims, presented)
+        return claims, key_id
+
+    def _header(self, header: dict[str, Any]) -> tuple[str, PublicKey]:
+        """The thumbprint and key of a proof header not seen before, once it passes its
+        checks. `verify_proof` remembers it by its segment once a proof signed with it
+        verifies (a client sends the same header every time), so the next proof with it
+        skips the decoding, the checks and the thumbprint."""
         if header.get("typ") != PROOF_TYPE:
             raise DPoPRefused("the proof's typ must be dpop+jwt")
         alg = header.get("alg")
-        if alg not in _KEY_TYPES:
+        if alg not in KEY_TYPES:
             raise DPoPRefused(f"the proof's alg must be one of {ALGS}")
         if "crit" in header:
             raise DPoPRefused("the proof has a critical header this service does not know")
         jwk = header.get("jwk")
         if not isinstance(jwk, dict):
             raise DPoPRefused("the proof's header has no jwk")
-        if _PRIVATE_MEMBERS & jwk.keys():
+        if PRIVATE_MEMBERS & jwk.keys():
             raise DPoPRefused("the proof's jwk holds a private key")
-        kty, crv = _KEY_TYPES[alg]
+        kty, crv = KEY_TYPES[alg]
         if jwk.get("kty") != kty or (crv is not None and jwk.get("crv") != crv):
             raise DPoPRefused(f"the proof's jwk is not a key for {alg}")
         try:
             key_id = thumbprint(jwk)
         except ValueError:
             raise DPoPRefused("the proof's jwk is not a valid public key") from None
-        if not _ALGORITHM_OBJECTS[alg].verify(signed, signature, self._key(key_id, alg, jwk)):
-            raise DPoPRefused("the proof's signature does not verify")
-        self._check_claims(claims, presented)
-        return claims, key_id
+        return key_id, self._key(key_id, alg, jwk)
 
-    def _key(self, key_id: str, alg: str, jwk: dict[str, Any]) -> _Prepared:
+    def _key(self, key_id: str, alg: str, jwk: dict[str, Any]) -> PublicKey:
         found = self._keys.get(key_id)
         if found is not None:
             self._keys.move_to_end(key_id)
             return found
-        public = {m: jwk[m] for m in _THUMBPRINT_MEMBERS[jwk["kty"]]}
         try:
-            imported = _ALGORITHM_OBJECTS[alg].prepare_key(public)
-            found = _Prepared(imported.get_op_key("verify"))
-        except Exception:  # authlib and cryptography refuse bad keys with several types
+            found = PublicKey.load(alg, jwk)
+        except ValueError:
             raise DPoPRefused("the proof's jwk is not a valid public key") from None
         if alg == "RS256" and found.op_key.key_size < MIN_RSA_BITS:
             raise DPoPRefused(f"the proof's RSA key is shorter than {MIN_RSA_BITS} bits")
@@ -322,10 +298,10 @@ class DPoPVerifier:
             raise DPoPRefused("the proof's jti is too long")
         if claims["htm"] != presented.method:
             raise DPoPRefused("the proof's htm does not match the request's method")
-        htu = normalize_uri(claims["htu"])
+        htu = self._normalized(claims["htu"])
         if htu is None:
             raise DPoPRefused("the proof's htu is not an http(s) URI without query or fragment")
-        if htu != normalize_uri((self._origin or presented.local_origin) + presented.path):
+        if htu != self._normalized((self._origin or presented.local_origin) + presented.path):
             raise DPoPRefused("the proof's htu does not match the request's URI")
         iat = claims.get("iat")
         if not isinstance(iat, int | float) or isinstance(iat, bool):
@@ -335,6 +311,19 @@ class DPoPVerifier:
             raise DPoPRefused("the proof is too old (iat)")
         if iat > now + self._leeway:
             raise DPoPRefused("the proof is issued in the future (iat)")
+
+    def _normalized(self, uri: str) -> str | None:
+        """`normalize_uri`, remembered: a client names the same few URIs again and again."""
+        try:
+            return self._uris[uri]
+        except KeyError:
+            pass
+        found = normalize_uri(uri)
+        if len(uri) <= MAX_CACHED_URI:
+            if len(self._uris) >= URI_CACHE_SIZE:
+                self._uris.clear()
+            self._uris[uri] = found
+        return found
 
     def _check_nonce(self, nonce: Any) -> str | None:
         if self.nonces is None:
@@ -347,8 +336,12 @@ class DPoPVerifier:
         return None if hmac.compare_digest(nonce.encode(), current.encode()) else current
 
 
-def _decode(proof: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
-    """Header, claims, signing input and signature of a compact JWS, or `DPoPRefused`."""
+def _decode(
+    proof: str, known_segments: Container[bytes]
+) -> tuple[bytes, dict[str, Any] | None, dict[str, Any], bytes, bytes]:
+    """The header's segment, the header (None when the segment is one of `known_segments`,
+    accepted before: it is not decoded again), the claims, the signing input and the
+    signature of a compact JWS, or `DPoPRefused`."""
     if not proof.isascii():
         raise DPoPRefused("the DPoP proof is not a JWT")
     raw = proof.encode()
@@ -356,11 +349,13 @@ def _decode(proof: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     if len(segments) != 3:
         raise DPoPRefused("the DPoP proof is not a JWT")
     try:
-        header = orjson.loads(b64url_decode(segments[0]))
+        known = segments[0] in known_segments
+        header = None if known else orjson.loads(b64url_decode(segments[0]))
         claims = orjson.loads(b64url_decode(segments[1]))
         signature = b64url_decode(segments[2])
     except ValueError:
         raise DPoPRefused("the DPoP proof is not a JWT") from None
-    if not isinstance(header, dict) or not isinstance(claims, dict):
+    if not (known or isinstance(header, dict)) or not isinstance(claims, dict):
         raise DPoPRefused("the DPoP proof is not a JWT")
-    return header, claims, raw[: len(segments[0]) + 1 + len(segments[1])], signature
+    signed = raw[: len(segments[0]) + 1 + len(segments[1])]
+    return segments[0], header, claims, signed, signature

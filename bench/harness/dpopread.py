@@ -13,7 +13,7 @@ DPOP_READ = 0.85
 def replay_store(run: Run) -> str:
     """Where ours remembered the proofs: Redis when the run gave it REDIS_URL."""
     if any(item.startswith("REDIS_URL=") for item in run.args.service_env):
-        return "Redis (REDIS_URL: one SET NX a proof)"
+        return "Redis (REDIS_URL: one SET NX a proof, concurrent ones in one pipeline)"
     return "Postgres (`dpop_proofs`: concurrent proofs share one INSERT and its commit)"
 
 

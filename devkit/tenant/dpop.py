@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse
 
-from app.auth.dpop import thumbprint
+from app.auth.proofkeys import thumbprint
 from app.auth.uris import normalize_uri
 from devkit.tenant.state import DPoPState
 

@@ -139,6 +139,37 @@ class TestRedisStore:
         finally:
             await store.aclose()
 
+    async def test_concurrent_proofs_share_round_trips_and_each_key_is_new_once(
+        self, redis_url: str
+    ) -> None:
+        store = RedisReplays.from_url(redis_url)
+        salt = str(time.time_ns())
+        keys = [hashlib.sha256(f"{salt}/{n}".encode()).digest() for n in range(50)]
+        try:
+            until = time.time() + 60
+            answers = await asyncio.gather(
+                *(store.first_use(keys[n % 50], until) for n in range(200))
+            )
+            ttl = await store.client.pttl(b"bff:dpop:" + keys[7].hex().encode())
+        finally:
+            await store.aclose()
+
+        assert sum(answers) == 50
+        assert [answers[n] for n in range(50)] == [True] * 50  # the first of each
+        assert store.statements < 200  # pipelined: far fewer round trips than proofs
+        assert 0 < ttl <= 60_000
+
+    async def test_concurrent_proofs_on_an_unreachable_redis_are_all_503(self) -> None:
+        store = RedisReplays.from_url("redis://127.0.0.1:1/0", timeout=0.5)
+        try:
+            answers = await asyncio.gather(
+                *(store.first_use(_key(n), time.time() + 60) for n in range(20)),
+                return_exceptions=True,
+            )
+        finally:
+            await store.aclose()
+        assert all(isinstance(a, UpstreamUnavailable) for a in answers)
+
     async def test_an_unreachable_redis_is_a_503(self) -> None:
         store = RedisReplays.from_url("redis://127.0.0.1:1/0", timeout=0.5)
         try:
