@@ -46,8 +46,8 @@ from app.patients.runtime import running_patients
 from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit
 from app.remote import endpoints as remote_endpoints
 from app.remote.runtime import running_remote
+from app.session import endings
 from app.session import endpoints as session_endpoints
-from app.session import lifecycle
 from app.session.resolver import SessionResolver
 from app.session.runtime import running_sessions, session_runtime
 
@@ -188,9 +188,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
                 Purge("rate-limit counters", rate_limiter.purge),
             ]
             if sessions is not None:
-                purges.append(
-                    Purge("cookie sessions", lambda conn: lifecycle.purge(sessions, conn))
-                )
+                purges.append(Purge("cookie sessions", lambda conn: endings.purge(sessions, conn)))
             if proofs is not None and isinstance(proofs.replays, replay.PostgresReplays):
                 purges.append(Purge("DPoP proofs", replay.purge_expired))
             housekeeping = Housekeeping(core.database, purges)

@@ -20,7 +20,7 @@ from app.audit.events import Actor, Event
 from app.auth0.management import Auth0Client
 from app.console import repository
 from app.core.db import connection
-from app.session import lifecycle
+from app.session import endings
 from app.session.runtime import SessionRuntime
 
 MEMBERS_SHOWN = 500
@@ -66,7 +66,7 @@ async def member(
         signed = await repository.sign_ins(
             conn, user_id, actor.scope, list(HISTORY_ACTIONS), SIGN_INS_SHOWN
         )
-    live = await lifecycle.of_user(sessions, user_id, actor.scope)
+    live = await endings.of_user(sessions, user_id, actor.scope)
     event = Event(
         "user.roles.read", "R", entity_type="user", entity_id=user_id,
         detail={"view": "console.member"},
@@ -79,4 +79,4 @@ async def end_session(
     sessions: SessionRuntime, actor: Actor, user_id: str, session_id: uuid.UUID
 ) -> bool:
     """End the member's session in the caller's scope; False when there is no such one."""
-    return await lifecycle.end_for(sessions, session_id, actor, sub=user_id) is not None
+    return await endings.end_for(sessions, session_id, actor, sub=user_id) is not None

@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection, Request
 from app.audit.edge import actor_from
 from app.audit.events import Actor
 from app.core.errors import AppError, Forbidden, Unauthorized
-from app.session import lifecycle
+from app.session import endings, lifecycle
 from app.session.cache import Session
 from app.session.cookies import SESSION_COOKIE, clear_cookie
 from app.session.crypto import cookie_hash
@@ -86,4 +86,4 @@ class SessionResolver:
         if not isinstance(error, Unauthorized) or found is None:
             return
         error.headers["Set-Cookie"] = clear_cookie(SESSION_COOKIE)
-        await lifecycle.end(self.runtime, found.id, base_actor(request), "access_token_refused")
+        await endings.end(self.runtime, found.id, base_actor(request), "access_token_refused")

@@ -23,7 +23,7 @@ from app.audit.events import Actor, scope_of
 from app.auth.tokens import Principal
 from app.core.db import transaction
 from app.core.errors import Unauthorized
-from app.session import lifecycle, repository
+from app.session import endings, lifecycle, repository
 from app.session.cache import Session
 from app.session.crypto import cookie_hash, new_cookie, new_secret
 from app.session.dpop import SessionKey
@@ -219,8 +219,8 @@ async def sign_out(runtime: SessionRuntime, session: Session, actor: Actor) -> s
     """End the session (recorded as `user.signed_out`), revoke its refresh token at the
     tenant (a failure there is logged; the session is gone either way), and the tenant's
     logout URL, which carries the ID token as `id_token_hint` (OIDC RP-Initiated Logout)."""
-    await lifecycle.end(runtime, session.id, actor, "logout", action="user.signed_out")
-    await lifecycle.revoke_quietly(runtime, session.refresh_token)
+    await endings.end(runtime, session.id, actor, "logout", action="user.signed_out")
+    await endings.revoke_quietly(runtime, session.refresh_token)
     settings = runtime.settings
     query = urlencode(
         {
@@ -249,6 +249,6 @@ async def end_by_logout_token(runtime: SessionRuntime, token: str, actor: Actor)
     async with transaction(runtime.database) as conn:
         if not await repository.remember_jti(conn, claims["jti"], until):
             raise LogoutRefused("the logout token was already used")
-        ended = await lifecycle.end_matching(runtime, conn, actor, sub=sub, sid=sid)
+        ended = await endings.end_matching(runtime, conn, actor, sub=sub, sid=sid)
     logger.info("back-channel logout ended %d session(s)", len(ended))
     return len(ended)

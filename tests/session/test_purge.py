@@ -10,7 +10,7 @@ from databases import Database
 from app.auth.tokens import TokenVerifier
 from app.core.db import connection
 from app.core.settings import Settings
-from app.session import lifecycle
+from app.session import endings
 from app.session.crypto import TokenBox
 from app.session.oauth import TenantOAuth
 from app.session.runtime import SessionRuntime
@@ -51,7 +51,7 @@ async def test_purge_ends_expired_sessions_and_forgets_stale_rows(
             TokenVerifier(settings, http),
         )
         async with connection(pool) as conn:
-            await lifecycle.purge(runtime, conn)
+            await endings.purge(runtime, conn)
 
     assert [r["sub"] for r in await session_rows(owner)] == ["auth0|bob"]
     assert await owner.fetchval("SELECT count(*) FROM login_transactions") == 1
