@@ -30,6 +30,7 @@ from app.audit.runtime import running_audit
 from app.auth import replay
 from app.auth.dpop import DPoPVerifier
 from app.auth.runtime import AuthRuntime
+from app.auth.schemes import api_access
 from app.auth.tokens import TokenVerifier
 from app.auth0.budget import management_budget
 from app.auth0.management import Auth0Client
@@ -48,6 +49,7 @@ from app.remote import endpoints as remote_endpoints
 from app.remote.runtime import running_remote
 from app.session import endings
 from app.session import endpoints as session_endpoints
+from app.session.cookies import SESSION_COOKIE
 from app.session.resolver import SessionResolver
 from app.session.runtime import running_sessions, session_runtime
 
@@ -231,6 +233,9 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
     app.state.metrics = metrics
     app.state.rate_limiter = rate_limiter
     app.state.settings = settings
+    app.state.openapi_access = api_access(
+        settings.dpop, cookie=SESSION_COOKIE if settings.sessions.enabled else None
+    )
     return app
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 import uvicorn
@@ -34,7 +35,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from app.auth.schemes import api_access
 from app.core.settings import Settings
+from app.core.settings.dpop import DPoPSettings
 from app.http.openapi import build_openapi
 from app.http.ops import API_TITLE, API_VERSION
 from app.main import all_routes, create_app
@@ -112,6 +115,8 @@ def live(postgres_server: str) -> Iterator[Live]:
     )
     app_server = _serve(create_app(settings_), app_port)
     try:
+        served = httpx.get(f"http://127.0.0.1:{app_port}/openapi.json").json()
+        assert served == DOCUMENT, "the fuzzed document is not the one the service serves"
         yield Live(f"http://127.0.0.1:{app_port}", minter)
     finally:
         app_server.should_exit = tenant_server.should_exit = True
@@ -119,11 +124,13 @@ def live(postgres_server: str) -> Iterator[Live]:
         asyncio.run(drop(db))
 
 
-# The document the service serves at /openapi.json is built from its route table, so the
-# same function builds it here at import time, where schemathesis needs it.
-schema = schemathesis.openapi.from_dict(
-    build_openapi(all_routes(), title=API_TITLE, version=API_VERSION)
+# The document the service serves at /openapi.json is built from its route table and what
+# its settings accept (DPOP_MODE allowed, the default; cookie mode off), so the same function
+# builds it here at import time, where schemathesis needs it; `live` checks they are equal.
+DOCUMENT = build_openapi(
+    all_routes(), title=API_TITLE, version=API_VERSION, access=api_access(DPoPSettings())
 )
+schema = schemathesis.openapi.from_dict(DOCUMENT)
 CHECKS = (
     not_a_server_error,
     status_code_conformance,

@@ -5,7 +5,9 @@ The Swagger UI files come from the installed `swagger-ui-bundle-v2` package (Swa
 `/docs/static/`, with a version in the query so a year of caching is safe. The page starts
 Swagger UI from a script file rather than an inline one, so its Content-Security-Policy
 allows scripts from this origin only, and no `eval`. The "Authorize" button takes an
-access token (the `bearerAuth` scheme) and keeps it in the page's memory only.
+access token (the `bearerAuth` scheme) and, in cookie mode, `X-CSRF: 1` (the `csrf` scheme:
+the browser sends the session cookie itself), and keeps them in the page's memory only.
+Swagger UI cannot sign DPoP proofs: it shows the `dpop` scheme as unsupported.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """OpenAPI 3.1 generated from the code: the route table, `@operation` metadata on each
-handler, the pydantic models it names, and the `requires(...)` permissions on it.
+handler, the pydantic models it names, and the `requires(...)` permissions on it. How those
+routes take a caller (bearer, DPoP, the session cookie) depends on the settings: the app
+hands it in as an `Access`.
 
 Nothing here is kept by hand beside the handlers; a test checks every served route is listed.
 Two types with one name would share one component schema, so building refuses them
@@ -30,6 +32,12 @@ _STANDARD_ERRORS = {
     429: "Too many requests (see Retry-After)",
     500: "Unexpected error (details are in the server log under the request id)",
     503: "A dependency is unavailable (see Retry-After)",
+}
+BEARER_SCHEME: Mapping[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "An Auth0 access token for this API's audience.",
 }
 
 
@@ -67,6 +75,20 @@ class Operation:
     request_headers: tuple[tuple[str, bool, str], ...] = ()
     security: str | None = None
     description: str | None = None
+
+
+@dataclass(frozen=True)
+class Access:
+    """How the routes under `requires` take a caller on this instance (app/auth/schemes.py
+    builds it from the settings): the security schemes, the alternatives (each the schemes
+    sent together), and the header objects of their 401 answers."""
+
+    schemes: Mapping[str, Mapping[str, Any]]
+    alternatives: tuple[tuple[str, ...], ...]
+    challenge_headers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+BEARER_ONLY = Access({"bearerAuth": BEARER_SCHEME}, (("bearerAuth",),))
 
 
 def operation(
@@ -165,7 +187,9 @@ def _routes(routes: Sequence[BaseRoute]) -> list[Route]:
     return [r for r in routes if isinstance(r, Route) and r.include_in_schema]
 
 
-def build_openapi(routes: Sequence[BaseRoute], *, title: str, version: str) -> dict[str, Any]:
+def build_openapi(
+    routes: Sequence[BaseRoute], *, title: str, version: str, access: Access = BEARER_ONLY
+) -> dict[str, Any]:
     schemas = _Schemas()
     schemas.ref(Problem, "serialization")
     paths: dict[str, dict[str, Any]] = {}
@@ -174,7 +198,7 @@ def build_openapi(routes: Sequence[BaseRoute], *, title: str, version: str) -> d
         auth = getattr(route.endpoint, "__auth__", None)
         for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
             paths.setdefault(route.path_format, {})[method.lower()] = _operation(
-                route, op, auth, schemas
+                route, op, auth, schemas, access
             )
     return {
         "openapi": "3.1.0",
@@ -183,12 +207,7 @@ def build_openapi(routes: Sequence[BaseRoute], *, title: str, version: str) -> d
         "components": {
             "schemas": schemas.components,
             "securitySchemes": {
-                "bearerAuth": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "bearerFormat": "JWT",
-                    "description": "An Auth0 access token for this API's audience.",
-                },
+                **access.schemes,
                 "logStreamToken": {
                     "type": "apiKey",
                     "in": "header",
@@ -200,7 +219,9 @@ def build_openapi(routes: Sequence[BaseRoute], *, title: str, version: str) -> d
     }
 
 
-def _operation(route: Route, op: Operation | None, auth: Any, schemas: _Schemas) -> dict[str, Any]:
+def _operation(
+    route: Route, op: Operation | None, auth: Any, schemas: _Schemas, access: Access
+) -> dict[str, Any]:
     op = op or Operation(summary=route.name or route.path)
     out: dict[str, Any] = {"summary": op.summary, "operationId": route.name}
     if op.tags:
@@ -265,8 +286,11 @@ def _operation(route: Route, op: Operation | None, auth: Any, schemas: _Schemas)
     errors = {429, 500, 503}
     if auth is not None or op.security:
         errors |= {401, 403}
-        scheme = op.security or "bearerAuth"
-        out["security"] = [{scheme: []}]
+        out["security"] = (
+            [{op.security: []}]
+            if op.security
+            else [{name: [] for name in together} for together in access.alternatives]
+        )
     permissions: tuple[str, ...] = tuple(getattr(auth, "permissions", ()) or ())
     if permissions:
         out["x-permissions"] = list(permissions)
@@ -287,6 +311,9 @@ def _operation(route: Route, op: Operation | None, auth: Any, schemas: _Schemas)
                 "content": {"application/problem+json": {"schema": PROBLEM_REF}},
             },
         )
+    if auth is not None and not op.security and access.challenge_headers:
+        headers = {**responses["401"].get("headers", {}), **access.challenge_headers}
+        responses["401"] = {**responses["401"], "headers": headers}
     out["responses"] = responses
     return out
 

@@ -20,7 +20,7 @@ from app.core.errors import Unauthorized
 from app.http import explorer
 from app.http.bodies import JSONResponse
 from app.http.context import context
-from app.http.openapi import Problem, Resp, build_openapi, operation
+from app.http.openapi import BEARER_ONLY, Access, Problem, Resp, build_openapi, operation
 from app.http.server import stopping
 
 API_TITLE = "Auth0 BFF"
@@ -96,9 +96,14 @@ def _check_bearer(request: Request, expected: str) -> None:
 
 
 def openapi_document(request: Request) -> dict[str, Any]:
+    """The app's description, built once; what its `requires` routes accept comes from the
+    `Access` the app was built with (`app.state.openapi_access`), bearer tokens by default."""
     cached: dict[str, Any] | None = getattr(request.app.state, "openapi", None)
     if cached is None:
-        cached = build_openapi(request.app.routes, title=API_TITLE, version=API_VERSION)
+        access: Access = getattr(request.app.state, "openapi_access", BEARER_ONLY)
+        cached = build_openapi(
+            request.app.routes, title=API_TITLE, version=API_VERSION, access=access
+        )
         request.app.state.openapi = cached
     return cached
 

@@ -148,7 +148,7 @@ class TestPage:
             "bearerFormat": "JWT",
             "description": "An Auth0 access token for this API's audience.",
         }
-        assert spec["paths"]["/api/me"]["get"]["security"] == [{"bearerAuth": []}]
+        assert spec["paths"]["/api/me"]["get"]["security"] == [{"bearerAuth": []}, {"dpop": []}]
         assert "security" not in spec["paths"]["/healthz"]["get"]
 
     async def test_the_plain_table_is_still_served(self, client: httpx.AsyncClient) -> None:
