@@ -17,9 +17,6 @@ from __future__ import annotations
 import base64
 import gzip
 import re
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -33,6 +30,7 @@ from app.audit.merkle import ProofInvalid, leaf_hash, verify_consistency
 from app.audit.query import EVENT_COLUMNS, event_item
 from app.audit.sealed import MONTH, ArchiveBroken, archive_names, file_sha256, read_event
 from app.audit.trees import consistency_proof, fetch_nodes, latest_checkpoint, tree_root
+from app.core.progress import Progress
 
 _PARTITION = re.compile(r"audit_events_([0-9]{4})_([0-9]{2})")
 _PARTITIONS = """
@@ -40,6 +38,9 @@ SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'audit_events'::regclass ORDER BY c.relname
 """
 _LEAVES = "SELECT seq, scope, idx FROM audit_tree_leaves WHERE seq = ANY($1::bigint[])"
+_RECORD = (
+    "INSERT INTO audit_archived_months (month, events, sha256, dropped) VALUES ($1, $2, $3, $4)"
+)
 _SELECT = ", ".join(f"{c}::text AS {c}" if c == "detail" else c for c in EVENT_COLUMNS)
 
 
@@ -116,11 +117,14 @@ async def _scopes(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[
     return seals
 
 
-async def _check(conn: asyncpg.Connection, data: Path, seals: list[dict[str, Any]]) -> None:
+async def _check(
+    conn: asyncpg.Connection, data: Path, seals: list[dict[str, Any]], shown: Progress
+) -> None:
     """Read back what was written: each event's leaf is the stored tree's, and each proof
     leads from the stored tree at the month's end to its checkpoint."""
     with gzip.open(data, "rb") as handle:
         for number, line in enumerate(handle, 1):
+            shown.update(number)
             try:
                 row = read_event(data, number, line)
             except ArchiveBroken as exc:
@@ -129,6 +133,7 @@ async def _check(conn: asyncpg.Connection, data: Path, seals: list[dict[str, Any
             stored = await fetch_nodes(conn, row["scope"], {(0, leaf["idx"])})
             if stored[(0, leaf["idx"])] != leaf_hash(row["hash"]):
                 raise ArchiveRefused(f"seq {row['seq']}: the log and its tree disagree")
+    shown.finish()
     for seal in seals:
         root = await tree_root(conn, seal["scope"], seal["size"])
         proof = [base64.b64decode(h) for h in seal["consistency"]]
@@ -144,25 +149,27 @@ async def archive_month(
     directory: Path,
     *,
     drop: bool,
-    progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Write, check, then detach (and drop) one month."""
+    """Write, check, then detach (and drop) one month, and record it as archived (the
+    access report names the months it no longer holds). Progress shows on a terminal."""
     rows = await conn.fetch(f'SELECT {_SELECT} FROM "{month.partition}" ORDER BY seq')
     seals = await _scopes(conn, rows)
     data_name, manifest_name = archive_names(month.month)
     data = directory / data_name
+    written = Progress(f"{month.month} written", len(rows))
     with gzip.open(data.with_suffix(".tmp"), "wb") as handle:
         for done, row in enumerate(rows, 1):
             handle.write(orjson.dumps(event_item(row)) + b"\n")
-            if progress is not None and done % 10_000 == 0:
-                progress(done)
+            written.update(done)
+    written.finish()
     data.with_suffix(".tmp").replace(data)
-    await _check(conn, data, seals)
+    await _check(conn, data, seals, Progress(f"{month.month} checked", len(rows)))
+    sha256 = file_sha256(data)
     manifest = {
         "v": 1,
         "month": month.month,
         "events": len(rows),
-        "sha256": file_sha256(data),
+        "sha256": sha256,
         "scopes": [{k: v for k, v in s.items() if not k.startswith("_")} for s in seals],
     }
     (directory / manifest_name).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
@@ -170,18 +177,4 @@ async def archive_month(
         await conn.execute(f'ALTER TABLE audit_events DETACH PARTITION "{month.partition}"')
         if drop:
             await conn.execute(f'DROP TABLE "{month.partition}"')
-
-
-def terminal_progress(total: int) -> Callable[[int], None] | None:
-    """Events done, rate and time left on a terminal; nothing when piped."""
-    if not sys.stderr.isatty():
-        return None
-    started = time.monotonic()
-
-    def show(done: int) -> None:
-        rate = done / max(time.monotonic() - started, 1e-6)
-        left = max(total - done, 0) / max(rate, 1e-6)
-        print(f"\r{done:,}/{total:,} events, {rate:,.0f}/s, about {left:,.0f} s left ",
-              end="", file=sys.stderr)  # fmt: skip
-
-    return show
+        await conn.execute(_RECORD, month.month, len(rows), sha256, drop)
