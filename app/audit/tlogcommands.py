@@ -39,10 +39,10 @@ def cmd_audit_build_trees(args: argparse.Namespace) -> int:
         while True:
             async with conn.transaction():  # one slice per transaction: the lock is short
                 grown = await extend_trees(conn, watermark, args.batch)
+            done = await conn.fetchval("SELECT coalesce(sum(size), 0)::bigint FROM audit_trees")
             if not grown:
                 shown.finish()
                 return int(watermark)
-            done = await conn.fetchval("SELECT coalesce(sum(size), 0)::bigint FROM audit_trees")
             shown.update(done)
 
     watermark: int = on_connection(database.url, build)
