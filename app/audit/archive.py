@@ -29,7 +29,7 @@ from app.audit.checkpoints import CheckpointInvalid
 from app.audit.merkle import ProofInvalid, leaf_hash, verify_consistency
 from app.audit.query import EVENT_COLUMNS, event_item
 from app.audit.sealed import MONTH, ArchiveBroken, archive_names, file_sha256, read_event
-from app.audit.trees import consistency_proof, fetch_nodes, latest_checkpoint, tree_root
+from app.audit.trees import consistency_proof, latest_checkpoint, tree_root
 from app.core.progress import Progress
 
 _PARTITION = re.compile(r"audit_events_([0-9]{4})_([0-9]{2})")
@@ -38,6 +38,12 @@ SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'audit_events'::regclass ORDER BY c.relname
 """
 _LEAVES = "SELECT seq, scope, idx FROM audit_tree_leaves WHERE seq = ANY($1::bigint[])"
+_STORED_LEAVES = """
+SELECT l.seq, l.scope, n.hash FROM audit_tree_leaves l
+JOIN audit_tree_nodes n ON n.scope = l.scope AND n.level = 0 AND n.idx = l.idx
+WHERE l.seq = ANY($1::bigint[])
+"""
+_BATCH = 5_000  # events read back per query of their stored leaves
 _RECORD = (
     "INSERT INTO audit_archived_months (month, events, sha256, dropped) VALUES ($1, $2, $3, $4)"
 )
@@ -117,22 +123,34 @@ async def _scopes(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[
     return seals
 
 
+async def _leaves_match(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> None:
+    """Each event read back is its scope's stored leaf: one query for a batch of them."""
+    stored = {
+        r["seq"]: (r["scope"], bytes(r["hash"]))
+        for r in await conn.fetch(_STORED_LEAVES, [row["seq"] for row in rows])
+    }
+    for row in rows:
+        if stored.get(row["seq"]) != (row["scope"], leaf_hash(row["hash"])):
+            raise ArchiveRefused(f"seq {row['seq']}: the log and its tree disagree")
+
+
 async def _check(
     conn: asyncpg.Connection, data: Path, seals: list[dict[str, Any]], shown: Progress
 ) -> None:
     """Read back what was written: each event's leaf is the stored tree's, and each proof
     leads from the stored tree at the month's end to its checkpoint."""
+    batch: list[dict[str, Any]] = []
     with gzip.open(data, "rb") as handle:
         for number, line in enumerate(handle, 1):
-            shown.update(number)
             try:
-                row = read_event(data, number, line)
+                batch.append(read_event(data, number, line))
             except ArchiveBroken as exc:
                 raise ArchiveRefused(f"the archive written does not read back: {exc}") from None
-            leaf = await conn.fetchrow(_LEAVES, [row["seq"]])
-            stored = await fetch_nodes(conn, row["scope"], {(0, leaf["idx"])})
-            if stored[(0, leaf["idx"])] != leaf_hash(row["hash"]):
-                raise ArchiveRefused(f"seq {row['seq']}: the log and its tree disagree")
+            if len(batch) == _BATCH:
+                await _leaves_match(conn, batch)
+                batch.clear()
+            shown.update(number)
+    await _leaves_match(conn, batch)
     shown.finish()
     for seal in seals:
         root = await tree_root(conn, seal["scope"], seal["size"])

@@ -27,7 +27,7 @@ class Progress:
         self.label, self.total, self.every = label, total, every
         self.started = self.last = time.monotonic()
         self.done, self.fraction = 0, 0.0
-        self.drawn = False
+        self.drawn, self.width = False, 0
 
     def update(self, done: int, fraction: float | None = None) -> None:
         """`done` events so far (and, when the total is unknown, the part of the work done)."""
@@ -60,9 +60,10 @@ class Progress:
             tail = f"about {elapsed * (1 - self.fraction) / self.fraction:,.0f} s left"
         else:
             tail = "time left unknown"
-        line = f"\r{self.label}: {self.done:,}{of} events, {rate:,.0f}/s, {tail}"
-        print(f"{line:<72}", end=end, file=self.stream, flush=True)
-        self.drawn = True
+        line = f"{self.label}: {self.done:,}{of} events, {rate:,.0f}/s, {tail}"
+        # Padded to the last line's width, so nothing of a longer one stays on the screen.
+        print(f"\r{line:<{self.width}}", end=end, file=self.stream, flush=True)
+        self.drawn, self.width = True, len(line)
 
 
 def _is_terminal(stream: TextIO) -> bool:
