@@ -9,7 +9,8 @@ run `python -m app audit digest` first); it writes the month's events and its ma
 (app/audit/sealed.py has the format: each scope's tree size at the month's end and the
 consistency proof to its latest checkpoint), reads them back and checks each event's hash,
 its leaf in the stored tree and the proof, and only then detaches the partition (`--drop`:
-drops it). The tree keeps every node, so inclusion proofs of archived events still hold.
+drops it), recording the month in `audit_archived_months` in the same transaction (the
+access report names the months it no longer holds). The tree keeps every node, so inclusion proofs of archived events still hold.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from __future__ import annotations
 import base64
 import gzip
 import re
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -32,7 +30,8 @@ from app.audit.checkpoints import CheckpointInvalid
 from app.audit.merkle import ProofInvalid, leaf_hash, verify_consistency
 from app.audit.query import EVENT_COLUMNS, event_item
 from app.audit.sealed import MONTH, ArchiveBroken, archive_names, file_sha256, read_event
-from app.audit.trees import consistency_proof, fetch_nodes, latest_checkpoint, tree_root
+from app.audit.trees import consistency_proof, latest_checkpoint, tree_root
+from app.core.progress import Progress
 
 _PARTITION = re.compile(r"audit_events_([0-9]{4})_([0-9]{2})")
 _PARTITIONS = """
@@ -40,6 +39,15 @@ SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'audit_events'::regclass ORDER BY c.relname
 """
 _LEAVES = "SELECT seq, scope, idx FROM audit_tree_leaves WHERE seq = ANY($1::bigint[])"
+_STORED_LEAVES = """
+SELECT l.seq, l.scope, n.hash FROM audit_tree_leaves l
+JOIN audit_tree_nodes n ON n.scope = l.scope AND n.level = 0 AND n.idx = l.idx
+WHERE l.seq = ANY($1::bigint[])
+"""
+_BATCH = 5_000  # events read back per query of their stored leaves
+_RECORD = (
+    "INSERT INTO audit_archived_months (month, events, sha256, dropped) VALUES ($1, $2, $3, $4)"
+)
 _SELECT = ", ".join(f"{c}::text AS {c}" if c == "detail" else c for c in EVENT_COLUMNS)
 
 
@@ -116,19 +124,35 @@ async def _scopes(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[
     return seals
 
 
-async def _check(conn: asyncpg.Connection, data: Path, seals: list[dict[str, Any]]) -> None:
+async def _leaves_match(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> None:
+    """Each event read back is its scope's stored leaf: one query for a batch of them."""
+    stored = {
+        r["seq"]: (r["scope"], bytes(r["hash"]))
+        for r in await conn.fetch(_STORED_LEAVES, [row["seq"] for row in rows])
+    }
+    for row in rows:
+        if stored.get(row["seq"]) != (row["scope"], leaf_hash(row["hash"])):
+            raise ArchiveRefused(f"seq {row['seq']}: the log and its tree disagree")
+
+
+async def _check(
+    conn: asyncpg.Connection, data: Path, seals: list[dict[str, Any]], shown: Progress
+) -> None:
     """Read back what was written: each event's leaf is the stored tree's, and each proof
     leads from the stored tree at the month's end to its checkpoint."""
+    batch: list[dict[str, Any]] = []
     with gzip.open(data, "rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
-                row = read_event(data, number, line)
+                batch.append(read_event(data, number, line))
             except ArchiveBroken as exc:
                 raise ArchiveRefused(f"the archive written does not read back: {exc}") from None
-            leaf = await conn.fetchrow(_LEAVES, [row["seq"]])
-            stored = await fetch_nodes(conn, row["scope"], {(0, leaf["idx"])})
-            if stored[(0, leaf["idx"])] != leaf_hash(row["hash"]):
-                raise ArchiveRefused(f"seq {row['seq']}: the log and its tree disagree")
+            if len(batch) == _BATCH:
+                await _leaves_match(conn, batch)
+                batch.clear()
+            shown.update(number)
+    await _leaves_match(conn, batch)
+    shown.finish()
     for seal in seals:
         root = await tree_root(conn, seal["scope"], seal["size"])
         proof = [base64.b64decode(h) for h in seal["consistency"]]
@@ -144,25 +168,27 @@ async def archive_month(
     directory: Path,
     *,
     drop: bool,
-    progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Write, check, then detach (and drop) one month."""
+    """Write, check, then detach (and drop) one month, and record it as archived (the
+    access report names the months it no longer holds). Progress shows on a terminal."""
     rows = await conn.fetch(f'SELECT {_SELECT} FROM "{month.partition}" ORDER BY seq')
     seals = await _scopes(conn, rows)
     data_name, manifest_name = archive_names(month.month)
     data = directory / data_name
+    written = Progress(f"{month.month} written", len(rows))
     with gzip.open(data.with_suffix(".tmp"), "wb") as handle:
         for done, row in enumerate(rows, 1):
             handle.write(orjson.dumps(event_item(row)) + b"\n")
-            if progress is not None and done % 10_000 == 0:
-                progress(done)
+            written.update(done)
+    written.finish()
     data.with_suffix(".tmp").replace(data)
-    await _check(conn, data, seals)
+    await _check(conn, data, seals, Progress(f"{month.month} checked", len(rows)))
+    sha256 = file_sha256(data)
     manifest = {
         "v": 1,
         "month": month.month,
         "events": len(rows),
-        "sha256": file_sha256(data),
+        "sha256": sha256,
         "scopes": [{k: v for k, v in s.items() if not k.startswith("_")} for s in seals],
     }
     (directory / manifest_name).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
@@ -170,18 +196,4 @@ async def archive_month(
         await conn.execute(f'ALTER TABLE audit_events DETACH PARTITION "{month.partition}"')
         if drop:
             await conn.execute(f'DROP TABLE "{month.partition}"')
-
-
-def terminal_progress(total: int) -> Callable[[int], None] | None:
-    """Events done, rate and time left on a terminal; nothing when piped."""
-    if not sys.stderr.isatty():
-        return None
-    started = time.monotonic()
-
-    def show(done: int) -> None:
-        rate = done / max(time.monotonic() - started, 1e-6)
-        left = max(total - done, 0) / max(rate, 1e-6)
-        print(f"\r{done:,}/{total:,} events, {rate:,.0f}/s, about {left:,.0f} s left ",
-              end="", file=sys.stderr)  # fmt: skip
-
-    return show
+        await conn.execute(_RECORD, month.month, len(rows), sha256, drop)

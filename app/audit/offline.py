@@ -49,6 +49,7 @@ from app.audit.evidence import (
     your_scope,
 )
 from app.audit.signing import Digest, DigestInvalid, scope_hash, verify_digest
+from app.core.progress import Progress
 
 # How heads of the export's own scope are filed when a digest names scopes by keyed hash
 # (never a hex name, so never a version 1 scope's).
@@ -256,7 +257,10 @@ def _check_event(number: int, row: dict[str, Any], walk: _Walk) -> None:
 
 
 def _read_events(path: Path, walk: _Walk) -> None:
+    shown = Progress("events checked")  # on a terminal only; the part done by bytes read
+    size, read = _size(path), 0
     for number, line in lines(path):
+        read += len(line)
         row = exported_event(path, number, json_object(path, number, line))
         if walk.keyed and walk.scopes and row["scope"] not in walk.scopes:
             raise ExportInvalid(
@@ -265,6 +269,15 @@ def _read_events(path: Path, walk: _Walk) -> None:
             )
         _check_event(number, row, walk)
         walk.events += 1
+        shown.update(walk.events, read / size if size else None)
+    shown.finish()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # `lines` says why it cannot be read
 
 
 def _missing_heads(walk: _Walk) -> None:

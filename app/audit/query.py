@@ -200,6 +200,12 @@ async def fetch_patient_events(
     return rows, rows[-1]["seq"]
 
 
+async def archived_months(conn: asyncpg.Connection) -> list[str]:
+    """The months (YYYY-MM) sealed into archives and no longer in the log, oldest first."""
+    rows = await conn.fetch("SELECT month FROM audit_archived_months ORDER BY month")
+    return [r["month"] for r in rows]
+
+
 async def fetch_event(conn: asyncpg.Connection, scope: str, seq: int) -> asyncpg.Record | None:
     """One event of the scope by its seq (an index lookup in each partition)."""
     row: asyncpg.Record | None = await conn.fetchrow(

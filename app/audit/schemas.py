@@ -123,6 +123,14 @@ class AuditEventPage(BaseModel):
     next_cursor: str | None
 
 
+class AccessReportPage(AuditEventPage):
+    archived_months: list[str] = Field(
+        description="Months (YYYY-MM) sealed into archives and no longer in the log, oldest "
+        "first: the report lists no event of theirs; `python -m app audit access-report` "
+        "lists them from the archives (docs/audit.md)"
+    )
+
+
 class AuditFeedPage(BaseModel):
     items: list[AuditEventOut]
     next_from_seq: int = Field(description="Pass as from_seq to continue (also in Link)")

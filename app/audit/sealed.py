@@ -29,9 +29,10 @@ import binascii
 import gzip
 import hashlib
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -39,6 +40,7 @@ from app.audit.chain import canonical_detail, event_hash
 from app.audit.checkpoints import CheckpointInvalid, verify_checkpoint
 from app.audit.evidence import ExportInvalid, exported_event, load_keys
 from app.audit.merkle import Frontier, ProofInvalid, leaf_hash, verify_consistency
+from app.core.progress import Progress
 
 MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
@@ -119,6 +121,23 @@ def _seal(path: Path, entry: Any, state: _Scope | None, keys: dict[str, Any]) ->
         ) from None
 
 
+def sealed_files(directory: Path) -> list[tuple[Path, dict[str, Any], Path]]:
+    """Each archive's manifest (its path and content) and data file, in month order, every
+    file's SHA-256 checked against its manifest first; `ArchiveBroken` at the first that
+    does not hold."""
+    manifests = sorted(directory.glob("audit-*.json"))
+    if not manifests:
+        raise ArchiveBroken(f"{directory}: no archive")
+    found = []
+    for manifest_path in manifests:
+        manifest = _manifest(manifest_path)
+        data = directory / archive_names(str(manifest.get("month")))[0]
+        if not data.exists() or file_sha256(data) != manifest.get("sha256"):
+            raise ArchiveBroken(f"{data}: missing, or not the file its manifest sealed")
+        found.append((manifest_path, manifest, data))
+    return found
+
+
 def verify_archives(directory: Path, keys_path: Path, live: Path | None = None) -> str:
     """The verdict's message when the archives (and the live export) are one history;
     `ArchiveBroken` naming the first thing that breaks."""
@@ -126,23 +145,20 @@ def verify_archives(directory: Path, keys_path: Path, live: Path | None = None) 
         keys = load_keys(keys_path)
     except ExportInvalid as exc:
         raise ArchiveBroken(str(exc)) from None
-    manifests = sorted(directory.glob("audit-*.json"))
-    if not manifests:
-        raise ArchiveBroken(f"{directory}: no archive")
+    sealed = sealed_files(directory)
     scopes: dict[str, _Scope] = {}
     events = 0
-    for manifest_path in manifests:
-        manifest = _manifest(manifest_path)
-        data = directory / archive_names(str(manifest.get("month")))[0]
-        if not data.exists() or file_sha256(data) != manifest.get("sha256"):
-            raise ArchiveBroken(f"{data}: missing, or not the file its manifest sealed")
-        count = 0
+    for manifest_path, manifest, data in sealed:
+        count, expected = 0, manifest.get("events")
+        shown = Progress(f"{data.name} verified", expected if isinstance(expected, int) else None)
         with gzip.open(data, "rb") as handle:
             for number, line in enumerate(handle, 1):
                 _follow(scopes, data, number, read_event(data, number, line))
                 count += 1
-        if count != manifest.get("events"):
-            raise ArchiveBroken(f"{data}: {count} events, its manifest says {manifest['events']}")
+                shown.update(count)
+        shown.finish()
+        if count != expected:
+            raise ArchiveBroken(f"{data}: {count} events, its manifest says {expected}")
         events += count
         for entry in manifest["scopes"]:
             _seal(manifest_path, entry, scopes.get(entry.get("scope")), keys)
@@ -150,7 +166,7 @@ def verify_archives(directory: Path, keys_path: Path, live: Path | None = None) 
     if live is not None:
         tail = _continue_live(scopes, live)
     return (
-        f"intact: {events} archived event(s) in {len(manifests)} archive(s), {len(scopes)} "
+        f"intact: {events} archived event(s) in {len(sealed)} archive(s), {len(scopes)} "
         f"scope(s), each under its signed checkpoint{tail}"
     )
 
@@ -175,3 +191,50 @@ def _continue_live(scopes: dict[str, _Scope], live: Path) -> str:
     except OSError as exc:
         raise ArchiveBroken(f"{live}: cannot read it ({exc.strerror})") from None
     return f"; the live export's {count} event(s) continue them"
+
+
+@dataclass
+class PatientReport:
+    """What `patient_report` wrote: how many events, from which archived months."""
+
+    months: list[str]
+    events: int = 0
+
+
+def _names(row: dict[str, Any], patient: uuid.UUID) -> bool:
+    """The event is about `patient` or showed it among others (as the live report finds)."""
+    if row["patient_id"] == patient:
+        return True
+    listed = orjson.loads(row["detail"]).get("patient_ids")
+    if not isinstance(listed, list):
+        return False
+    for value in listed:
+        try:
+            if uuid.UUID(str(value)) == patient:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def patient_report(
+    directory: Path, patient: uuid.UUID, keys: Path | None, out: BinaryIO
+) -> PatientReport:
+    """Write to `out` each archived event that named `patient`, as its archived line, in
+    month and seq order. Every file's SHA-256 is checked against its manifest before a line
+    is written, and with `keys` the archives are first verified as one history under their
+    signed checkpoints (`verify_archives`); each line written checks against its hash."""
+    if keys is not None:
+        verify_archives(directory, keys)
+    sealed = sealed_files(directory)
+    report = PatientReport([str(manifest.get("month")) for _, manifest, _ in sealed])
+    needle = patient.hex.encode()  # as Postgres reads a uuid: any case, hyphens anywhere
+    for _, _, data in sealed:
+        with gzip.open(data, "rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if needle not in line.lower().replace(b"-", b""):
+                    continue  # most lines: no parse needed
+                if _names(read_event(data, number, line), patient):
+                    out.write(line if line.endswith(b"\n") else line + b"\n")
+                    report.events += 1
+    return report

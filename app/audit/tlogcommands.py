@@ -5,13 +5,17 @@ a witness, sealing closed months into archives and checking them offline."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.core.cli import fail, on_connection, owner_url
 from app.core.settings.database import DatabaseSettings
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 # About how many events the log holds (the partitions' statistics), for the time left.
 _ESTIMATE = """
@@ -22,33 +26,26 @@ WHERE i.inhparent = 'audit_events'::regclass
 
 
 def cmd_audit_build_trees(args: argparse.Namespace) -> int:
-    import time
-
     from app.audit.trees import extend_trees
+    from app.core.progress import Progress
 
     database = DatabaseSettings.load()
-    progress = sys.stderr.isatty()
-    started, done = time.monotonic(), 0
+    done = 0
 
     async def build(conn: Any) -> int:
         nonlocal done
         watermark = await conn.fetchval("SELECT audit_events_watermark()")
-        total = await conn.fetchval(_ESTIMATE) if progress else 0  # the planner's count
+        shown = Progress("leaves in the trees", await conn.fetchval(_ESTIMATE))
         while True:
             async with conn.transaction():  # one slice per transaction: the lock is short
                 grown = await extend_trees(conn, watermark, args.batch)
-            if not grown:
-                return int(watermark)
             done = await conn.fetchval("SELECT coalesce(sum(size), 0)::bigint FROM audit_trees")
-            if progress:
-                rate = done / max(time.monotonic() - started, 1e-6)
-                left = max(total - done, 0) / max(rate, 1e-6)
-                print(f"\r{done:,} leaves in the trees, {rate:,.0f}/s, about {left:,.0f} s left ",
-                      end="", file=sys.stderr)  # fmt: skip
+            if not grown:
+                shown.finish()
+                return int(watermark)
+            shown.update(done)
 
     watermark: int = on_connection(database.url, build)
-    if progress:
-        print(file=sys.stderr)
     print(f"the audit trees cover every event up to seq {watermark} ({done} leaves); the next "
           "digest signs their checkpoints")  # fmt: skip
     return 0
@@ -116,7 +113,7 @@ def cmd_audit_archive(args: argparse.Namespace) -> int:
 
     import asyncpg
 
-    from app.audit.archive import ArchiveRefused, archive_month, plan, terminal_progress
+    from app.audit.archive import ArchiveRefused, archive_month, plan
     from app.audit.sealed import MONTH
 
     if not MONTH.fullmatch(args.before):
@@ -135,9 +132,7 @@ def cmd_audit_archive(args: argparse.Namespace) -> int:
                 print(f"would archive {month.month}: {month.events} event(s) from "
                       f"{month.partition}, then {then} it")  # fmt: skip
                 continue
-            await archive_month(
-                conn, month, args.to, drop=args.drop, progress=terminal_progress(month.events)
-            )
+            await archive_month(conn, month, args.to, drop=args.drop)
             print(f"archived {month.month}: {month.events} event(s), checked, "
                   f"{month.partition} {'dropped' if args.drop else 'detached'}")  # fmt: skip
         return 0
@@ -160,6 +155,32 @@ def cmd_audit_verify_archives(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_access_report(args: argparse.Namespace) -> int:
+    from app.audit.sealed import ArchiveBroken, patient_report
+
+    try:
+        done = patient_report(args.dir, args.patient, args.keys, sys.stdout.buffer)
+    except ArchiveBroken as exc:
+        return fail(f"broken: {exc}")
+    sys.stdout.flush()
+    months = f"{done.months[0]} to {done.months[-1]}" if done.months else "none"
+    held = (
+        "the archives verified as one history under their signed checkpoints"
+        if args.keys is not None
+        else "every file matched its manifest's SHA-256 (with --keys: the manifests' "
+        "signed checkpoints too)"
+    )
+    print(f"{done.events} archived event(s) about the patient in {len(done.months)} "
+          f"archive(s) ({months}); {held}", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _patient_id(value: str) -> uuid.UUID:
+    if not _UUID.fullmatch(value):
+        raise argparse.ArgumentTypeError("not a patient id (a UUID: 8-4-4-4-12 hex digits)")
+    return uuid.UUID(value)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build-trees": cmd_audit_build_trees,
     "verify-inclusion": cmd_audit_verify_inclusion,
@@ -167,6 +188,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "witness": cmd_audit_witness,
     "archive": cmd_audit_archive,
     "verify-archives": cmd_audit_verify_archives,
+    "access-report": cmd_audit_access_report,
 }
 
 
@@ -261,4 +283,20 @@ def add_parsers(audit_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "--events",
         type=Path,
         help="the live log's NDJSON export from the month after (default: none)",
+    )
+    report = audit_sub.add_parser(
+        "access-report",
+        help="a patient's events in the sealed archives, as archived lines (NDJSON) on stdout, "
+        "each file checked against its manifest first (docs/audit.md)",
+        formatter_class=fmt,
+    )
+    report.add_argument("--dir", type=Path, required=True, help="the archives (required)")
+    report.add_argument(
+        "--patient", type=_patient_id, required=True, help="the patient's id (required)"
+    )
+    report.add_argument(
+        "--keys",
+        type=Path,
+        help="the pinned JWKS: verify the archives as one signed history first (default: "
+        "the files' SHA-256 only)",
     )

@@ -19,7 +19,13 @@ from databases import Database
 from app.audit.batcher import AuditWriter
 from app.audit.digests import digest_item, fetch_digests
 from app.audit.events import Actor, Event
-from app.audit.query import AuditFilters, fetch_event, fetch_page, fetch_patient_events
+from app.audit.query import (
+    AuditFilters,
+    archived_months,
+    fetch_event,
+    fetch_page,
+    fetch_patient_events,
+)
 from app.audit.signing import ScopeNames
 from app.audit.trees import recent_checkpoints
 from app.audit.verify import ChainReport, verify_chain
@@ -85,15 +91,17 @@ async def access_report(
     *,
     after_seq: int,
     limit: int,
-) -> tuple[list[asyncpg.Record], int | None]:
-    """A page of every event that named the patient, oldest first, recorded as a read."""
+) -> tuple[list[asyncpg.Record], int | None, list[str]]:
+    """A page of every event that named the patient, oldest first, recorded as a read; and
+    the months archived out of the log, whose events the page cannot hold."""
     async with connection(database) as conn:
         rows, next_seq = await fetch_patient_events(
             conn, actor.scope, patient_id, after_seq=after_seq, limit=limit
         )
+        archived = await archived_months(conn)
     event = events.report_viewed(patient_id, "console.access_report", len(rows))
     await writer.record(actor, [event])
-    return rows, next_seq
+    return rows, next_seq, archived
 
 
 async def report_download(

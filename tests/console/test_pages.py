@@ -252,6 +252,29 @@ async def test_the_access_report_groups_by_day_and_its_csv_matches_the_api_expor
     assert views == ["console.access_report", "console.access_report.csv"]
 
 
+async def test_the_access_report_names_the_months_archived_out_of_the_log(
+    app: httpx.AsyncClient, owner: asyncpg.Connection
+) -> None:
+    cookie = await login(app, "alice")
+    patient_id = await _patient(app, cookie)
+    url = f"/console/patients/{patient_id}/access"
+    before = await app.get(url, headers=page_headers(cookie))
+    assert before.status_code == 200
+    assert 'id="archived"' not in before.text
+    for month in ("2025-01", "2025-02"):  # as `python -m app audit archive` records them
+        await owner.execute(
+            "INSERT INTO audit_archived_months (month, events, sha256, dropped) "
+            "VALUES ($1, 10, $2, true)",
+            month,
+            "0" * 64,
+        )
+    report = await app.get(url, headers=page_headers(cookie))
+    assert report.status_code == 200
+    assert "events recorded in 2025-01, 2025-02, months archived out of the log" in report.text
+    assert f"access-report --patient {patient_id}" in report.text
+    assert "patient.created" in report.text  # the live events are still listed
+
+
 async def test_the_fhir_download_is_a_bundle_of_the_patients_audit_events(
     app: httpx.AsyncClient,
 ) -> None:

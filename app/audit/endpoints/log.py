@@ -23,6 +23,7 @@ from app.audit.query import (
     MAX_WINDOW,
     AuditFilters,
     RowEncoder,
+    archived_months,
     csv_lines,
     event_item,
     export_events,
@@ -34,9 +35,9 @@ from app.audit.query import (
 from app.audit.record import record_event, record_independently
 from app.audit.schemas import (
     FILTERS,
+    AccessReportPage,
     AccessReportQuery,
     AuditEventOut,
-    AuditEventPage,
     AuditEventsQuery,
     AuditEventsResponse,
     ChainVerification,
@@ -292,10 +293,11 @@ async def verify_audit_events(request: Request) -> Response:
 
 
 @operation(
-    "Every audit event about one patient in the caller's scope, oldest first",
+    "Every audit event about one patient in the caller's scope, oldest first, and the "
+    "months archived out of the log (which it cannot list)",
     tags=["audit", "patients"],
     query=AccessReportQuery,
-    responses={200: AuditEventPage},
+    responses={200: AccessReportPage},
 )
 @requires("read:audit_events")
 async def patient_access_report(request: Request) -> Response:
@@ -310,6 +312,7 @@ async def patient_access_report(request: Request) -> Response:
         rows, next_seq = await fetch_patient_events(
             conn, actor.scope, patient_id, after_seq=after, limit=query.limit
         )
+        archived = await archived_months(conn)
         event = Event(
             "audit.read",
             "R",
@@ -323,7 +326,8 @@ async def patient_access_report(request: Request) -> Response:
     if next_seq is not None:
         payload = {"k": "patient", "s": actor.scope, "p": str(patient_id), "q": next_seq}
         next_cursor = _sign(request, payload)
-    return JSONResponse({"items": [event_item(r) for r in rows], "next_cursor": next_cursor})
+    items = [event_item(r) for r in rows]
+    return JSONResponse({"items": items, "next_cursor": next_cursor, "archived_months": archived})
 
 
 routes: list[BaseRoute] = [

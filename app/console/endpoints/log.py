@@ -109,7 +109,7 @@ async def access_report(request: Request) -> Response:
             values["error"] = "not a cursor for this report: start again"
             return render(request, "report.html", values, status=400)
         after = payload["q"]
-    rows, next_seq = await service.access_report(
+    rows, next_seq, archived = await service.access_report(
         context(request).database,
         audit_of(request).writer,
         who.actor,
@@ -127,6 +127,7 @@ async def access_report(request: Request) -> Response:
         "days": service.by_day(rows),
         "count": len(rows),
         "next": next_url,
+        "archived": archived,
     }
     return render(request, "report.html", values)
 
