@@ -15,6 +15,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from bench.harness import proofs
 from bench.harness.model import READ_PATH, Run
 from bench.kit.deps import ensure_py_spy
 from bench.kit.log import log
@@ -45,6 +46,10 @@ STAGES = (
     ("request envelope (RequestContextMiddleware)", "app/http/middleware.py", "__call__"),
     ("HTTP parsing + transport (uvicorn httptools)", "uvicorn/protocols/http/httptools_impl.py",
      "data_received"),
+    ("DPoP, whole (DPoPVerifier.check)", "app/auth/dpop.py", "check"),
+    ("  proof decode + signature (verify_proof)", "app/auth/dpop.py", "verify_proof"),
+    ("  replay store (first_use)", "app/auth/replay.py", "first_use"),
+    ("  replay store's write (_write)", "app/auth/replay.py", "_write"),
 )  # fmt: skip
 
 
@@ -91,21 +96,28 @@ def _share(inclusive: Counter[str], file: str, func: str) -> int:
     return found
 
 
-def profile_read(run: Run, server: Server, seconds: float) -> list[str]:
+def profile_read(run: Run, server: Server, seconds: float, *, dpop: bool = False) -> list[str]:
+    """py-spy on the read (`dpop`: the DPoP read, each request with a fresh proof)."""
     py_spy = ensure_py_spy()
     tokens = run.warm_tokens
     assert tokens is not None
-    log(f"profiling our read path for {seconds:g}s (py-spy, 1 worker, 64 connections)")
+    mode, name = ("dpop_get", "profile-dpop") if dpop else ("get", "profile")
+    what = "DPoP read" if dpop else "read"
+    log(f"profiling our {what} path for {seconds:g}s (py-spy, 1 worker, 64 connections)")
     server.start()
     url = server.url + READ_PATH
-    run_wrk(url, tokens, "get", "profile-warm", connections=64, seconds=3)
+    if dpop:
+        tokens = _proofs(run, server, 3, "warm")
+    run_wrk(url, tokens, mode, name + "-warm", connections=64, seconds=3)
+    if dpop:
+        tokens = _proofs(run, server, seconds + 4, "run")
     pid = server.serving_pids()[0]
     out: dict[str, WrkResult] = {}
 
     def drive() -> None:
-        out["wrk"] = run_wrk(url, tokens, "get", "profile", connections=64, seconds=seconds + 4)
+        out["wrk"] = run_wrk(url, tokens, mode, name, connections=64, seconds=seconds + 4)
 
-    raw = run.run_dir / "profile.txt"
+    raw = run.run_dir / f"{name}.txt"
     driver = threading.Thread(target=drive)
     driver.start()
     threading.Event().wait(1.5)
@@ -124,7 +136,18 @@ def profile_read(run: Run, server: Server, seconds: float) -> list[str]:
     # The worker's CPU over py-spy's window, per request at the run's average rate.
     us_per_request = cpu_s / (result.rps * seconds) * 1e6 if result.rps else 0.0
     total, leaf, inclusive = parse_collapsed(raw)
-    return render(total, leaf, inclusive, us_per_request, result)
+    return render(total, leaf, inclusive, us_per_request, result, dpop=dpop)
+
+
+def _proofs(run: Run, server: Server, seconds: float, name: str) -> Path:
+    """Fresh DPoP proofs for `seconds` of the profile's wrk run, at the bearer read's best
+    measured rate with 1 worker."""
+    assert run.dpop is not None
+    bearer = [
+        m for m in run.measurements if (m.target, m.scenario, m.workers) == ("ours", "read", 1)
+    ]
+    path = run.run_dir / f"dpop-profile-{name}.tsv"
+    return proofs.write_proofs(path, run.dpop, server.url, proofs.wanted(bearer, seconds))
 
 
 def render(
@@ -133,12 +156,15 @@ def render(
     inclusive: Counter[str],
     us_per_request: float,
     result: WrkResult,
+    *,
+    dpop: bool = False,
 ) -> list[str]:
     def cost(n: int) -> str:
         return f"{n / total * 100:5.1f}% | {n / total * us_per_request:6.0f}"
 
     lines = [
-        f"Profile of `GET {READ_PATH}`, 1 worker, 64 connections: {result.rps:,.0f} req/s "
+        f"Profile of `GET {READ_PATH}`{' with DPoP' if dpop else ''}, 1 worker, 64 connections: "
+        f"{result.rps:,.0f} req/s "
         f"under py-spy, {us_per_request:,.0f} µs of worker CPU per request, {total:,} samples.",
         "",
         "| stage (inclusive) | share | µs/req |",

@@ -29,6 +29,7 @@ from bench.harness.model import (
     Scenario,
     TenantCounts,
     cookie_mode,
+    dpop_wanted,
     proxy_wanted,
 )
 from bench.harness.prepare import prepare
@@ -266,6 +267,8 @@ def execute(run: Run) -> None:
             server = server_for(run, "ours", 1)
             stack.callback(server.stop)
             run.profile = profile_read(run, server, run.args.profile)
+            if dpop_wanted(run.args):  # the DPoP read's profile too, to set beside it
+                run.profile += ["", *profile_read(run, server, run.args.profile, dpop=True)]
 
 
 def results_json(run: Run) -> dict[str, Any]:
