@@ -80,8 +80,9 @@ class _Batched:
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        # Shielded: a request that goes away leaves its key to be written with the rest.
-        return await asyncio.shield(done)
+        # A request that goes away cancels only `done`: its key is still written with the
+        # rest (answers go only to futures not done).
+        return await done
 
     async def _drain(self) -> None:
         while self._queue:
@@ -108,7 +109,8 @@ class PostgresReplays(_Batched):
         first: dict[bytes, _Waiting] = {}
         for waiting in batch:  # the same key twice in one batch: the later one is a replay
             if waiting.key in first:
-                waiting.done.set_result(False)
+                if not waiting.done.done():
+                    waiting.done.set_result(False)
             else:
                 first[waiting.key] = waiting
         try:

@@ -67,9 +67,11 @@ class GroupCommit(ABC, Generic[Item, Result]):
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        # Shielded: a request cancelled while it waits (the client went away) leaves its
-        # work to be written with the rest, and does not fail the batch.
-        return await asyncio.shield(done)
+        # A request cancelled while it waits (the client went away) cancels only `done`:
+        # its work stays queued, is written with the rest, and does not fail the batch
+        # (results are set only on futures not done). No `asyncio.shield`: it doubled the
+        # wait's cost (a second future and two callbacks) for nothing more.
+        return await done
 
     async def aclose(self) -> None:
         """Wait for the batches in flight (at shutdown, after the last request)."""

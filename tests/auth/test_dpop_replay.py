@@ -107,6 +107,25 @@ class TestPostgresStore:
         assert store.statements < 200  # shared: far fewer statements than proofs
         assert await owner.fetchval("SELECT count(*) FROM dpop_proofs") == 50
 
+    async def test_a_request_that_goes_away_still_uses_up_its_proof(
+        self, pool: Database, owner: asyncpg.Connection
+    ) -> None:
+        store = PostgresReplays(pool, max_in_flight=1)
+        until = time.time() + 60
+        first = asyncio.create_task(store.first_use(_key(1), until))
+        await asyncio.sleep(0)  # the first statement is on its way: the next keys queue
+        gone = asyncio.create_task(store.first_use(_key(2), until))
+        same_batch = asyncio.create_task(store.first_use(_key(2), until))  # a replay of it
+        other = asyncio.create_task(store.first_use(_key(3), until))
+        await asyncio.sleep(0)
+        gone.cancel()  # its client went away while the key waited
+        assert await first and await other
+        assert not await same_batch  # the cancelled request's key was still written first
+        await store.aclose()
+        assert gone.cancelled()
+        assert not await store.first_use(_key(2), until)  # and stays used
+        assert await owner.fetchval("SELECT count(*) FROM dpop_proofs") == 3
+
     async def test_an_expired_key_is_new_again_and_purged(
         self, pool: Database, owner: asyncpg.Connection
     ) -> None:
@@ -158,6 +177,19 @@ class TestRedisStore:
         assert [answers[n] for n in range(50)] == [True] * 50  # the first of each
         assert store.statements < 200  # pipelined: far fewer round trips than proofs
         assert 0 < ttl <= 60_000
+
+    async def test_a_request_that_goes_away_still_uses_up_its_proof(self, redis_url: str) -> None:
+        store = RedisReplays.from_url(redis_url)
+        until = time.time() + 60
+        key = hashlib.sha256(b"gone-%f" % time.time()).digest()
+        gone = asyncio.create_task(store.first_use(key, until))
+        replay = asyncio.create_task(store.first_use(key, until))
+        await asyncio.sleep(0)
+        gone.cancel()
+        assert not await replay  # in one pipeline after the cancelled request's SET NX
+        assert gone.cancelled()
+        assert not await store.first_use(key, until)
+        await store.aclose()
 
     async def test_concurrent_proofs_on_an_unreachable_redis_are_all_503(self) -> None:
         store = RedisReplays.from_url("redis://127.0.0.1:1/0", timeout=0.5)
