@@ -10,7 +10,8 @@ run `python -m app audit digest` first); it writes the month's events and its ma
 consistency proof to its latest checkpoint), reads them back and checks each event's hash,
 its leaf in the stored tree and the proof, and only then detaches the partition (`--drop`:
 drops it), recording the month in `audit_archived_months` in the same transaction (the
-access report names the months it no longer holds). The tree keeps every node, so inclusion proofs of archived events still hold.
+access report names the months it no longer holds). The tree keeps every node, so
+inclusion proofs of archived events still hold.
 """
 
 from __future__ import annotations
