@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.http.openapi import Operation, SchemaNameClash, build_openapi, operation
+from app.http.components import SchemaNameClash
+from app.http.openapi import Operation, build_openapi, operation
 from app.http.ops import API_TITLE, API_VERSION
 from app.main import all_routes
 
