@@ -40,14 +40,19 @@ class Held:
 
 class UpstreamPool:
     def __init__(
-        self, *, max_connections: int = 100, max_idle: int = 20, keepalive_expiry: float = 30.0
+        self,
+        *,
+        max_connections: int = 100,
+        max_idle: int = 20,
+        keepalive_expiry: float = 30.0,
+        tls: ssl.SSLContext | None = None,  # default: the system's authorities, host checked
     ) -> None:
         self._slots = asyncio.Semaphore(max_connections)
         self._max_idle = max_idle
         self._keepalive_expiry = keepalive_expiry
         self._idle: dict[Origin, list[Connection]] = {}
         self._open: set[Connection] = set()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
 
     async def send(self, origin: Origin, request: Request, timeouts: Timeouts) -> Held:
         """The upstream's answer with its body unread: `release` it once read or given up."""

@@ -5,13 +5,15 @@ limit wait for a free one, then time out (a 504 to the caller)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 import pytest
 
 from app.remote import http11
 from app.remote.pool import Held, Origin, UpstreamPool
 from devkit.upstream import Upstream
-from tests.remote.scripted import scripted_upstream
+from tests.remote.scripted import scripted_upstream, self_signed
 
 TIMEOUTS = http11.Timeouts(connect=5.0, read=5.0, write=5.0, pool=0.2)
 
@@ -149,3 +151,30 @@ async def test_a_failed_call_gives_its_slot_back() -> None:
         with pytest.raises(http11.Broken):
             await pool.send(nowhere, _get("http://127.0.0.1:9", "/"), TIMEOUTS)
     await pool.aclose()
+
+
+async def test_an_https_upstream_is_verified(tmp_path: Path) -> None:
+    server, cert = self_signed(tmp_path)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with scripted_upstream([answer], tls=server) as served:
+        origin = ("https", "localhost", served.port)
+        request = _get(f"https://localhost:{served.port}", "/")
+        default = UpstreamPool()  # the system's authorities: a self-signed certificate fails
+        with pytest.raises(http11.Broken, match="SSLCertVerificationError"):
+            await default.send(origin, request, TIMEOUTS)
+        await default.aclose()
+        assert served.requests == []
+        trusting = UpstreamPool(tls=ssl.create_default_context(cafile=cert))
+        try:
+            for _ in range(2):
+                held = await trusting.send(origin, request, TIMEOUTS)
+                assert await _read(held) == b"ok"
+                trusting.release(held)
+        finally:
+            await trusting.aclose()
+        assert served.connections == 1  # kept open between the calls, as over plain TCP
+        wrong_name = ("https", "127.0.0.1", served.port)  # not a name the certificate holds
+        trusting = UpstreamPool(tls=ssl.create_default_context(cafile=cert))
+        with pytest.raises(http11.Broken, match="SSLCertVerificationError"):
+            await trusting.send(wrong_name, request, TIMEOUTS)
+        await trusting.aclose()
