@@ -189,7 +189,7 @@ async def send(
     except http11.HTTPError as exc:
         logger.warning(
             "a remote API could not be reached",
-            extra={"route": route.name, "error": type(exc).__name__},
+            extra={"route": route.name, "error": type(exc).__name__, "reason": str(exc)},
         )
         raise UpstreamError(f"the remote API {route.name} could not be reached") from None
     REMOTE_LATENCY.labels(route=route.name).observe(time.perf_counter() - started)
