@@ -42,6 +42,7 @@ from app.fhir import endpoints as fhir_endpoints
 from app.fhir.outcomes import OperationOutcomes
 from app.http import idempotency, ops, problems
 from app.http.middleware import Metrics, RequestContextMiddleware
+from app.http.routing import PrefixFirstRouter
 from app.patients import endpoints as patient_endpoints
 from app.patients.runtime import running_patients
 from app.ratelimit import ClientRateLimitMiddleware, GlobalRateLimiter, Limit
@@ -225,10 +226,12 @@ def create_app(settings: Settings, parts: Parts | None = None) -> Starlette:
     # No declared remote API: no /remote route at all.
     remote_routes = remote_endpoints.routes if settings.remote.routes else []
     app = Starlette(
-        routes=[*all_routes(), *session_routes, *remote_routes],
         middleware=middleware(settings, metrics, per_ip),
         exception_handlers=problems.EXCEPTION_HANDLERS,
-        lifespan=lifespan,
+    )
+    # A forwarded call is matched against /remote's route first, not after every other.
+    app.router = PrefixFirstRouter(
+        [*all_routes(), *session_routes, *remote_routes], prefix="/remote/", lifespan=lifespan
     )
     app.state.metrics = metrics
     app.state.rate_limiter = rate_limiter

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-import httpcore
-
 from app.auth.tokens import Principal
 from app.core.errors import (
     Forbidden,
@@ -33,8 +31,8 @@ from app.core.errors import (
 )
 from app.core.metrics import REMOTE_LATENCY
 from app.core.settings.remote import RemoteRoute
-from app.remote import lifecycle
-from app.remote.pool import Held, UpstreamPool
+from app.remote import http11, lifecycle
+from app.remote.pool import Held, Origin, UpstreamPool
 from app.remote.runtime import RemoteRuntime
 from app.session.cache import Session
 from app.session.dpop import SessionKey
@@ -139,26 +137,17 @@ class Answer:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; `UpstreamBroke` when the upstream breaks off."""
         try:
-            async for chunk in self._held.response.aiter_stream():
+            async for chunk in self._held.chunks():
                 yield chunk
-        except (httpcore.TimeoutException, *_UNREACHABLE) as exc:
+        except http11.HTTPError as exc:
             raise UpstreamBroke(type(exc).__name__) from None
 
     async def close(self) -> None:
-        await self._pool.release(self._held)
+        self._pool.release(self._held)
 
 
 class UpstreamBroke(Exception):
     """The upstream's answer broke off after its headers (the reason is an exception's name)."""
-
-
-# httpcore's failures short of a timeout: nothing usable came back.
-_UNREACHABLE = (
-    httpcore.NetworkError,
-    httpcore.ProtocolError,
-    httpcore.UnsupportedProtocol,
-    httpcore.ProxyError,
-)
 
 
 async def send(
@@ -174,9 +163,9 @@ async def send(
     caller streams and closes it). 504 on a timeout, 502 when the upstream cannot be
     reached or answered nothing usable; a redirect is an answer like any other.
 
-    Sent with httpcore's HTTP/1.1 connections (app/remote/pool.py keeps them): a proxy needs
-    none of what httpx adds (redirects, cookies, decoding), nor httpcore's pool's look at
-    every connection it holds on each call."""
+    Sent on the pool's own HTTP/1.1 connections (app/remote/pool.py, app/remote/http11.py):
+    a proxy needs none of what httpx adds (redirects, cookies, decoding), nor its pool's
+    look at every connection it holds on each call."""
     where = _origin_of(url)
     sent = [(b"Host", where.host_header)]
     sent += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
@@ -188,41 +177,30 @@ async def send(
     if body is not None and not any(name.lower() == b"content-length" for name, _ in sent):
         sent.append((b"Transfer-Encoding", b"chunked"))
     seconds = route.timeout_seconds
-    timeout = {"connect": min(seconds, 5.0), "read": seconds, "write": seconds, "pool": seconds}
-    target = httpcore.URL(
-        scheme=where.scheme,
-        host=where.host,
-        port=where.port,
-        target=url[where.length :].encode("ascii") or b"/",
-    )
-    request = httpcore.Request(
-        method, target, headers=sent, content=body, extensions={"timeout": timeout}
-    )
+    timeouts = http11.Timeouts(connect=min(seconds, 5.0), read=seconds, write=seconds, pool=seconds)
+    target = url[where.length :].encode("ascii") or b"/"
+    request = http11.Request(method.encode("ascii"), target, sent, body)
     started = time.perf_counter()
     try:
-        held = await runtime.http.send(request)
-    except PayloadTooLarge:
-        raise
-    except httpcore.TimeoutException:
+        held = await runtime.http.send(where.origin, request, timeouts)
+    except http11.TimedOut:
         logger.warning("a remote API did not answer in time", extra={"route": route.name})
         raise GatewayTimeout(f"the remote API {route.name} did not answer in time") from None
-    except _UNREACHABLE as exc:
+    except http11.HTTPError as exc:
         logger.warning(
             "a remote API could not be reached",
-            extra={"route": route.name, "error": type(exc).__name__},
+            extra={"route": route.name, "error": type(exc).__name__, "reason": str(exc)},
         )
         raise UpstreamError(f"the remote API {route.name} could not be reached") from None
     REMOTE_LATENCY.labels(route=route.name).observe(time.perf_counter() - started)
-    response = held.response
-    answered = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
-    return Answer(response.status, answered, held, runtime.http)
+    head = held.head
+    answered = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers]
+    return Answer(head.status, answered, held, runtime.http)
 
 
 @dataclass(frozen=True, slots=True)
 class _Origin:
-    scheme: bytes
-    host: bytes
-    port: int | None
+    origin: Origin  # scheme, host, port: the pool's key
     host_header: bytes
     length: int  # of `scheme://netloc`, where the request target starts
 
@@ -230,11 +208,9 @@ class _Origin:
 @functools.lru_cache(maxsize=256)
 def _origin_of_base(scheme: str, netloc: str) -> _Origin:
     parts = urlsplit(f"{scheme}://{netloc}")
-    host = (parts.hostname or "").encode("ascii")
+    port = parts.port or (443 if scheme == "https" else 80)
     return _Origin(
-        scheme.encode("ascii"),
-        host,
-        parts.port,
+        (scheme, parts.hostname or "", port),
         netloc.encode("ascii"),
         len(scheme) + 3 + len(netloc),
     )
