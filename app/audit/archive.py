@@ -153,8 +153,9 @@ async def _write(
                 await _follow_leaves(conn, rows, ends)
                 for row in rows:
                     handle.write(orjson.dumps(event_item(row)) + b"\n")
-                events, last = events + len(rows), rows[-1]["seq"]
-                written.update(events)
+                    events += 1
+                    written.update(events)
+                last = rows[-1]["seq"]
     written.finish()
     return events, hashed.digest.hexdigest()
 
