@@ -132,8 +132,8 @@ def cmd_audit_archive(args: argparse.Namespace) -> int:
                 print(f"would archive {month.month}: {month.events} event(s) from "
                       f"{month.partition}, then {then} it")  # fmt: skip
                 continue
-            await archive_month(conn, month, args.to, drop=args.drop)
-            print(f"archived {month.month}: {month.events} event(s), checked, "
+            events = await archive_month(conn, month, args.to, drop=args.drop)
+            print(f"archived {month.month}: {events} event(s), checked, "
                   f"{month.partition} {'dropped' if args.drop else 'detached'}")  # fmt: skip
         return 0
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,12 @@ from app.audit.chain import canonical_detail, content_digest, link_hash
 from devkit.db import ProvisionedDatabase
 
 LAST_MONTH = (datetime.now(UTC).replace(day=1) - timedelta(days=1)).replace(day=10)
+MONTH_BEFORE = (LAST_MONTH.replace(day=1) - timedelta(days=1)).replace(day=10)
 PARTITION = f"audit_events_{LAST_MONTH:%Y_%m}"
 MONTH = f"{LAST_MONTH:%Y-%m}"
 THIS_MONTH = f"{datetime.now(UTC):%Y-%m}"
+_COLUMNS = ("seq", "id", "occurred_at", "recorded_at", "scope", "actor", "action", "crud",
+            "outcome", "patient_id", "detail", "prev_hash", "hash")  # fmt: skip
 
 
 async def last_month(
@@ -73,6 +76,57 @@ async def last_month(
         "last_hash = $3, updated_at = $4",
         scope, seq, prev, recorded,
     )  # fmt: skip
+
+
+async def bulk_month(
+    owner: asyncpg.Connection,
+    day: datetime,
+    scopes: tuple[str, ...],
+    count: int,
+    patient_id: uuid.UUID,
+) -> None:
+    """`count` events recorded in `day`'s month, dealt in turn to `scopes`, whose chains
+    start there (so the month's archive checks on its own), every tenth about `patient_id`;
+    written with one COPY, as many as a test of size wants, and made the scopes' heads."""
+    start, end = _month_bounds(day)
+    name = f"audit_events_{day:%Y_%m}"
+    await owner.execute(
+        f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit_events "
+        f"FOR VALUES FROM ('{start}') TO ('{end}')"
+    )
+    last = await owner.fetchval(
+        "SELECT setval('audit_events_seq', nextval('audit_events_seq') + $1 - 1)", count
+    )
+    heads: dict[str, bytes] = {}
+    records = []
+    for n in range(count):
+        seq, scope = last - count + 1 + n, scopes[n % len(scopes)]
+        recorded = day + timedelta(seconds=n)
+        row: dict[str, Any] = {
+            "id": uuid.uuid4(), "occurred_at": recorded, "scope": scope,
+            "actor": f"auth0|user-{n % 97}",
+            **dict.fromkeys(("client_id", "session_id", "token_id", "source_ip", "user_agent")),
+            "action": "patient.read", "crud": "R", "outcome": "success",
+            **dict.fromkeys(("outcome_reason", "entity_type", "entity_id", "request_id")),
+            "patient_id": patient_id if n % 10 == 0 else uuid.uuid4(),
+            "detail": canonical_detail({"n": n, "via": "get", "note": "x" * 200}),
+        }  # fmt: skip
+        row |= {"seq": seq, "recorded_at": recorded, "prev_hash": heads.get(scope)}
+        row["hash"] = heads[scope] = link_hash(seq, recorded, content_digest(row), row["prev_hash"])
+        row["detail"] = row["detail"].decode()
+        records.append(tuple(row[c] for c in _COLUMNS))
+    await owner.copy_records_to_table(name, records=records, columns=_COLUMNS)
+    await owner.execute(
+        "INSERT INTO audit_chain_heads (scope, last_seq, last_hash, updated_at) "
+        "SELECT DISTINCT ON (scope) scope, seq, hash, recorded_at FROM audit_events "
+        "WHERE scope = ANY($1::text[]) ORDER BY scope, seq DESC",
+        list(scopes),
+    )
+
+
+def _month_bounds(day: datetime) -> tuple[date, date]:
+    start = day.replace(day=1).date()
+    return start, (start.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
 def files_in(directory: Path) -> list[Path]:

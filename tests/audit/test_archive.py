@@ -5,7 +5,7 @@ one history, and an archived-then-dropped month's events still have inclusion pr
 from __future__ import annotations
 
 import gzip
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import asyncpg
@@ -13,7 +13,8 @@ import httpx
 import orjson
 import pytest
 
-from app.audit.archive import closed_months
+from app.audit import archive
+from app.audit.archive import ArchiveRefused, archive_month, closed_months, plan
 from app.audit.events import Event
 from app.audit.sealed import file_sha256
 from app.core.settings import Settings
@@ -141,6 +142,24 @@ class TestArchive:
         assert "is not in its scope's tree yet" in refused.stderr
         assert await owner.fetchval("SELECT count(*) FROM audit_events") == 2  # kept
         assert await owner.fetchval("SELECT to_regclass($1)", PARTITION) is not None
+
+    async def test_a_month_refused_part_way_leaves_nothing_behind(
+        self,
+        owner: asyncpg.Connection,
+        database: ProvisionedDatabase,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        await last_month(owner, ACME, 3)
+        await issue(database)
+        await last_month(owner, ACME, 2)  # since the digest: not in the tree yet
+        monkeypatch.setattr(archive, "_PAGE", 2)  # the first pages are written, then refused
+        [month] = await plan(owner, THIS_MONTH, datetime.now(UTC).date())
+        with pytest.raises(ArchiveRefused, match="is not in its scope's tree yet"):
+            await archive_month(owner, month, tmp_path, drop=True)
+        assert files_in(tmp_path) == []
+        assert await owner.fetchval("SELECT count(*) FROM audit_events") == 5
+        assert await owner.fetchval("SELECT count(*) FROM audit_archived_months") == 0
 
     async def test_a_bad_month_is_refused(
         self, database: ProvisionedDatabase, tmp_path: Path
