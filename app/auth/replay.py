@@ -85,9 +85,16 @@ class _Batched:
         return await done
 
     async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-            await self._write(batch)
+        """Write batches while any are queued. The task leaves `_tasks` in the same step
+        as it finds the queue empty: a request that queues right after (its waiter may
+        run before the done callbacks) then starts a new one instead of waiting on a
+        task that is over."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+                await self._write(batch)
+        finally:
+            self._tasks.discard(asyncio.current_task())
 
     async def _write(self, batch: list[_Waiting]) -> None:
         raise NotImplementedError

@@ -79,16 +79,23 @@ class GroupCommit(ABC, Generic[Item, Result]):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _drain(self) -> None:
-        while self._queue:
-            batch: list[_Waiting[Item, Result]] = []
-            size = 0
-            while self._queue and (
-                not batch or size + self.size(self._queue[0].item) <= self._max_size
-            ):
-                waiting = self._queue.pop(0)
-                batch.append(waiting)
-                size += self.size(waiting.item)
-            await self._write(batch)
+        """Write batches while any are queued. The task leaves `_tasks` in the same step
+        as it finds the queue empty: a request that queues right after (its waiter may
+        run before the done callbacks) then starts a new one instead of waiting on a
+        task that is over."""
+        try:
+            while self._queue:
+                batch: list[_Waiting[Item, Result]] = []
+                size = 0
+                while self._queue and (
+                    not batch or size + self.size(self._queue[0].item) <= self._max_size
+                ):
+                    waiting = self._queue.pop(0)
+                    batch.append(waiting)
+                    size += self.size(waiting.item)
+                await self._write(batch)
+        finally:
+            self._tasks.discard(asyncio.current_task())
 
     async def _write(self, batch: list[_Waiting[Item, Result]]) -> None:
         try:
