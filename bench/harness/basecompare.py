@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bench.harness.model import Run, find_cell, throughput_ratio
 
-COMPARED = ("read", "profile", "post")
+COMPARED = ("read", "read_dpop", "profile", "post")
 
 
 def _ratio(value: tuple[float, float, float] | None) -> str:

@@ -60,6 +60,7 @@ SCENARIOS = (
     Scenario("upstream", "proxy", "GET", UPSTREAM_PATH, "get"),
     # `--base DIR`: the service of another checkout, measured beside ours in the same run.
     Scenario("base", "read", "GET", READ_PATH, "get"),
+    Scenario("base", "read_dpop", "GET", READ_PATH, "dpop_get"),
     Scenario("base", "post", "POST", "/api/patients", "post", 201),
     Scenario("base", "profile", "GET", "/api/profile", "get"),
 )
