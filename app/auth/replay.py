@@ -106,14 +106,9 @@ class _Batched:
 
 class PostgresReplays(_Batched):
     """`dpop_proofs` through the app's pool, concurrent requests' keys in one statement
-    (`max_batch` bounds one statement; `max_in_flight` statements run at once).
+    (`max_batch` bounds one statement; `max_in_flight` statements run at once)."""
 
-    One statement at a time by default: a statement waits for its commit's WAL flush (a
-    few ms), the keys arriving meanwhile make the next one, so under load each statement
-    carries about twice the keys it would with two in flight, and the service and Postgres
-    pay half the statements (docs/benchmarks.md, DPoP). Alone, a key is written at once."""
-
-    def __init__(self, database: Database, *, max_batch: int = 1000, max_in_flight: int = 1):
+    def __init__(self, database: Database, *, max_batch: int = 1000, max_in_flight: int = 2):
         super().__init__(max_batch=max_batch, max_in_flight=max_in_flight)
         self._database = database
 
