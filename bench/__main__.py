@@ -100,7 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra setting for our service (repeatable)",
+        help="extra setting for our service, and base's (repeatable)",
+    )
+    parser.add_argument(
+        "--base-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for base only, after --service-env (repeatable): with --base the same "
+        "checkout, it measures one setting's cost in one run",
     )
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                         help="then profile our read path with py-spy for SECONDS")  # fmt: skip
@@ -120,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="also measure the service of another checkout (e.g. a git worktree of the "
-        "commit before a change) as target `base`, in the same run: ours' read, profile "
-        "and post next to it",
+        "commit before a change) as target `base`, in the same run: ours' read, DPoP read, "
+        "profile and post next to it",
     )
     return parser
 
@@ -153,9 +161,11 @@ def finish_options(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("target base needs --base DIR")
     if unknown:
         raise SystemExit(f"unknown scenario or target: {', '.join(sorted(unknown))}")
-    for item in [*args.service_env, *args.db_role_setting]:
+    for item in [*args.service_env, *args.base_env, *args.db_role_setting]:
         if "=" not in item:
             raise SystemExit(f"--service-env wants KEY=VALUE, not {item!r}")
+    if args.base_env and not args.base:
+        raise SystemExit("--base-env needs --base DIR")
     return args
 
 

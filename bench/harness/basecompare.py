@@ -47,8 +47,9 @@ def base_lines(run: Run) -> list[str]:
     if not table:
         return []
     return [
-        f"Ours against base (`--base {run.args.base}`, commit {run.base_git or '?'}), "
-        "cells interleaved in the same rounds:",
+        f"Ours against base (`--base {run.args.base}`, commit {run.base_git or '?'}"
+        + "".join(f", `--base-env {item}`" for item in run.args.base_env)
+        + "), cells interleaved in the same rounds:",
         "",
         *table,
         "",

@@ -85,6 +85,8 @@ def server_for(run: Run, target: str, workers: int) -> Server:
         if proxy_wanted(run.args):
             env["REMOTE_APIS_FILE"] = str(_remote_apis(run))
         env |= dict(item.split("=", 1) for item in run.args.service_env)
+        if target == "base":
+            env |= dict(item.split("=", 1) for item in run.args.base_env)
     elif target == "peer":
         argv = [*uvicorn, "bench.targets.fastapi_auth0:app", *common]
         env |= {"AUTH0_DOMAIN": DOMAIN, "AUTH0_AUDIENCE": AUDIENCE}
