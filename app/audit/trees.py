@@ -29,7 +29,19 @@ from app.audit.signing import KeyRing, ScopeNames
 
 _HAS_TREES = "SELECT to_regprocedure('audit_trees_extend(bigint, bigint)')"
 _EXTEND = "SELECT scope, size FROM audit_trees_extend($1, $2)"
-_APPEND = "SELECT audit_checkpoints_append($1, $2, $3, $4, $5)"
+# Every grown tree's checkpoint in one statement (the function checks each as before).
+_APPEND = """
+SELECT audit_checkpoints_append(c.scope, c.size, c.root, $4, c.note)
+FROM unnest($1::text[], $2::bigint[], $3::bytea[], $5::text[]) AS c(scope, size, root, note)
+"""
+# The nodes of several trees at once: (scope, level, idx) triples.
+_NODES_OF = """
+SELECT n.scope, n.level, n.idx, n.hash
+FROM unnest($1::text[], $2::smallint[], $3::bigint[]) AS k(scope, level, idx)
+JOIN audit_tree_nodes n ON n.scope = k.scope AND n.level = k.level AND n.idx = k.idx
+"""
+# Trees checkpointed per statement: their roots' nodes (at most 64 each) in one query.
+_CHECKPOINT_BATCH = 500
 _NODES = """
 SELECT n.level, n.idx, n.hash
 FROM unnest($2::smallint[], $3::bigint[]) AS k(level, idx)
@@ -118,12 +130,33 @@ async def checkpoint_trees(
     if await conn.fetchval(_HAS_TREES) is None:
         return 0
     await extend_trees(conn, watermark)
-    grown = await conn.fetch(_UNSIGNED)
-    for scope, size in grown:
-        root = await tree_root(conn, scope, size)
-        note = sign_checkpoint(ring, origin_of(names.key_id, names.current(scope)), size, root)
-        await conn.execute(_APPEND, scope, size, root, digest, note)
+    grown = [(str(r["scope"]), int(r["size"])) for r in await conn.fetch(_UNSIGNED)]
+    for start in range(0, len(grown), _CHECKPOINT_BATCH):
+        batch = grown[start : start + _CHECKPOINT_BATCH]
+        roots = await _tree_roots(conn, batch)
+        notes = [
+            sign_checkpoint(ring, origin_of(names.key_id, names.current(scope)), size, root)
+            for (scope, size), root in zip(batch, roots, strict=True)
+        ]
+        await conn.execute(
+            _APPEND, [s for s, _ in batch], [z for _, z in batch], roots, digest, notes
+        )
     return len(grown)
+
+
+async def _tree_roots(conn: asyncpg.Connection, trees: list[tuple[str, int]]) -> list[bytes]:
+    """The roots of several trees (scope, size) from their stored nodes, in one query: the
+    issuer checkpoints every tree that grew, a thousand scopes' in one digest."""
+    wanted = [(scope, key) for scope, size in trees for key in pieces(0, size)]
+    rows = await conn.fetch(
+        _NODES_OF, [w[0] for w in wanted], [w[1][0] for w in wanted], [w[1][1] for w in wanted]
+    )
+    found: dict[str, dict[NodeKey, bytes]] = {scope: {} for scope, _ in trees}
+    for r in rows:
+        found[r["scope"]][(r["level"], r["idx"])] = bytes(r["hash"])
+    if len(rows) != len(wanted):
+        raise RuntimeError(f"the trees lack {len(wanted) - len(rows)} node(s)")
+    return [root_of(size, found[scope]) for scope, size in trees]
 
 
 async def latest_checkpoint(conn: asyncpg.Connection, scope: str) -> asyncpg.Record | None:

@@ -12,6 +12,7 @@ import sys
 import asyncpg
 import pytest
 
+from app.audit import trees
 from app.audit.checkpoints import origin_of, verify_checkpoint
 from app.audit.events import Event
 from app.audit.merkle import (
@@ -64,6 +65,26 @@ class TestCheckpointsWithTheDigests:
             assert checkpoint.origin == origin_of(NAMES.key_id, NAMES.current(scope))
             assert checkpoint.signer == issued.kid == RING.kid
             assert "acme" not in row["note"] and "globex" not in row["note"]
+
+    async def test_many_grown_trees_are_checkpointed_in_batches_each_its_own(
+        self,
+        writer: asyncpg.Pool,
+        owner: asyncpg.Connection,
+        database: ProvisionedDatabase,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(trees, "_CHECKPOINT_BATCH", 2)  # 5 scopes: batches of 2, 2, 1
+        scopes = [f"org:batch{n}" for n in range(5)]
+        for n, scope in enumerate(scopes):
+            await _reads(writer, scope, n + 1)
+        await issue(database)
+        for n, scope in enumerate(scopes):
+            (row,) = await _checkpoints(owner, scope)
+            checkpoint = verify_checkpoint(row["note"], KEYS)
+            leaves = await _hashes(owner, scope)
+            assert checkpoint.size == row["size"] == n + 1
+            assert checkpoint.root == bytes(row["root"]) == root_of(n + 1, stored_nodes(leaves))
+            assert checkpoint.origin == origin_of(NAMES.key_id, NAMES.current(scope))
 
     async def test_the_next_digest_extends_the_tree_and_proves_it_consistent(
         self, writer: asyncpg.Pool, owner: asyncpg.Connection, database: ProvisionedDatabase
