@@ -14,7 +14,6 @@ checked is not accepted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -24,6 +23,7 @@ from databases import Database
 
 from app.core.db import connection
 from app.core.errors import DATABASE_OUTAGES, DatabaseUnavailable, UpstreamUnavailable
+from app.core.groupcommit import Batches, Waiting
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -53,55 +53,26 @@ class ReplayStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass(slots=True)
-class _Waiting:
+@dataclass(frozen=True, slots=True)
+class _Key:
     key: bytes
     until: float
-    done: asyncio.Future[bool]
 
 
-class _Batched:
-    """Concurrent requests' keys written together: a key waits in a queue, and while fewer
-    than `max_in_flight` writes run, one starts with everything queued (at most `max_batch`
-    keys), so one goes to the store while the next batch forms; with one request at a time
-    each key is written at once. `_write` answers every key of its batch."""
+_Waiting = Waiting[_Key, bool]
+
+
+class _Batched(Batches[_Key, bool]):
+    """Concurrent requests' keys written together (app/core/groupcommit.py's queue: one
+    write goes to the store while the next batch forms; alone, a key is written at once).
+    `_write` answers every key of its batch."""
 
     def __init__(self, *, max_batch: int, max_in_flight: int) -> None:
-        self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
-        self._queue: list[_Waiting] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__(max_size=max_batch, max_in_flight=max_in_flight)
         self.statements = 0  # writes sent, for tests and the benchmark
 
     async def first_use(self, key: bytes, until: float) -> bool:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(key, until, done))
-        if len(self._tasks) < self._max_in_flight:
-            task = asyncio.create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        # A request that goes away cancels only `done`: its key is still written with the
-        # rest (answers go only to futures not done).
-        return await done
-
-    async def _drain(self) -> None:
-        """Write batches while any are queued. The task leaves `_tasks` in the same step
-        as it finds the queue empty: a request that queues right after (its waiter may
-        run before the done callbacks) then starts a new one instead of waiting on a
-        task that is over."""
-        try:
-            while self._queue:
-                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-                await self._write(batch)
-        finally:
-            self._tasks.discard(asyncio.current_task())
-
-    async def _write(self, batch: list[_Waiting]) -> None:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        return await self.submit(_Key(key, until))
 
 
 class PostgresReplays(_Batched):
@@ -115,15 +86,15 @@ class PostgresReplays(_Batched):
     async def _write(self, batch: list[_Waiting]) -> None:
         first: dict[bytes, _Waiting] = {}
         for waiting in batch:  # the same key twice in one batch: the later one is a replay
-            if waiting.key in first:
+            if waiting.item.key in first:
                 if not waiting.done.done():
                     waiting.done.set_result(False)
             else:
-                first[waiting.key] = waiting
+                first[waiting.item.key] = waiting
         try:
             async with connection(self._database) as conn:
                 rows = await conn.fetch(
-                    REMEMBER, list(first), [w.until for w in first.values()], timeout=5
+                    REMEMBER, list(first), [w.item.until for w in first.values()], timeout=5
                 )
             self.statements += 1
         except Exception as exc:
@@ -200,7 +171,8 @@ class RedisReplays(_Batched):
 
 def _redis_key(waiting: _Waiting) -> tuple[bytes, int]:
     """The key's name in Redis and its expiry (unix milliseconds)."""
-    return _REDIS_PREFIX + waiting.key.hex().encode(), int(waiting.until * 1000)
+    item = waiting.item
+    return _REDIS_PREFIX + item.key.hex().encode(), int(item.until * 1000)
 
 
 def replay_store(database: Database, redis_url: str | None) -> ReplayStore:

@@ -28,41 +28,35 @@ Result = TypeVar("Result")
 
 
 @dataclass(slots=True)
-class _Waiting(Generic[Item, Result]):
+class Waiting(Generic[Item, Result]):
     item: Item
     done: asyncio.Future[Result]
 
 
-class GroupCommit(ABC, Generic[Item, Result]):
-    """`submit` returns once the item's batch is committed, with the item's result.
-
-    `max_size` bounds one batch (in `size` units); `max_in_flight` batches may run at once
-    (two: one commits while the next forms and encodes).
-    """
-
-    what = "a batch"  # for the log line of a failed batch
+class Batches(ABC, Generic[Item, Result]):
+    """The queue under every group write: `submit` queues an item and, while fewer than
+    `max_in_flight` batches are being written, starts one with everything queued (at most
+    `max_size` in `size` units), so one batch is written while the next forms; with one
+    request at a time each is written at once. `_write` answers every item of its batch
+    (`GroupCommit` below, and the DPoP replay stores, app/auth/replay.py)."""
 
     def __init__(self, *, max_size: int, max_in_flight: int = 2) -> None:
         self._max_size = max_size
         self._max_in_flight = max_in_flight
-        self._queue: list[_Waiting[Item, Result]] = []
+        self._queue: list[Waiting[Item, Result]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0  # batches committed, for tests and the benchmark
-        self.requests = 0
 
     @abstractmethod
-    async def commit(self, batch: Sequence[Item]) -> Sequence[Result]:
-        """Write the batch, committed when it returns; one result per item, in order."""
+    async def _write(self, batch: list[Waiting[Item, Result]]) -> None:
+        """Write the batch and set each item's `done` that is not done yet (a request that
+        went away cancelled its own)."""
 
     def size(self, item: Item) -> int:
         return 1
 
-    def committed(self, count: int) -> None:
-        """Called after each committed batch of `count` requests (for metrics)."""
-
     async def submit(self, item: Item) -> Result:
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(item, done))
+        self._queue.append(Waiting(item, done))
         if len(self._tasks) < self._max_in_flight:
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
@@ -85,7 +79,7 @@ class GroupCommit(ABC, Generic[Item, Result]):
         task that is over."""
         try:
             while self._queue:
-                batch: list[_Waiting[Item, Result]] = []
+                batch: list[Waiting[Item, Result]] = []
                 size = 0
                 while self._queue and (
                     not batch or size + self.size(self._queue[0].item) <= self._max_size
@@ -97,7 +91,29 @@ class GroupCommit(ABC, Generic[Item, Result]):
         finally:
             self._tasks.discard(asyncio.current_task())
 
-    async def _write(self, batch: list[_Waiting[Item, Result]]) -> None:
+
+class GroupCommit(Batches[Item, Result]):
+    """`submit` returns once the item's batch is committed, with the item's result.
+
+    `max_size` bounds one batch (in `size` units); `max_in_flight` batches may run at once
+    (two: one commits while the next forms and encodes).
+    """
+
+    what = "a batch"  # for the log line of a failed batch
+
+    def __init__(self, *, max_size: int, max_in_flight: int = 2) -> None:
+        super().__init__(max_size=max_size, max_in_flight=max_in_flight)
+        self.batches = 0  # batches committed, for tests and the benchmark
+        self.requests = 0
+
+    @abstractmethod
+    async def commit(self, batch: Sequence[Item]) -> Sequence[Result]:
+        """Write the batch, committed when it returns; one result per item, in order."""
+
+    def committed(self, count: int) -> None:
+        """Called after each committed batch of `count` requests (for metrics)."""
+
+    async def _write(self, batch: list[Waiting[Item, Result]]) -> None:
         try:
             results = await self.commit([w.item for w in batch])
         except DATABASE_OUTAGES as exc:
@@ -124,6 +140,6 @@ class GroupCommit(ABC, Generic[Item, Result]):
                     waiting.done.set_result(result)
 
 
-def _fail(waiting: _Waiting[Item, Result], error: BaseException) -> None:
+def _fail(waiting: Waiting[Item, Result], error: BaseException) -> None:
     if not waiting.done.done():
         waiting.done.set_exception(error)
