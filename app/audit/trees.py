@@ -109,7 +109,22 @@ async def fetch_nodes(
 
 
 async def tree_root(conn: asyncpg.Connection, scope: str, size: int) -> bytes:
-    return root_of(size, await fetch_nodes(conn, scope, set(pieces(0, size))))
+    return (await tree_roots(conn, [(scope, size)]))[0]
+
+
+async def tree_roots(conn: asyncpg.Connection, trees: list[tuple[str, int]]) -> list[bytes]:
+    """The roots of several trees (scope, size) from their stored nodes, in one query: the
+    issuer checkpoints every tree that grew, a thousand scopes' in one digest."""
+    wanted = [(scope, key) for scope, size in trees for key in pieces(0, size)]
+    rows = await conn.fetch(
+        _NODES_OF, [w[0] for w in wanted], [w[1][0] for w in wanted], [w[1][1] for w in wanted]
+    )
+    found: dict[str, dict[NodeKey, bytes]] = {scope: {} for scope, _ in trees}
+    for r in rows:
+        found[r["scope"]][(r["level"], r["idx"])] = bytes(r["hash"])
+    if len(rows) != len(wanted):
+        raise RuntimeError(f"the trees lack {len(wanted) - len(rows)} node(s)")
+    return [root_of(size, found[scope]) for scope, size in trees]
 
 
 async def extend_trees(
@@ -133,7 +148,7 @@ async def checkpoint_trees(
     grown = [(str(r["scope"]), int(r["size"])) for r in await conn.fetch(_UNSIGNED)]
     for start in range(0, len(grown), _CHECKPOINT_BATCH):
         batch = grown[start : start + _CHECKPOINT_BATCH]
-        roots = await _tree_roots(conn, batch)
+        roots = await tree_roots(conn, batch)
         notes = [
             sign_checkpoint(ring, origin_of(names.key_id, names.current(scope)), size, root)
             for (scope, size), root in zip(batch, roots, strict=True)
@@ -142,21 +157,6 @@ async def checkpoint_trees(
             _APPEND, [s for s, _ in batch], [z for _, z in batch], roots, digest, notes
         )
     return len(grown)
-
-
-async def _tree_roots(conn: asyncpg.Connection, trees: list[tuple[str, int]]) -> list[bytes]:
-    """The roots of several trees (scope, size) from their stored nodes, in one query: the
-    issuer checkpoints every tree that grew, a thousand scopes' in one digest."""
-    wanted = [(scope, key) for scope, size in trees for key in pieces(0, size)]
-    rows = await conn.fetch(
-        _NODES_OF, [w[0] for w in wanted], [w[1][0] for w in wanted], [w[1][1] for w in wanted]
-    )
-    found: dict[str, dict[NodeKey, bytes]] = {scope: {} for scope, _ in trees}
-    for r in rows:
-        found[r["scope"]][(r["level"], r["idx"])] = bytes(r["hash"])
-    if len(rows) != len(wanted):
-        raise RuntimeError(f"the trees lack {len(wanted) - len(rows)} node(s)")
-    return [root_of(size, found[scope]) for scope, size in trees]
 
 
 async def latest_checkpoint(conn: asyncpg.Connection, scope: str) -> asyncpg.Record | None:
