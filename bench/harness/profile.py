@@ -107,10 +107,10 @@ def profile_read(run: Run, server: Server, seconds: float, *, dpop: bool = False
     server.start()
     url = server.url + READ_PATH
     if dpop:
-        tokens = _proofs(run, server, 3, "warm")
+        tokens = proofs.for_run(run, server.url, 3, "profile-warm", workers=1)
     run_wrk(url, tokens, mode, name + "-warm", connections=64, seconds=3)
     if dpop:
-        tokens = _proofs(run, server, seconds + 4, "run")
+        tokens = proofs.for_run(run, server.url, seconds + 4, "profile-run", workers=1)
     pid = server.serving_pids()[0]
     out: dict[str, WrkResult] = {}
 
@@ -137,17 +137,6 @@ def profile_read(run: Run, server: Server, seconds: float, *, dpop: bool = False
     us_per_request = cpu_s / (result.rps * seconds) * 1e6 if result.rps else 0.0
     total, leaf, inclusive = parse_collapsed(raw)
     return render(total, leaf, inclusive, us_per_request, result, dpop=dpop)
-
-
-def _proofs(run: Run, server: Server, seconds: float, name: str) -> Path:
-    """Fresh DPoP proofs for `seconds` of the profile's wrk run, at the bearer read's best
-    measured rate with 1 worker."""
-    assert run.dpop is not None
-    bearer = [
-        m for m in run.measurements if (m.target, m.scenario, m.workers) == ("ours", "read", 1)
-    ]
-    path = run.run_dir / f"dpop-profile-{name}.tsv"
-    return proofs.write_proofs(path, run.dpop, server.url, proofs.wanted(bearer, seconds))
 
 
 def render(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import data
-from bench.harness.model import READ_PATH, Measurement
+from bench.harness.model import READ_PATH, Measurement, Run
 from devkit.dpop import DPoPKey
 from devkit.keys import SigningKey
 
@@ -65,3 +65,20 @@ def write_proofs(path: Path, clients: Clients, base: str, count: int) -> Path:
             key, token = clients.keys[n % users], clients.tokens[n % users]
             out.write(f"{token}\t{key.proof('GET', url, access_token=token)}\n")
     return path
+
+
+def for_run(
+    run: Run, base: str, seconds: float, name: str, *, workers: int, connections: int | None = None
+) -> Path:
+    """Fresh proofs for `seconds` of one wrk run of the DPoP read against `base`, as many as
+    our bearer read with these workers (and connections, when given) suggests it can send,
+    written in the run directory as `dpop-{name}.tsv`."""
+    assert run.dpop is not None
+    bearer = [
+        m
+        for m in run.measurements
+        if (m.target, m.scenario, m.workers) == ("ours", "read", workers)
+        and connections in (None, m.connections)
+    ]
+    path = run.run_dir / f"dpop-{name}.tsv"
+    return write_proofs(path, run.dpop, base, wanted(bearer, seconds))

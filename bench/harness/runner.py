@@ -112,14 +112,9 @@ def measure(run: Run, server: Server, cell: Measurement, scenario: Scenario, rou
 def dpop_proofs(run: Run, server: Server, cell: Measurement, seconds: float, name: str) -> Path:
     """Fresh proofs for one wrk run of the DPoP read, as many as the bearer read of these
     workers and connections suggests it can send."""
-    bearer = [
-        m
-        for m in run.measurements
-        if (m.target, m.scenario, m.workers, m.connections)
-        == ("ours", "read", cell.workers, cell.connections)
-    ]
-    path = run.run_dir / f"dpop-w{cell.workers}-c{cell.connections}-{name}.tsv"
-    return proofs.write_proofs(path, run.dpop, server.url, proofs.wanted(bearer, seconds))
+    workers, conns = cell.workers, cell.connections
+    tag = f"w{workers}-c{conns}-{name}"
+    return proofs.for_run(run, server.url, seconds, tag, workers=workers, connections=conns)
 
 
 def open_loop_rate(run: Run, workers: int) -> float | None:
